@@ -1,0 +1,1 @@
+//! Text -> tokens: corpus discovery and fetching, tokenizers, packed token files.

@@ -1,0 +1,303 @@
+//! The DiT backbone of MDLM / Duo / IDLM (algorithms.md §2.4), with parameter names in the public
+//! `backbone.*` layout (§8) so public checkpoints load by name.
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::dropout::DropoutRng;
+use super::layers::{Linear, layer_norm_no_bias, modulate};
+use super::rotary::Rotary;
+use crate::{Error, Result};
+
+/// Size of the sinusoidal frequency embedding of sigma (fixed in the reference code).
+pub const FREQ_EMBED_SIZE: usize = 256;
+
+/// Architecture of a DiT; the vocabulary and length come from the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DitConfig {
+    /// Model vocabulary, including the MASK id.
+    pub vocab_size: usize,
+    /// Width D of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the time conditioning vector c.
+    pub cond_dim: usize,
+    /// Number of DDiT blocks.
+    pub n_blocks: usize,
+    /// Attention heads (head dim = hidden_size / n_heads, must be even for rotary).
+    pub n_heads: usize,
+    /// MLP hidden width as a multiple of hidden_size.
+    pub mlp_ratio: usize,
+    /// Longest sequence the model accepts.
+    pub length: usize,
+    /// Dropout probability in training.
+    pub dropout: f64,
+    /// Whether sigma is fed to the time embedding (false: sigma is replaced by zeros).
+    pub time_conditioning: bool,
+}
+
+impl DitConfig {
+    /// Check the sizes are consistent.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.vocab_size < 2 || self.hidden_size == 0 || self.n_blocks == 0 || self.cond_dim == 0
+        {
+            return bad(format!("model sizes must be positive: {self:?}"));
+        }
+        if self.n_heads == 0 || self.hidden_size % self.n_heads != 0 {
+            return bad(format!(
+                "hidden_size {} is not divisible by n_heads {}",
+                self.hidden_size, self.n_heads
+            ));
+        }
+        if (self.hidden_size / self.n_heads) % 2 != 0 {
+            return bad("head dimension must be even for rotary embeddings".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Number of trainable parameters.
+    pub fn n_params(&self) -> usize {
+        let (v, d, c, m) = (
+            self.vocab_size,
+            self.hidden_size,
+            self.cond_dim,
+            self.mlp_ratio * self.hidden_size,
+        );
+        let sigma = FREQ_EMBED_SIZE * c + c + c * c + c;
+        let block = 2 * d + 3 * d * d + d * d + (d * m + m) + (m * d + d) + (c * 6 * d + 6 * d);
+        let out = d + d * v + v + c * 2 * d + 2 * d;
+        v * d + sigma + self.n_blocks * block + out
+    }
+}
+
+/// The network's input: token ids (B, L) or a soft input (B, L, V) read as logits.
+#[derive(Debug, Clone, Copy)]
+pub enum DitInput<'a> {
+    /// Integer ids, u32, shape (B, L).
+    Ids(&'a Tensor),
+    /// Float logits over the vocabulary, shape (B, L, V); softmaxed inside the embedding.
+    Soft(&'a Tensor),
+}
+
+struct TimestepEmbedder {
+    l0: Linear,
+    l2: Linear,
+    freqs: Tensor,
+}
+
+impl TimestepEmbedder {
+    fn new(vb: VarBuilder, cond_dim: usize) -> Result<Self> {
+        let half = FREQ_EMBED_SIZE / 2;
+        let freqs: Vec<f32> = (0..half)
+            .map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32)
+            .collect();
+        Ok(Self {
+            l0: Linear::new(vb.pp("mlp.0"), FREQ_EMBED_SIZE, cond_dim, true)?,
+            l2: Linear::new(vb.pp("mlp.2"), cond_dim, cond_dim, true)?,
+            freqs: Tensor::from_vec(freqs, (1, half), vb.device())?,
+        })
+    }
+
+    /// sigma (B,) -> SiLU(MLP([cos(sigma f), sin(sigma f)])) of shape (B, cond_dim).
+    fn forward(&self, sigma: &Tensor) -> Result<Tensor> {
+        let args = sigma.unsqueeze(1)?.broadcast_mul(&self.freqs)?;
+        let emb = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
+        let h = self.l0.forward(&emb)?.silu()?;
+        Ok(self.l2.forward(&h)?.silu()?)
+    }
+}
+
+struct Block {
+    norm1: Tensor,
+    norm2: Tensor,
+    qkv: Linear,
+    out: Linear,
+    mlp0: Linear,
+    mlp2: Linear,
+    ada: Linear,
+    n_heads: usize,
+}
+
+impl Block {
+    fn new(vb: VarBuilder, cfg: &DitConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let m = cfg.mlp_ratio * d;
+        Ok(Self {
+            norm1: vb.get_with_hints(d, "norm1.weight", candle_nn::Init::Const(1.0))?,
+            norm2: vb.get_with_hints(d, "norm2.weight", candle_nn::Init::Const(1.0))?,
+            qkv: Linear::new(vb.pp("attn_qkv"), d, 3 * d, false)?,
+            out: Linear::new(vb.pp("attn_out"), d, d, false)?,
+            mlp0: Linear::new(vb.pp("mlp.0"), d, m, true)?,
+            mlp2: Linear::new(vb.pp("mlp.2"), m, d, true)?,
+            ada: Linear::new(vb.pp("adaLN_modulation"), cfg.cond_dim, 6 * d, true)?,
+            n_heads: cfg.n_heads,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        c: &Tensor,
+        rotary: &Rotary,
+        mut drop: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let h_ = self.n_heads;
+        let dh = d / h_;
+        // (B, 6D) -> six (B, 1, D) chunks in the order shift, scale, gate (msa), shift, scale, gate (mlp).
+        let ada = self.ada.forward(c)?.unsqueeze(1)?;
+        let chunk = |i: usize| ada.narrow(2, i * d, d);
+        let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
+        let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3)?, chunk(4)?, chunk(5)?);
+
+        let h = modulate(&layer_norm_no_bias(x, &self.norm1)?, &shift_msa, &scale_msa)?;
+        let qkv = self.qkv.forward(&h)?.reshape((b, l, 3, h_, dh))?;
+        // (B, L, H, dh) -> (B, H, L, dh)
+        let take = |i: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, i, 1)?
+                .squeeze(2)?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = rotary.apply(&take(0)?)?;
+        let k = rotary.apply(&take(1)?)?;
+        let v = take(2)?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        let y = self.out.forward(&y)?;
+        let y = match drop.as_deref_mut() {
+            Some(r) => r.apply(&y)?,
+            None => y,
+        };
+        let x = (x + y.broadcast_mul(&gate_msa)?)?;
+
+        let h = modulate(&layer_norm_no_bias(&x, &self.norm2)?, &shift_mlp, &scale_mlp)?;
+        let h = self.mlp2.forward(&self.mlp0.forward(&h)?.gelu()?)?;
+        let h = match drop {
+            Some(r) => r.apply(&h)?,
+            None => h,
+        };
+        Ok((x + h.broadcast_mul(&gate_mlp)?)?)
+    }
+}
+
+/// The diffusion transformer: embedding, time embedding, adaLN-zero blocks, final layer.
+pub struct Dit {
+    cfg: DitConfig,
+    embedding: Tensor,
+    sigma_map: TimestepEmbedder,
+    rotary: Rotary,
+    blocks: Vec<Block>,
+    norm_final: Tensor,
+    linear: Linear,
+    ada_final: Linear,
+}
+
+impl Dit {
+    /// Build the network, resolving weights by their public names under `vb` (e.g. `backbone`).
+    pub fn new(vb: VarBuilder, cfg: &DitConfig) -> Result<Self> {
+        cfg.validate()?;
+        let d = cfg.hidden_size;
+        let embedding = vb.get_with_hints(
+            (cfg.vocab_size, d),
+            "vocab_embed.embedding",
+            candle_nn::Init::Const(0.0),
+        )?;
+        let sigma_map = TimestepEmbedder::new(vb.pp("sigma_map"), cfg.cond_dim)?;
+        let rotary = Rotary::new(d / cfg.n_heads, cfg.length, vb.device())?;
+        let blocks = (0..cfg.n_blocks)
+            .map(|i| Block::new(vb.pp(format!("blocks.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let vo = vb.pp("output_layer");
+        Ok(Self {
+            cfg: cfg.clone(),
+            embedding,
+            sigma_map,
+            rotary,
+            blocks,
+            norm_final: vo.get_with_hints(d, "norm_final.weight", candle_nn::Init::Const(1.0))?,
+            linear: Linear::new(vo.pp("linear"), d, cfg.vocab_size, true)?,
+            ada_final: Linear::new(vo.pp("adaLN_modulation"), cfg.cond_dim, 2 * d, true)?,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &DitConfig {
+        &self.cfg
+    }
+
+    /// The rotary inverse frequencies, saved as the `rotary_emb.inv_freq` buffer.
+    pub fn inv_freq(&self) -> &Tensor {
+        self.rotary.inv_freq()
+    }
+
+    /// Logits (B, L, V) for `input` at noise level `sigma` (B,); `dropout` enables training mode.
+    pub fn forward(
+        &self,
+        input: DitInput,
+        sigma: &Tensor,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let x = match input {
+            DitInput::Ids(ids) => {
+                let (b, l) = ids.dims2()?;
+                self.check_len(l)?;
+                self.embedding
+                    .index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, l, self.cfg.hidden_size))?
+            }
+            DitInput::Soft(logits) => {
+                let (b, l, v) = logits.dims3()?;
+                self.check_len(l)?;
+                if v != self.cfg.vocab_size {
+                    return Err(Error::InvalidArgument(format!(
+                        "soft input has {v} classes, the model vocabulary is {}",
+                        self.cfg.vocab_size
+                    )));
+                }
+                let p = candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+                p.reshape((b * l, v))?
+                    .matmul(&self.embedding)?
+                    .reshape((b, l, self.cfg.hidden_size))?
+            }
+        };
+        let sigma = if self.cfg.time_conditioning {
+            sigma.to_dtype(DType::F32)?
+        } else {
+            sigma.zeros_like()?.to_dtype(DType::F32)?
+        };
+        let c = self.sigma_map.forward(&sigma)?;
+        let mut x = x;
+        for blk in &self.blocks {
+            x = blk.forward(&x, &c, &self.rotary, dropout.as_deref_mut())?;
+        }
+        let d = self.cfg.hidden_size;
+        let ada = self.ada_final.forward(&c)?.unsqueeze(1)?;
+        let (shift, scale) = (ada.narrow(2, 0, d)?, ada.narrow(2, d, d)?);
+        let h = modulate(&layer_norm_no_bias(&x, &self.norm_final)?, &shift, &scale)?;
+        self.linear.forward(&h)
+    }
+
+    fn check_len(&self, l: usize) -> Result<()> {
+        if l > self.cfg.length {
+            return Err(Error::InvalidArgument(format!(
+                "sequence length {l} exceeds the model's length {}",
+                self.cfg.length
+            )));
+        }
+        Ok(())
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embedding.device()
+    }
+}

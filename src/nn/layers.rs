@@ -1,0 +1,59 @@
+//! Small building blocks of the DiT: a linear layer, bias-free LayerNorm, adaLN modulation.
+
+use candle_core::{D, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::Result;
+
+/// LayerNorm epsilon of the reference (`F.layer_norm` default).
+pub const LN_EPS: f64 = 1e-5;
+
+/// A linear layer `y = x W^T + b` with PyTorch's `[out, in]` weight layout.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Resolve `weight` (and `bias`) under `vb`; the values are set by the initialiser later.
+    pub fn new(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get_with_hints((d_out, d_in), "weight", candle_nn::Init::Const(0.0))?;
+        let bias = if bias {
+            Some(vb.get_with_hints(d_out, "bias", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Apply to the last dimension of `x` (any rank >= 2); flattened to one GEMM.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / d_in.max(1);
+        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = self.weight.dim(0)?;
+        }
+        Ok(y.reshape(out)?)
+    }
+}
+
+/// Bias-free LayerNorm over the last dimension, times `weight` (composed, differentiable).
+pub fn layer_norm_no_bias(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (var + LN_EPS)?.sqrt()?.recip()?;
+    Ok(xc.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+}
+
+/// adaLN modulation `x (1 + scale) + shift` with (B, 1, D) shift and scale.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+}

@@ -1,0 +1,207 @@
+//! MDLM: masked (absorbing-state) diffusion with the SUBS parameterisation (algorithms.md §2).
+
+use candle_core::{D, DType, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, Target, argmax, race_f64};
+use crate::{Error, Result};
+
+/// The "minus infinity" SUBS writes (the reference uses -1e6).
+pub const NEG_INF: f32 = -1e6;
+
+/// Masked diffusion over a vocabulary whose last id is MASK.
+#[derive(Debug, Clone)]
+pub struct Masked {
+    vocab: usize,
+    mask: u32,
+    schedule: LogLinear,
+}
+
+impl Masked {
+    /// A process over `vocab` model ids, with `mask_id` the absorbing state.
+    pub fn new(vocab: usize, mask_id: u32) -> Result<Self> {
+        if mask_id as usize >= vocab {
+            return Err(Error::InvalidArgument(format!(
+                "mask id {mask_id} outside vocabulary {vocab}"
+            )));
+        }
+        Ok(Self {
+            vocab,
+            mask: mask_id,
+            schedule: LogLinear::default(),
+        })
+    }
+
+    /// The MASK id.
+    pub fn mask_id(&self) -> u32 {
+        self.mask
+    }
+
+    /// (V,) bias with -1e6 at the MASK column: the mask can never be predicted as clean.
+    fn mask_bias(&self, dev: &candle_core::Device) -> Result<Tensor> {
+        let mut b = vec![0f32; self.vocab];
+        b[self.mask as usize] = NEG_INF;
+        Ok(Tensor::from_vec(b, self.vocab, dev)?)
+    }
+
+    /// Per-position weight (B, L): 1/t at masked positions, 0 elsewhere (-alpha'/(1-alpha) = 1/t).
+    fn weights(&self, xt: &Tensor, t: &[f64]) -> Result<Tensor> {
+        let (b, l) = xt.dims2()?;
+        if t.len() != b {
+            return Err(Error::InvalidArgument(format!(
+                "{} times for a batch of {b}",
+                t.len()
+            )));
+        }
+        let ids = xt.flatten_all()?.to_vec1::<u32>()?;
+        let s = self.schedule;
+        let w: Vec<f32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if x == self.mask {
+                    let tt = t[i / l];
+                    (-s.dalpha(tt) / (1.0 - s.alpha(tt))) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Tensor::from_vec(w, (b, l), xt.device())?)
+    }
+}
+
+impl ForwardProcess for Masked {
+    fn kind(&self) -> ProcessKind {
+        ProcessKind::Mdlm
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    fn schedule(&self) -> LogLinear {
+        self.schedule
+    }
+
+    fn corrupt_row(&self, x0: &[u32], t: f64, rng: &mut ChaCha8Rng, out: &mut [u32]) {
+        let move_p = 1.0 - self.schedule.alpha(t);
+        for (o, &x) in out.iter_mut().zip(x0) {
+            *o = if rng.random::<f64>() < move_p {
+                self.mask
+            } else {
+                x
+            };
+        }
+    }
+
+    fn prior_row(&self, out: &mut [u32], _rng: &mut ChaCha8Rng) {
+        out.fill(self.mask);
+    }
+
+    fn is_final(&self, xt: &[u32]) -> bool {
+        !xt.contains(&self.mask)
+    }
+
+    fn log_probs(&self, logits: &Tensor, xt: &Tensor) -> Result<Tensor> {
+        let z = logits
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.mask_bias(logits.device())?)?;
+        let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
+        // Carry-over: at unmasked positions, 0 at the observed token and -1e6 elsewhere.
+        let (b, l, v) = logp.dims3()?;
+        let ids = xt.flatten_all()?.to_vec1::<u32>()?;
+        let mut keep = vec![1f32; b * l];
+        let mut carry = vec![0f32; b * l * v];
+        for (i, &x) in ids.iter().enumerate() {
+            if x != self.mask {
+                keep[i] = 0.0;
+                let row = &mut carry[i * v..(i + 1) * v];
+                row.fill(NEG_INF);
+                row[x as usize] = 0.0;
+            }
+        }
+        let keep = Tensor::from_vec(keep, (b, l, 1), logits.device())?;
+        let carry = Tensor::from_vec(carry, (b, l, v), logits.device())?;
+        Ok(logp.broadcast_mul(&keep)?.add(&carry)?)
+    }
+
+    fn loss_per_token(
+        &self,
+        logits: &Tensor,
+        xt: &Tensor,
+        target: Target,
+        t: &[f64],
+    ) -> Result<Tensor> {
+        let w = self.weights(xt, t)?;
+        let z = logits
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.mask_bias(logits.device())?)?;
+        let lse = z.log_sum_exp(D::Minus1)?;
+        // Only masked positions carry weight: SUBS gives log p = 0 at unmasked ones.
+        let nll = match target {
+            Target::Hard(x0) => {
+                let pick = z.gather(&x0.unsqueeze(2)?.contiguous()?, 2)?.squeeze(2)?;
+                (lse - pick)?
+            }
+            Target::Soft(g) => {
+                let logp = z.broadcast_sub(&lse.unsqueeze(2)?)?;
+                (g.mul(&logp)?.sum(D::Minus1)?.neg())?
+            }
+        };
+        Ok((nll * w)?)
+    }
+
+    fn posterior_row(
+        &self,
+        probs: &[f32],
+        xt: &mut [u32],
+        t: f64,
+        s: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
+        let (at, as_) = (self.schedule.alpha(t), self.schedule.alpha(s));
+        // Normalised proposal: stay masked w.p. (1 - a_s)/(1 - a_t), else reveal from p. Drawing the
+        // stay/reveal event first and racing over p only when revealing is the same distribution as
+        // one race over q(v) = p_v (a_s - a_t), q(m) = 1 - a_s, at a fraction of the cost.
+        let stay = ((1.0 - as_) / (1.0 - at)).clamp(0.0, 1.0);
+        let v = self.vocab;
+        let mut changed = false;
+        for (l, x) in xt.iter_mut().enumerate() {
+            if *x != self.mask {
+                continue;
+            }
+            if rng.random::<f64>() < stay {
+                continue;
+            }
+            *x = race_f64(&probs[l * v..(l + 1) * v], rng) as u32;
+            changed = true;
+        }
+        changed
+    }
+
+    fn noise_removal_row(
+        &self,
+        probs: &[f32],
+        xt: &mut [u32],
+        t: f64,
+        mode: NoiseRemoval,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
+        match mode {
+            NoiseRemoval::Ancestral => self.posterior_row(probs, xt, t, 0.0, rng),
+            NoiseRemoval::Greedy => {
+                let v = self.vocab;
+                let mut changed = false;
+                for (l, x) in xt.iter_mut().enumerate() {
+                    if *x == self.mask {
+                        *x = argmax(&probs[l * v..(l + 1) * v]) as u32;
+                        changed = true;
+                    }
+                }
+                changed
+            }
+        }
+    }
+}

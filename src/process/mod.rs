@@ -1,0 +1,127 @@
+//! Forward processes behind one trait: the sampler, trainer and distillers are written once against
+//! it (design.md §2). MDLM (masked) lives in `masked.rs`; the uniform process (Duo) fits the same seam.
+
+pub mod masked;
+pub mod schedule;
+
+use candle_core::Tensor;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+pub use masked::Masked;
+pub use schedule::LogLinear;
+
+/// Clean target of a loss: hard ids (teacher training) or a simplex (IDLM's relaxed student sample).
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// u32 ids of shape (B, L).
+    Hard(&'a Tensor),
+    /// Probabilities of shape (B, L, V).
+    Soft(&'a Tensor),
+}
+
+/// How the last step of a sampler turns the remaining noise into tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseRemoval {
+    /// One more ancestral update to alpha_s = 1 (samples the remaining tokens).
+    Ancestral,
+    /// Argmax of the model's clean-token distribution.
+    Greedy,
+}
+
+impl std::str::FromStr for NoiseRemoval {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ancestral" => Ok(Self::Ancestral),
+            "greedy" => Ok(Self::Greedy),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "noise removal must be 'ancestral' or 'greedy', got '{s}'"
+            ))),
+        }
+    }
+}
+
+/// Which forward process a model was trained with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessKind {
+    /// Masked (absorbing-state) diffusion, MDLM.
+    Mdlm,
+}
+
+/// A discrete forward process q_t(x_t | x_0), its loss and its reverse posterior.
+pub trait ForwardProcess: Send + Sync {
+    /// Which process this is.
+    fn kind(&self) -> ProcessKind;
+    /// Model vocabulary (including any MASK id).
+    fn vocab_size(&self) -> usize;
+    /// The noise schedule.
+    fn schedule(&self) -> LogLinear;
+    /// The sigma fed to a time-conditioned network at time t.
+    fn sigma(&self, t: f64) -> f64 {
+        self.schedule().sigma(t)
+    }
+    /// Sample x_t ~ q_t(. | x0) for one row.
+    fn corrupt_row(&self, x0: &[u32], t: f64, rng: &mut ChaCha8Rng, out: &mut [u32]);
+    /// Sample a row from the prior (t = 1).
+    fn prior_row(&self, out: &mut [u32], rng: &mut ChaCha8Rng);
+    /// True when a sampler cannot change this row any more (no network call is needed).
+    fn is_final(&self, xt: &[u32]) -> bool;
+    /// Log-probabilities log p(x0 | x_t) of shape (B, L, V) from raw logits (the parameterisation).
+    fn log_probs(&self, logits: &Tensor, xt: &Tensor) -> Result<Tensor>;
+    /// Per-position NELBO integrand (B, L) from raw logits at times `t` (one per row).
+    fn loss_per_token(
+        &self,
+        logits: &Tensor,
+        xt: &Tensor,
+        target: Target,
+        t: &[f64],
+    ) -> Result<Tensor>;
+    /// One reverse step t -> s of a row given p(x0 | x_t) (row-major L x V); true if x_t changed.
+    fn posterior_row(&self, probs: &[f32], xt: &mut [u32], t: f64, s: f64, rng: &mut ChaCha8Rng)
+    -> bool;
+    /// The final noise-removal step of a row; true if x_t changed.
+    fn noise_removal_row(
+        &self,
+        probs: &[f32],
+        xt: &mut [u32],
+        t: f64,
+        mode: NoiseRemoval,
+        rng: &mut ChaCha8Rng,
+    ) -> bool;
+}
+
+/// Categorical draw by an f64 exponential race (Gumbel-max): argmax_v p_v / E_v with
+/// E_v = 1e-10 - log(U_v + 1e-10); accepts unnormalised p; entries with p = 0 never win.
+pub fn race_f64(p: &[f32], rng: &mut ChaCha8Rng) -> usize {
+    use rand::Rng;
+    let mut best = 0usize;
+    let mut best_score = f64::NEG_INFINITY;
+    for (v, &pv) in p.iter().enumerate() {
+        if pv <= 0.0 {
+            continue;
+        }
+        let u: f64 = rng.random();
+        let e = 1e-10 - (u + 1e-10).ln();
+        let score = pv as f64 / e;
+        if score > best_score {
+            best_score = score;
+            best = v;
+        }
+    }
+    best
+}
+
+/// Index of the largest entry.
+pub fn argmax(p: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in p.iter().enumerate() {
+        if v > p[best] {
+            best = i;
+        }
+    }
+    best
+}

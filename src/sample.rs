@@ -1,0 +1,220 @@
+//! One sampler loop for every forward process: the grid, per-sequence caching, noise removal and the
+//! f64 categorical race (algorithms.md §1, §2.3).
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{Dit, DitInput};
+use crate::process::schedule::{T_FINAL, sampling_grid};
+use crate::process::{ForwardProcess, NoiseRemoval};
+use crate::{Error, Result};
+
+/// Anything that maps noisy ids (B, L) and sigma (B,) to logits (B, L, V).
+pub trait Denoiser: Sync {
+    /// Raw logits for `xt` at noise levels `sigma`.
+    fn logits(&self, xt: &Tensor, sigma: &Tensor) -> Result<Tensor>;
+    /// Whether the output depends on sigma (if not, an unchanged x_t can reuse its prediction).
+    fn time_conditioned(&self) -> bool;
+    /// Longest sequence accepted.
+    fn max_len(&self) -> usize;
+    /// The device inputs must live on.
+    fn device(&self) -> Device;
+}
+
+impl Denoiser for Dit {
+    fn logits(&self, xt: &Tensor, sigma: &Tensor) -> Result<Tensor> {
+        self.forward(DitInput::Ids(xt), sigma, None)
+    }
+    fn time_conditioned(&self) -> bool {
+        self.config().time_conditioning
+    }
+    fn max_len(&self) -> usize {
+        self.config().length
+    }
+    fn device(&self) -> Device {
+        Dit::device(self).clone()
+    }
+}
+
+/// Sampler settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerOptions {
+    /// Number of reverse steps K on the grid linspace(1, 1e-5, K + 1).
+    pub steps: usize,
+    /// Final noise removal.
+    pub noise_removal: NoiseRemoval,
+    /// Reuse a sequence's last prediction when its tokens did not change (exact only without time
+    /// conditioning; ignored otherwise).
+    pub cache: bool,
+    /// Sequences per network call.
+    pub batch_size: usize,
+    /// Seed; sample i always uses stream i of this seed, whatever the batching.
+    pub seed: u64,
+}
+
+impl Default for SamplerOptions {
+    fn default() -> Self {
+        Self {
+            steps: 128,
+            noise_removal: NoiseRemoval::Ancestral,
+            cache: true,
+            batch_size: 16,
+            seed: 1,
+        }
+    }
+}
+
+/// One generated sequence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Index of the sample (its random stream).
+    pub index: usize,
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Network calls spent on this sequence.
+    pub nfe: usize,
+    /// Wall-clock seconds of its batch, divided by the batch size.
+    pub seconds: f64,
+}
+
+/// Progress callback: (sequences finished, total).
+pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// Draw `n` sequences of length `len` with `den` under `process`.
+pub fn sample(
+    den: &dyn Denoiser,
+    process: &dyn ForwardProcess,
+    n: usize,
+    len: usize,
+    opts: &SamplerOptions,
+    progress: Option<Progress>,
+) -> Result<Vec<Sample>> {
+    if opts.steps == 0 {
+        return Err(Error::InvalidArgument(
+            "the number of sampling steps must be at least 1".into(),
+        ));
+    }
+    if opts.batch_size == 0 {
+        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+    }
+    if len == 0 || len > den.max_len() {
+        return Err(Error::InvalidArgument(format!(
+            "sequence length {len} must be in 1..={} (the model's length)",
+            den.max_len()
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + opts.batch_size).min(n);
+        out.extend(sample_batch(den, process, start..end, len, opts)?);
+        if let Some(p) = progress {
+            p(end, n);
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
+struct Seq {
+    x: Vec<u32>,
+    probs: Option<Vec<f32>>,
+    rng: ChaCha8Rng,
+    nfe: usize,
+}
+
+fn sample_batch(
+    den: &dyn Denoiser,
+    process: &dyn ForwardProcess,
+    idx: std::ops::Range<usize>,
+    len: usize,
+    opts: &SamplerOptions,
+) -> Result<Vec<Sample>> {
+    let t0 = Instant::now();
+    let cache_ok = opts.cache && !den.time_conditioned();
+    let mut seqs: Vec<Seq> = idx
+        .clone()
+        .map(|i| {
+            let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+            rng.set_stream(i as u64);
+            let mut x = vec![0u32; len];
+            process.prior_row(&mut x, &mut rng);
+            Seq {
+                x,
+                probs: None,
+                rng,
+                nfe: 0,
+            }
+        })
+        .collect();
+    let grid = sampling_grid(opts.steps);
+    let dt = (1.0 - T_FINAL) / opts.steps as f64;
+    for &t in grid.iter().take(opts.steps) {
+        let s = t - dt;
+        predict(den, process, &mut seqs, t)?;
+        seqs.par_iter_mut().for_each(|q| {
+            if let Some(p) = q.probs.as_deref() {
+                let changed = process.posterior_row(p, &mut q.x, t, s, &mut q.rng);
+                if changed || !cache_ok {
+                    q.probs = None;
+                }
+            }
+        });
+    }
+    predict(den, process, &mut seqs, T_FINAL)?;
+    seqs.par_iter_mut().for_each(|q| {
+        if let Some(p) = q.probs.as_deref() {
+            process.noise_removal_row(p, &mut q.x, T_FINAL, opts.noise_removal, &mut q.rng);
+        }
+    });
+    let secs = t0.elapsed().as_secs_f64() / seqs.len().max(1) as f64;
+    Ok(idx
+        .zip(seqs)
+        .map(|(index, q)| Sample {
+            index,
+            ids: q.x,
+            nfe: q.nfe,
+            seconds: secs,
+        })
+        .collect())
+}
+
+/// Fill `probs` for every sequence that has no valid prediction and can still change.
+fn predict(
+    den: &dyn Denoiser,
+    process: &dyn ForwardProcess,
+    seqs: &mut [Seq],
+    t: f64,
+) -> Result<()> {
+    let need: Vec<usize> = (0..seqs.len())
+        .filter(|&i| seqs[i].probs.is_none() && !process.is_final(&seqs[i].x))
+        .collect();
+    if need.is_empty() {
+        return Ok(());
+    }
+    let len = seqs[need[0]].x.len();
+    let ids: Vec<u32> = need.iter().flat_map(|&i| seqs[i].x.clone()).collect();
+    let dev = den.device();
+    let xt = Tensor::from_vec(ids, (need.len(), len), &dev)?;
+    let sigma = Tensor::from_vec(
+        vec![process.sigma(t) as f32; need.len()],
+        need.len(),
+        &dev,
+    )?;
+    let logits = den.logits(&xt, &sigma)?;
+    let probs = process.log_probs(&logits, &xt)?.exp()?;
+    let v = probs.dim(2)?;
+    let flat = probs.flatten_all()?.to_vec1::<f32>()?;
+    for (j, &i) in need.iter().enumerate() {
+        let row = &flat[j * len * v..(j + 1) * len * v];
+        seqs[i].probs = Some(row.to_vec());
+        seqs[i].nfe += 1;
+    }
+    Ok(())
+}
