@@ -1,9 +1,15 @@
 //! idlm: few-step text diffusion (MDLM / Duo teachers, IDLM distillation) in Rust.
 
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod nn;
+pub mod optim;
 pub mod process;
+pub mod run;
+pub mod runtime;
 pub mod sample;
+pub mod train;
 
 pub use error::{Error, Result};

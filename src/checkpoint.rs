@@ -1,0 +1,298 @@
+//! Checkpoints: a directory of safetensors + meta.json, written to a temp dir and renamed, so a
+//! crash never leaves a torn checkpoint (design.md §5).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::nn::{Dit, DitConfig};
+use crate::process::ProcessKind;
+use crate::{Error, Result};
+
+/// Version of the checkpoint layout.
+pub const FORMAT_VERSION: u32 = 1;
+/// Prefix of the network weights (the public layout).
+pub const BACKBONE: &str = "backbone";
+/// Prefix of the EMA weights.
+pub const EMA_PREFIX: &str = "ema";
+
+/// What the model was trained on: it must match the data it is used with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// sha256 of the tokenizer.json.
+    pub tokenizer_sha256: String,
+    /// Model vocabulary (tokenizer + MASK).
+    pub vocab_size: usize,
+    /// MASK id.
+    pub mask_id: u32,
+    /// BOS id.
+    pub bos_id: u32,
+    /// EOS id.
+    pub eos_id: u32,
+    /// Row length of the training data.
+    pub seq_len: usize,
+    /// Where the data was read from.
+    pub data_dir: String,
+}
+
+/// Everything in meta.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Layout version.
+    pub format_version: u32,
+    /// Process the model was trained with.
+    pub process: ProcessKind,
+    /// Architecture.
+    pub model: DitConfig,
+    /// Full run config (training settings and sampler defaults).
+    pub config: RunConfig,
+    /// Data the model belongs to.
+    pub data: DataInfo,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Training tokens seen.
+    pub tokens_seen: u64,
+    /// EMA updates done.
+    pub ema_updates: u64,
+    /// Random streams, serialised (opaque JSON owned by the trainer).
+    pub rng: serde_json::Value,
+    /// Last validation NELBO (nats/token), if measured.
+    pub val_nelbo: Option<f64>,
+    /// Seconds of training so far.
+    pub train_seconds: f64,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// meta.json.
+    pub meta: CheckpointMeta,
+    /// `backbone.*` weights (names without the prefix).
+    pub weights: HashMap<String, Tensor>,
+    /// EMA weights (names without the prefix), if saved.
+    pub ema: Option<HashMap<String, Tensor>>,
+}
+
+/// Tensors to write: weights, EMA, optimizer moments (names without prefixes).
+pub struct CheckpointTensors<'a> {
+    /// Raw weights.
+    pub weights: &'a HashMap<String, Tensor>,
+    /// EMA weights.
+    pub ema: &'a HashMap<String, Tensor>,
+    /// Optimizer tensors (e.g. `m.<name>`, `v.<name>`).
+    pub optim: &'a HashMap<String, Tensor>,
+    /// The rotary buffer saved under `backbone.rotary_emb.inv_freq` for the public layout.
+    pub inv_freq: &'a Tensor,
+    /// Tokenizer JSON copied into the checkpoint so it decodes on its own.
+    pub tokenizer_json: &'a str,
+}
+
+fn sync_dir(path: &Path) {
+    // Best effort: a directory fsync makes the rename durable on Linux.
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.sync_all();
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io("writing", path, e))?;
+    f.sync_all().map_err(|e| Error::io("syncing", path, e))
+}
+
+fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    candle_core::safetensors::save(tensors, path)?;
+    let f = fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    f.sync_all().map_err(|e| Error::io("syncing", path, e))
+}
+
+/// Write the checkpoint files into `dir` (which must exist). Not atomic by itself: see `save`.
+pub fn write_files(dir: &Path, meta: &CheckpointMeta, t: &CheckpointTensors) -> Result<()> {
+    let mut model: HashMap<String, Tensor> = HashMap::new();
+    for (k, v) in t.weights {
+        model.insert(format!("{BACKBONE}.{k}"), v.clone());
+    }
+    for (k, v) in t.ema {
+        model.insert(format!("{EMA_PREFIX}.{BACKBONE}.{k}"), v.clone());
+    }
+    model.insert(
+        format!("{BACKBONE}.rotary_emb.inv_freq"),
+        t.inv_freq.clone(),
+    );
+    write_safetensors(&dir.join("model.safetensors"), &model)?;
+    if !t.optim.is_empty() {
+        write_safetensors(&dir.join("optim.safetensors"), t.optim)?;
+    }
+    write_file(&dir.join("tokenizer.json"), t.tokenizer_json.as_bytes())?;
+    let json = serde_json::to_vec_pretty(meta)
+        .map_err(|e| Error::ckpt(dir, format!("cannot serialise meta: {e}")))?;
+    // meta.json last: a directory without it is never taken for a checkpoint.
+    write_file(&dir.join("meta.json"), &json)
+}
+
+/// Save a step checkpoint under `run_dir/checkpoints/`, point `latest` at it, keep the newest `keep`.
+pub fn save(
+    run_dir: &Path,
+    meta: &CheckpointMeta,
+    t: &CheckpointTensors,
+    keep: usize,
+) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    fs::create_dir_all(&root).map_err(|e| Error::io("creating", &root, e))?;
+    let name = format!("step-{:08}", meta.step);
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io("removing", &tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+    write_files(&tmp, meta, t)?;
+    let dst = root.join(&name);
+    if dst.exists() {
+        fs::remove_dir_all(&dst).map_err(|e| Error::io("removing", &dst, e))?;
+    }
+    fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming into", &dst, e))?;
+    sync_dir(&root);
+    let latest_tmp = root.join(".latest.tmp");
+    write_file(&latest_tmp, name.as_bytes())?;
+    let latest = root.join("latest");
+    fs::rename(&latest_tmp, &latest).map_err(|e| Error::io("renaming into", &latest, e))?;
+    sync_dir(&root);
+    prune(&root, &name, keep)?;
+    Ok(dst)
+}
+
+fn prune(root: &Path, current: &str, keep: usize) -> Result<()> {
+    let mut steps: Vec<String> = fs::read_dir(root)
+        .map_err(|e| Error::io("listing", root, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    steps.sort();
+    let keep = keep.max(1);
+    if steps.len() > keep {
+        for old in &steps[..steps.len() - keep] {
+            if old != current {
+                let p = root.join(old);
+                fs::remove_dir_all(&p).map_err(|e| Error::io("removing", &p, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint directory a path names: a checkpoint itself, or a run whose `latest` is used.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("meta.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join("checkpoints").join("latest");
+    if latest.is_file() {
+        let name = fs::read_to_string(&latest).map_err(|e| Error::io("reading", &latest, e))?;
+        let dir = path.join("checkpoints").join(name.trim());
+        if dir.join("meta.json").is_file() {
+            return Ok(dir);
+        }
+        return Err(Error::ckpt(
+            &dir,
+            "named by checkpoints/latest but missing or incomplete",
+        ));
+    }
+    if !path.exists() {
+        return Err(Error::ckpt(path, "does not exist"));
+    }
+    Err(Error::ckpt(
+        path,
+        "is neither a checkpoint (no meta.json) nor a run directory (no checkpoints/latest)",
+    ))
+}
+
+/// Read meta.json of a checkpoint directory.
+pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
+    let p = dir.join("meta.json");
+    let bytes = fs::read(&p).map_err(|e| Error::io("reading", &p, e))?;
+    let meta: CheckpointMeta = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::ckpt(dir, format!("corrupt meta.json: {e}")))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(Error::ckpt(
+            dir,
+            format!(
+                "format version {} is not supported (expected {FORMAT_VERSION})",
+                meta.format_version
+            ),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Load tensors from a safetensors file, naming the file if it is corrupt.
+pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::ckpt(path, format!("corrupt or unreadable safetensors: {e}")))
+}
+
+/// Load a checkpoint (a checkpoint dir or a run dir).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let dir = resolve(path)?;
+    let meta = read_meta(&dir)?;
+    let all = load_safetensors(&dir.join("model.safetensors"))?;
+    let mut weights = HashMap::new();
+    let mut ema = HashMap::new();
+    let ema_prefix = format!("{EMA_PREFIX}.{BACKBONE}.");
+    let bb_prefix = format!("{BACKBONE}.");
+    for (k, v) in all {
+        if let Some(n) = k.strip_prefix(&ema_prefix) {
+            ema.insert(n.to_string(), v);
+        } else if let Some(n) = k.strip_prefix(&bb_prefix) {
+            if n != "rotary_emb.inv_freq" {
+                weights.insert(n.to_string(), v);
+            }
+        }
+    }
+    Ok(Checkpoint {
+        dir,
+        meta,
+        weights,
+        ema: if ema.is_empty() { None } else { Some(ema) },
+    })
+}
+
+impl Checkpoint {
+    /// Build the network from the EMA weights (if present and `use_ema`) or the raw weights.
+    pub fn dit(&self, use_ema: bool) -> Result<Dit> {
+        let w = match (&self.ema, use_ema) {
+            (Some(e), true) => e,
+            _ => &self.weights,
+        };
+        dit_from_tensors(w, &self.meta.model, &self.dir)
+    }
+
+    /// The tokenizer JSON stored in the checkpoint.
+    pub fn tokenizer_json(&self) -> Result<String> {
+        let p = self.dir.join("tokenizer.json");
+        fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))
+    }
+
+    /// Load the optimizer tensors, if saved.
+    pub fn optim(&self) -> Result<HashMap<String, Tensor>> {
+        load_safetensors(&self.dir.join("optim.safetensors"))
+    }
+}
+
+/// A frozen DiT from plain tensors (no gradient tracking); every weight must be present with
+/// the right shape.
+pub fn dit_from_tensors(
+    w: &HashMap<String, Tensor>,
+    cfg: &DitConfig,
+    origin: &Path,
+) -> Result<Dit> {
+    let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+    Dit::new(vb, cfg).map_err(|e| Error::ckpt(origin, format!("weights do not fit the model: {e}")))
+}

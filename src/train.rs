@@ -1,0 +1,470 @@
+//! Teacher training for any forward process: micro-batches with gradient accumulation, clipping,
+//! AdamW with warmup, EMA, seeded streams saved in checkpoints so a resume continues exactly.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointMeta, CheckpointTensors, DataInfo};
+use crate::config::RunConfig;
+use crate::data::PackedTokens;
+use crate::nn::{Dit, DitConfig, DitInput, DropoutRng, Ema, init::init_dit};
+use crate::optim::{AdamW, AdamWParams, global_norm, warmup_lr};
+use crate::process::schedule::antithetic_times;
+use crate::process::{ForwardProcess, Target};
+use crate::{Error, Result};
+
+/// The random streams of a run, one per purpose, plus the position in the data order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainRngs {
+    /// Data order (epoch permutations).
+    pub data_seed: u64,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Next row of the epoch permutation.
+    pub pos: usize,
+    /// Diffusion times.
+    pub time: ChaCha8Rng,
+    /// Forward-process noise.
+    pub noise: ChaCha8Rng,
+    /// Dropout masks.
+    pub dropout: ChaCha8Rng,
+}
+
+impl TrainRngs {
+    /// Streams derived from one seed.
+    pub fn new(seed: u64) -> Self {
+        let stream = |s: u64| {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            r.set_stream(s);
+            r
+        };
+        Self {
+            data_seed: seed,
+            epoch: 0,
+            pos: 0,
+            time: stream(1),
+            noise: stream(2),
+            dropout: stream(3),
+        }
+    }
+}
+
+/// Epoch permutation of `n` rows.
+fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(1000 + epoch);
+    let mut p: Vec<usize> = (0..n).collect();
+    p.shuffle(&mut r);
+    p
+}
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepStats {
+    /// Step number after the update.
+    pub step: u64,
+    /// Mean loss over the micro-batches (nats/token).
+    pub loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Tokens in the step.
+    pub tokens: u64,
+}
+
+/// A DiT being trained: variables, EMA, optimizer, streams, counters.
+pub struct Trainer {
+    /// Run configuration.
+    pub cfg: RunConfig,
+    /// Architecture.
+    pub dit_cfg: DitConfig,
+    varmap: VarMap,
+    /// The network (its weights are the variables).
+    pub model: Dit,
+    names: Vec<String>,
+    vars: Vec<Var>,
+    /// EMA of the weights.
+    pub ema: Ema,
+    /// Optimizer.
+    pub opt: AdamW,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Tokens trained on.
+    pub tokens_seen: u64,
+    /// Random streams.
+    pub rngs: TrainRngs,
+    /// Seconds spent training (across resumes).
+    pub train_seconds: f64,
+    perm: Vec<usize>,
+}
+
+impl Trainer {
+    /// A fresh network initialised from `cfg.train.seed`.
+    pub fn new(cfg: &RunConfig, dit_cfg: &DitConfig) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = Dit::new(vb, dit_cfg)?;
+        init_dit(&varmap, cfg.train.seed)?;
+        Self::assemble(cfg, dit_cfg, varmap, model)
+    }
+
+    fn assemble(cfg: &RunConfig, dit_cfg: &DitConfig, varmap: VarMap, model: Dit) -> Result<Self> {
+        let (names, vars) = sorted_vars(&varmap)?;
+        let ema = Ema::new(&vars, cfg.train.ema_decay)?;
+        let t = &cfg.train;
+        let opt = AdamW::new(
+            &vars,
+            AdamWParams {
+                beta1: t.beta1,
+                beta2: t.beta2,
+                eps: t.adam_eps,
+                weight_decay: t.weight_decay,
+            },
+        );
+        Ok(Self {
+            cfg: cfg.clone(),
+            dit_cfg: dit_cfg.clone(),
+            varmap,
+            model,
+            names,
+            vars,
+            ema,
+            opt,
+            step: 0,
+            tokens_seen: 0,
+            rngs: TrainRngs::new(cfg.train.seed),
+            train_seconds: 0.0,
+            perm: Vec::new(),
+        })
+    }
+
+    /// Continue from a checkpoint: weights, EMA, optimizer state, streams and counters.
+    pub fn from_checkpoint(ck: &Checkpoint, cfg: &RunConfig) -> Result<Self> {
+        let m = &ck.meta;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = Dit::new(vb, &m.model)?;
+        let mut tr = Self::assemble(cfg, &m.model, varmap, model)?;
+        let optim = ck.optim()?;
+        let ema = ck
+            .ema
+            .as_ref()
+            .ok_or_else(|| Error::ckpt(&ck.dir, "no EMA weights: cannot resume"))?;
+        for (i, name) in tr.names.iter().enumerate() {
+            let get = |map: &HashMap<String, Tensor>, key: &str| -> Result<Tensor> {
+                map.get(key)
+                    .cloned()
+                    .ok_or_else(|| Error::ckpt(&ck.dir, format!("missing tensor '{key}'")))
+            };
+            let w = get(&ck.weights, name)?;
+            if w.shape() != tr.vars[i].shape() {
+                return Err(Error::ckpt(
+                    &ck.dir,
+                    format!("tensor '{name}' has shape {:?}", w.shape()),
+                ));
+            }
+            tr.vars[i].set(&w)?;
+            tr.ema.shadow[i] = get(ema, name)?;
+            tr.opt.m[i] = get(&optim, &format!("m.{name}"))?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            tr.opt.v[i] = get(&optim, &format!("v.{name}"))?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+        }
+        tr.opt.step = m.step;
+        tr.ema.num_updates = m.ema_updates;
+        tr.step = m.step;
+        tr.tokens_seen = m.tokens_seen;
+        tr.train_seconds = m.train_seconds;
+        tr.rngs = serde_json::from_value(m.rng.clone())
+            .map_err(|e| Error::ckpt(&ck.dir, format!("corrupt random state: {e}")))?;
+        Ok(tr)
+    }
+
+    /// Next `b` rows of the shuffled training data, flattened.
+    fn next_rows(&mut self, data: &PackedTokens, b: usize) -> Result<Vec<u32>> {
+        let n = data.n_rows();
+        let l = data.row_len();
+        if n == 0 {
+            return Err(Error::Data("training split has no rows".into()));
+        }
+        let mut out = vec![0u32; b * l];
+        for r in 0..b {
+            if self.perm.len() != n || self.rngs.pos >= n {
+                if self.rngs.pos >= n {
+                    self.rngs.epoch += 1;
+                    self.rngs.pos = 0;
+                }
+                self.perm = permutation(self.rngs.data_seed, self.rngs.epoch, n);
+            }
+            data.row_into(self.perm[self.rngs.pos], &mut out[r * l..(r + 1) * l])?;
+            self.rngs.pos += 1;
+        }
+        Ok(out)
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn train_step(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<StepStats> {
+        let t = self.cfg.train.clone();
+        let (b, l) = (t.batch_size, data.row_len());
+        // Strata cover the whole accumulated batch; each micro-batch takes a contiguous run.
+        let times = antithetic_times(b * t.grad_accum, &mut self.rngs.time);
+        let mut acc: Option<Vec<Tensor>> = None;
+        let mut loss_sum = 0.0;
+        for micro in 0..t.grad_accum {
+            let x0 = self.next_rows(data, b)?;
+            let tt = &times[micro * b..(micro + 1) * b];
+            let mut xt = vec![0u32; b * l];
+            for r in 0..b {
+                let row = r * l..(r + 1) * l;
+                process.corrupt_row(&x0[row.clone()], tt[r], &mut self.rngs.noise, &mut xt[row]);
+            }
+            let mut drop = DropoutRng {
+                p: self.dit_cfg.dropout,
+                rng: &mut self.rngs.dropout,
+            };
+            let loss = batch_loss(&self.model, process, &x0, &xt, b, l, tt, Some(&mut drop))?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "loss",
+                    step: self.step + 1,
+                });
+            }
+            loss_sum += lv;
+            let grads = (loss / t.grad_accum as f64)?.backward()?;
+            let gs: Vec<Tensor> = self
+                .vars
+                .iter()
+                .map(|v| match grads.get(v.as_tensor()) {
+                    Some(g) => Ok(g.clone()),
+                    None => v.as_tensor().zeros_like(),
+                })
+                .collect::<candle_core::Result<_>>()?;
+            acc = Some(match acc {
+                None => gs,
+                Some(a) => a
+                    .iter()
+                    .zip(&gs)
+                    .map(|(x, y)| x + y)
+                    .collect::<candle_core::Result<_>>()?,
+            });
+        }
+        let grads = acc.ok_or_else(|| Error::Config("grad_accum must be at least 1".into()))?;
+        let norm = global_norm(&grads)?;
+        if !norm.is_finite() {
+            return Err(Error::NonFinite {
+                what: "gradient",
+                step: self.step + 1,
+            });
+        }
+        let scale = if t.grad_clip > 0.0 && norm > t.grad_clip {
+            t.grad_clip / norm
+        } else {
+            1.0
+        };
+        let lr = warmup_lr(t.lr, t.warmup_steps, self.step);
+        self.opt.step(&self.vars, &grads, lr, scale)?;
+        self.ema.update(&self.vars)?;
+        self.step += 1;
+        let tokens = (b * l * t.grad_accum) as u64;
+        self.tokens_seen += tokens;
+        Ok(StepStats {
+            step: self.step,
+            loss: loss_sum / t.grad_accum as f64,
+            grad_norm: norm,
+            lr,
+            tokens,
+        })
+    }
+
+    /// Current raw weights by name.
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.names
+            .iter()
+            .zip(&self.vars)
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// EMA weights by name.
+    pub fn ema_weights(&self) -> HashMap<String, Tensor> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.ema.shadow.iter().cloned())
+            .collect()
+    }
+
+    /// A frozen network with the EMA weights.
+    pub fn ema_model(&self) -> Result<Dit> {
+        checkpoint::dit_from_tensors(&self.ema_weights(), &self.dit_cfg, std::path::Path::new("EMA"))
+    }
+
+    /// Write a checkpoint of everything needed to resume.
+    pub fn save(
+        &self,
+        run_dir: &std::path::Path,
+        data: &DataInfo,
+        tokenizer_json: &str,
+        val_nelbo: Option<f64>,
+    ) -> Result<std::path::PathBuf> {
+        let mut optim = HashMap::new();
+        for (i, n) in self.names.iter().enumerate() {
+            let shape = self.vars[i].shape();
+            optim.insert(
+                format!("m.{n}"),
+                Tensor::from_slice(&self.opt.m[i], shape, &Device::Cpu)?,
+            );
+            optim.insert(
+                format!("v.{n}"),
+                Tensor::from_slice(&self.opt.v[i], shape, &Device::Cpu)?,
+            );
+        }
+        let meta = CheckpointMeta {
+            format_version: checkpoint::FORMAT_VERSION,
+            process: self.cfg.train.process,
+            model: self.dit_cfg.clone(),
+            config: self.cfg.clone(),
+            data: data.clone(),
+            step: self.step,
+            tokens_seen: self.tokens_seen,
+            ema_updates: self.ema.num_updates,
+            rng: serde_json::to_value(&self.rngs)
+                .map_err(|e| Error::Config(format!("cannot serialise random state: {e}")))?,
+            val_nelbo,
+            train_seconds: self.train_seconds,
+        };
+        let (w, e) = (self.weights(), self.ema_weights());
+        checkpoint::save(
+            run_dir,
+            &meta,
+            &CheckpointTensors {
+                weights: &w,
+                ema: &e,
+                optim: &optim,
+                inv_freq: self.model.inv_freq(),
+                tokenizer_json,
+            },
+            self.cfg.train.keep_checkpoints,
+        )
+    }
+
+    /// The variable map (for tests that poke at weights).
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+}
+
+fn sorted_vars(varmap: &VarMap) -> Result<(Vec<String>, Vec<Var>)> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Config("variable map lock poisoned".into()))?;
+    let mut names: Vec<String> = data.keys().cloned().collect();
+    names.sort();
+    let vars = names.iter().map(|n| data[n].clone()).collect();
+    Ok((names, vars))
+}
+
+/// Mean NELBO integrand over all tokens of a batch (the reference's mean over valid tokens).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_loss(
+    model: &Dit,
+    process: &dyn ForwardProcess,
+    x0: &[u32],
+    xt: &[u32],
+    b: usize,
+    l: usize,
+    t: &[f64],
+    dropout: Option<&mut DropoutRng>,
+) -> Result<Tensor> {
+    let dev = model.device().clone();
+    let x0t = Tensor::from_slice(x0, (b, l), &dev)?;
+    let xtt = Tensor::from_slice(xt, (b, l), &dev)?;
+    let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
+    let sigma = Tensor::from_vec(sigma, b, &dev)?;
+    let logits = model.forward(DitInput::Ids(&xtt), &sigma, dropout)?;
+    let per_tok = process.loss_per_token(&logits, &xtt, Target::Hard(&x0t), t)?;
+    Ok(per_tok.mean_all()?)
+}
+
+/// A validation NELBO estimate.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct NelboStats {
+    /// Mean NELBO per token (nats).
+    pub nelbo: f64,
+    /// Standard error of the mean over sequences x time samples.
+    pub stderr: f64,
+    /// Tokens scored (per time sample).
+    pub tokens: u64,
+    /// Time samples per sequence.
+    pub time_samples: usize,
+}
+
+/// NELBO per token of `model` on the first `max_rows` rows of `data`, with `time_samples`
+/// independent (seeded) corruptions of each row.
+pub fn nelbo(
+    model: &Dit,
+    process: &dyn ForwardProcess,
+    data: &PackedTokens,
+    max_rows: usize,
+    batch_size: usize,
+    time_samples: usize,
+    seed: u64,
+) -> Result<NelboStats> {
+    let n = data.n_rows().min(max_rows);
+    let l = data.row_len();
+    if n == 0 || time_samples == 0 || batch_size == 0 {
+        return Err(Error::InvalidArgument(
+            "NELBO needs at least one row, one time sample and a positive batch size".into(),
+        ));
+    }
+    let mut trng = ChaCha8Rng::seed_from_u64(seed);
+    let mut nrng = ChaCha8Rng::seed_from_u64(seed);
+    nrng.set_stream(1);
+    let mut per_seq: Vec<f64> = Vec::with_capacity(n * time_samples);
+    for _ in 0..time_samples {
+        let mut start = 0;
+        while start < n {
+            let b = batch_size.min(n - start);
+            let mut x0 = vec![0u32; b * l];
+            for r in 0..b {
+                data.row_into(start + r, &mut x0[r * l..(r + 1) * l])?;
+            }
+            let t = antithetic_times(b, &mut trng);
+            let mut xt = vec![0u32; b * l];
+            for r in 0..b {
+                let row = r * l..(r + 1) * l;
+                process.corrupt_row(&x0[row.clone()], t[r], &mut nrng, &mut xt[row]);
+            }
+            let dev = model.device().clone();
+            let x0t = Tensor::from_slice(&x0, (b, l), &dev)?;
+            let xtt = Tensor::from_slice(&xt, (b, l), &dev)?;
+            let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
+            let logits =
+                model.forward(DitInput::Ids(&xtt), &Tensor::from_vec(sigma, b, &dev)?, None)?;
+            let per_tok = process.loss_per_token(&logits, &xtt, Target::Hard(&x0t), &t)?;
+            let rows = per_tok.mean(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            per_seq.extend(rows);
+            start += b;
+        }
+    }
+    let m = per_seq.iter().sum::<f64>() / per_seq.len() as f64;
+    let var = per_seq.iter().map(|x| (x - m).powi(2)).sum::<f64>()
+        / (per_seq.len().saturating_sub(1).max(1)) as f64;
+    Ok(NelboStats {
+        nelbo: m,
+        stderr: (var / per_seq.len() as f64).sqrt(),
+        tokens: (n * l) as u64,
+        time_samples,
+    })
+}
