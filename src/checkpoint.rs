@@ -103,7 +103,8 @@ fn sync_dir(path: &Path) {
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io("writing", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("writing", path, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", path, e))
 }
 
@@ -250,10 +251,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     for (k, v) in all {
         if let Some(n) = k.strip_prefix(&ema_prefix) {
             ema.insert(n.to_string(), v);
-        } else if let Some(n) = k.strip_prefix(&bb_prefix) {
-            if n != "rotary_emb.inv_freq" {
-                weights.insert(n.to_string(), v);
-            }
+        } else if let Some(n) = k.strip_prefix(&bb_prefix)
+            && n != "rotary_emb.inv_freq"
+        {
+            weights.insert(n.to_string(), v);
         }
     }
     Ok(Checkpoint {

@@ -186,7 +186,7 @@ impl RunConfig {
         if self.sample.steps == 0 {
             return bad("sample.steps must be at least 1");
         }
-        if self.model.hidden_size % self.model.n_heads.max(1) != 0 || self.model.n_heads == 0 {
+        if self.model.n_heads == 0 || !self.model.hidden_size.is_multiple_of(self.model.n_heads) {
             return bad("model.hidden_size must be divisible by model.n_heads");
         }
         Ok(())

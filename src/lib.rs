@@ -10,6 +10,7 @@ pub mod process;
 pub mod run;
 pub mod runtime;
 pub mod sample;
+pub mod toy;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -113,7 +113,8 @@ mod tests {
         };
         let mut opt = AdamW::new(std::slice::from_ref(&var), p);
         let g = Tensor::new(&[0.5f32, -0.25], &Device::Cpu).unwrap();
-        opt.step(std::slice::from_ref(&var), &[g], 0.01, 1.0).unwrap();
+        opt.step(std::slice::from_ref(&var), &[g], 0.01, 1.0)
+            .unwrap();
         // First step: m_hat = g, v_hat = g^2, so the update is lr * sign(g) (up to eps),
         // after the decoupled decay w (1 - lr wd).
         let w = var.as_tensor().to_vec1::<f32>().unwrap();

@@ -121,8 +121,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         })
         .collect();
     let tmp = path.with_extension("jsonl.tmp");
-    fs::write(&tmp, kept.join("\n") + if kept.is_empty() { "" } else { "\n" })
-        .map_err(|e| Error::io("writing", &tmp, e))?;
+    fs::write(
+        &tmp,
+        kept.join("\n") + if kept.is_empty() { "" } else { "\n" },
+    )
+    .map_err(|e| Error::io("writing", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming", path, e))
 }
 
@@ -201,7 +204,15 @@ pub fn run_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
         let last = trainer.step >= t.max_steps;
         if t.eval_every > 0 && (trainer.step % t.eval_every == 0 || last) {
             let ema = trainer.ema_model()?;
-            let s = nelbo(&ema, process.as_ref(), &data.valid, eval_rows, t.batch_size, 1, VALID_SEED)?;
+            let s = nelbo(
+                &ema,
+                process.as_ref(),
+                &data.valid,
+                eval_rows,
+                t.batch_size,
+                1,
+                VALID_SEED,
+            )?;
             val = Some(s.nelbo);
             bar.println(format!(
                 "step {}: val NELBO {:.4} +- {:.4} nats/token (unigram entropy {:.4})",

@@ -19,7 +19,9 @@ pub fn set_threads(n: Option<usize>) -> Result<()> {
         return Ok(());
     };
     if n == 0 {
-        return Err(Error::InvalidArgument("--threads must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "--threads must be at least 1".into(),
+        ));
     }
     // candle reads RAYON_NUM_THREADS for its GEMM parallelism; set it before the first use.
     // SAFETY: called at start-up before any other thread exists.

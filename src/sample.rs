@@ -101,7 +101,9 @@ pub fn sample(
         ));
     }
     if opts.batch_size == 0 {
-        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "batch size must be at least 1".into(),
+        ));
     }
     if len == 0 || len > den.max_len() {
         return Err(Error::InvalidArgument(format!(
@@ -202,11 +204,7 @@ fn predict(
     let ids: Vec<u32> = need.iter().flat_map(|&i| seqs[i].x.clone()).collect();
     let dev = den.device();
     let xt = Tensor::from_vec(ids, (need.len(), len), &dev)?;
-    let sigma = Tensor::from_vec(
-        vec![process.sigma(t) as f32; need.len()],
-        need.len(),
-        &dev,
-    )?;
+    let sigma = Tensor::from_vec(vec![process.sigma(t) as f32; need.len()], need.len(), &dev)?;
     let logits = den.logits(&xt, &sigma)?;
     let probs = process.log_probs(&logits, &xt)?.exp()?;
     let v = probs.dim(2)?;

@@ -212,7 +212,11 @@ impl Trainer {
     }
 
     /// One optimizer step over `grad_accum` micro-batches.
-    pub fn train_step(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<StepStats> {
+    pub fn train_step(
+        &mut self,
+        process: &dyn ForwardProcess,
+        data: &PackedTokens,
+    ) -> Result<StepStats> {
         let t = self.cfg.train.clone();
         let (b, l) = (t.batch_size, data.row_len());
         // Strata cover the whole accumulated batch; each micro-batch takes a contiguous run.
@@ -223,9 +227,9 @@ impl Trainer {
             let x0 = self.next_rows(data, b)?;
             let tt = &times[micro * b..(micro + 1) * b];
             let mut xt = vec![0u32; b * l];
-            for r in 0..b {
+            for (r, &tr) in tt.iter().enumerate() {
                 let row = r * l..(r + 1) * l;
-                process.corrupt_row(&x0[row.clone()], tt[r], &mut self.rngs.noise, &mut xt[row]);
+                process.corrupt_row(&x0[row.clone()], tr, &mut self.rngs.noise, &mut xt[row]);
             }
             let mut drop = DropoutRng {
                 p: self.dit_cfg.dropout,
@@ -306,7 +310,11 @@ impl Trainer {
 
     /// A frozen network with the EMA weights.
     pub fn ema_model(&self) -> Result<Dit> {
-        checkpoint::dit_from_tensors(&self.ema_weights(), &self.dit_cfg, std::path::Path::new("EMA"))
+        checkpoint::dit_from_tensors(
+            &self.ema_weights(),
+            &self.dit_cfg,
+            std::path::Path::new("EMA"),
+        )
     }
 
     /// Write a checkpoint of everything needed to resume.
@@ -442,16 +450,19 @@ pub fn nelbo(
             }
             let t = antithetic_times(b, &mut trng);
             let mut xt = vec![0u32; b * l];
-            for r in 0..b {
+            for (r, &tr) in t.iter().enumerate() {
                 let row = r * l..(r + 1) * l;
-                process.corrupt_row(&x0[row.clone()], t[r], &mut nrng, &mut xt[row]);
+                process.corrupt_row(&x0[row.clone()], tr, &mut nrng, &mut xt[row]);
             }
             let dev = model.device().clone();
             let x0t = Tensor::from_slice(&x0, (b, l), &dev)?;
             let xtt = Tensor::from_slice(&xt, (b, l), &dev)?;
             let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
-            let logits =
-                model.forward(DitInput::Ids(&xtt), &Tensor::from_vec(sigma, b, &dev)?, None)?;
+            let logits = model.forward(
+                DitInput::Ids(&xtt),
+                &Tensor::from_vec(sigma, b, &dev)?,
+                None,
+            )?;
             let per_tok = process.loss_per_token(&logits, &xtt, Target::Hard(&x0t), &t)?;
             let rows = per_tok.mean(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             per_seq.extend(rows);

@@ -58,7 +58,9 @@ fn dit_logits_match_reference_on_ids() {
     let dit = fixture_dit();
     let io = load("dit_reference/io.safetensors");
     let ids = io["ids"].to_dtype(DType::U32).unwrap();
-    let got = dit.forward(DitInput::Ids(&ids), &io["sigma"], None).unwrap();
+    let got = dit
+        .forward(DitInput::Ids(&ids), &io["sigma"], None)
+        .unwrap();
     let d = max_abs_diff(&got, &io["logits"]);
     assert!(d < 1e-3, "max abs diff {d}");
 }
@@ -106,15 +108,14 @@ fn mdlm_subs_and_nll_match_reference() {
     let logp = proc.log_probs(&f["mdlm_logits"], &xt).unwrap();
     let want = &f["mdlm_subs_logprobs"];
     // Relative 1e-4 on log-probs (the -1e6 entries agree exactly).
-    let rel = ((&logp - want).unwrap().abs().unwrap()
-        / (want.abs().unwrap() + 1.0).unwrap())
-    .unwrap()
-    .flatten_all()
-    .unwrap()
-    .max(0)
-    .unwrap()
-    .to_scalar::<f32>()
-    .unwrap();
+    let rel = ((&logp - want).unwrap().abs().unwrap() / (want.abs().unwrap() + 1.0).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(rel < 1e-4, "SUBS rel diff {rel}");
     let nll = proc
         .loss_per_token(&f["mdlm_logits"], &xt, Target::Hard(&x0), &t)

@@ -40,7 +40,9 @@ fn prepare(a: PrepareArgs) -> Result<()> {
         .with_context(|| format!("finding corpus '{}'", a.corpus))?;
     let tok = match &a.tokenizer {
         Some(p) => TokenizerChoice::Load(p.clone()),
-        None => TokenizerChoice::Train { vocab_size: a.vocab },
+        None => TokenizerChoice::Train {
+            vocab_size: a.vocab,
+        },
     };
     let out = a.out.clone().unwrap_or_else(|| {
         let name = std::path::Path::new(&a.corpus)
@@ -148,7 +150,11 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    let sampler = if opts.cache { "ancestral_cache" } else { "ancestral" };
+    let sampler = if opts.cache {
+        "ancestral_cache"
+    } else {
+        "ancestral"
+    };
     for s in &samples {
         let text = tok.decode(&s.ids)?;
         let line = json!({

@@ -45,13 +45,13 @@ impl DitConfig {
         {
             return bad(format!("model sizes must be positive: {self:?}"));
         }
-        if self.n_heads == 0 || self.hidden_size % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.hidden_size.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "hidden_size {} is not divisible by n_heads {}",
                 self.hidden_size, self.n_heads
             ));
         }
-        if (self.hidden_size / self.n_heads) % 2 != 0 {
+        if !(self.hidden_size / self.n_heads).is_multiple_of(2) {
             return bad("head dimension must be even for rotary embeddings".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -179,7 +179,11 @@ impl Block {
         };
         let x = (x + y.broadcast_mul(&gate_msa)?)?;
 
-        let h = modulate(&layer_norm_no_bias(&x, &self.norm2)?, &shift_mlp, &scale_mlp)?;
+        let h = modulate(
+            &layer_norm_no_bias(&x, &self.norm2)?,
+            &shift_mlp,
+            &scale_mlp,
+        )?;
         let h = self.mlp2.forward(&self.mlp0.forward(&h)?.gelu()?)?;
         let h = match drop {
             Some(r) => r.apply(&h)?,
@@ -264,9 +268,11 @@ impl Dit {
                     )));
                 }
                 let p = candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-                p.reshape((b * l, v))?
-                    .matmul(&self.embedding)?
-                    .reshape((b, l, self.cfg.hidden_size))?
+                p.reshape((b * l, v))?.matmul(&self.embedding)?.reshape((
+                    b,
+                    l,
+                    self.cfg.hidden_size,
+                ))?
             }
         };
         let sigma = if self.cfg.time_conditioning {

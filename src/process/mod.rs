@@ -81,8 +81,14 @@ pub trait ForwardProcess: Send + Sync {
         t: &[f64],
     ) -> Result<Tensor>;
     /// One reverse step t -> s of a row given p(x0 | x_t) (row-major L x V); true if x_t changed.
-    fn posterior_row(&self, probs: &[f32], xt: &mut [u32], t: f64, s: f64, rng: &mut ChaCha8Rng)
-    -> bool;
+    fn posterior_row(
+        &self,
+        probs: &[f32],
+        xt: &mut [u32],
+        t: f64,
+        s: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> bool;
     /// The final noise-removal step of a row; true if x_t changed.
     fn noise_removal_row(
         &self,

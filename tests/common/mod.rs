@@ -1,0 +1,50 @@
+//! Shared fixtures of the end-to-end tests: a tiny corpus and prepared data made on the fly.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use idlm::data::{PrepareOptions, TokenizerChoice, prepare};
+
+const WORDS: &[&str] = &[
+    "the", "whale", "ship", "sea", "captain", "and", "of", "to", "a", "in", "congress", "nation",
+    "people", "law", "king", "queen", "love", "night", "day", "white", "great", "old", "man",
+    "upon", "with", "our", "their", "shall", "will", "is", "was", "not", "be", "by", "for",
+];
+
+/// Write `n_docs` small text documents of pseudo-English into `dir`.
+pub fn tiny_corpus(dir: &Path, n_docs: usize, words_per_doc: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut state: u64 = 12345;
+    for d in 0..n_docs {
+        let mut text = String::new();
+        for w in 0..words_per_doc {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let word = WORDS[(state >> 33) as usize % WORDS.len()];
+            text.push_str(word);
+            text.push(if w % 12 == 11 { '.' } else { ' ' });
+            if w % 12 == 11 {
+                text.push(' ');
+            }
+        }
+        std::fs::write(dir.join(format!("doc_{d:03}.txt")), text).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// Prepare a tiny data directory (BPE of `vocab` tokens, rows of `seq_len`).
+pub fn tiny_data(root: &Path, vocab: usize, seq_len: usize) -> PathBuf {
+    let corpus = tiny_corpus(&root.join("corpus"), 12, 400);
+    let out = root.join(format!("data-{vocab}"));
+    let mut opts = PrepareOptions::new(
+        "tiny",
+        vec![corpus],
+        TokenizerChoice::Train { vocab_size: vocab },
+        seq_len,
+        &out,
+    );
+    opts.valid_fraction = 0.2;
+    prepare(&opts).unwrap();
+    out
+}
