@@ -1,5 +1,6 @@
 //! idlm: few-step text diffusion (MDLM / Duo teachers, IDLM distillation) in Rust.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

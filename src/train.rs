@@ -15,8 +15,8 @@ use crate::config::RunConfig;
 use crate::data::PackedTokens;
 use crate::nn::{Dit, DitConfig, DitInput, DropoutRng, Ema, init::init_dit};
 use crate::optim::{AdamW, AdamWParams, global_norm, warmup_lr};
+use crate::process::ForwardProcess;
 use crate::process::schedule::antithetic_times;
-use crate::process::{ForwardProcess, Target};
 use crate::{Error, Result};
 
 /// The random streams of a run, one per purpose, plus the position in the data order.
@@ -221,22 +221,37 @@ impl Trainer {
         let (b, l) = (t.batch_size, data.row_len());
         // Strata cover the whole accumulated batch; each micro-batch takes a contiguous run.
         let times = antithetic_times(b * t.grad_accum, &mut self.rngs.time);
-        let mut acc: Option<Vec<Tensor>> = None;
-        let mut loss_sum = 0.0;
+        let mut batches = Vec::with_capacity(t.grad_accum);
         for micro in 0..t.grad_accum {
             let x0 = self.next_rows(data, b)?;
-            let tt = &times[micro * b..(micro + 1) * b];
+            let tt = times[micro * b..(micro + 1) * b].to_vec();
             let mut xt = vec![0u32; b * l];
             for (r, &tr) in tt.iter().enumerate() {
                 let row = r * l..(r + 1) * l;
                 process.corrupt_row(&x0[row.clone()], tr, &mut self.rngs.noise, &mut xt[row]);
             }
-            let mut drop = DropoutRng {
-                p: self.dit_cfg.dropout,
-                rng: &mut self.rngs.dropout,
-            };
-            let loss = batch_loss(&self.model, process, &x0, &xt, b, l, tt, Some(&mut drop))?;
-            let lv = loss.to_scalar::<f32>()? as f64;
+            batches.push((x0, xt, tt));
+        }
+        let p = self.dit_cfg.dropout;
+        self.optimize((b * l * t.grad_accum) as u64, |model, micro, rng| {
+            let (x0, xt, tt) = &batches[micro];
+            let mut drop = DropoutRng { p, rng };
+            batch_loss(model, process, x0, xt, b, l, tt, Some(&mut drop))
+        })
+    }
+
+    /// One optimizer step whose loss comes from `loss(model, micro_batch, dropout_rng)` for each
+    /// of `grad_accum` micro-batches: accumulate, check finiteness, clip, AdamW, EMA.
+    pub fn optimize<F>(&mut self, tokens: u64, mut loss: F) -> Result<StepStats>
+    where
+        F: FnMut(&Dit, usize, &mut ChaCha8Rng) -> Result<Tensor>,
+    {
+        let t = self.cfg.train.clone();
+        let mut acc: Option<Vec<Tensor>> = None;
+        let mut loss_sum = 0.0;
+        for micro in 0..t.grad_accum {
+            let l = loss(&self.model, micro, &mut self.rngs.dropout)?;
+            let lv = l.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 return Err(Error::NonFinite {
                     what: "loss",
@@ -244,7 +259,7 @@ impl Trainer {
                 });
             }
             loss_sum += lv;
-            let grads = (loss / t.grad_accum as f64)?.backward()?;
+            let grads = (l / t.grad_accum as f64)?.backward()?;
             let gs: Vec<Tensor> = self
                 .vars
                 .iter()
@@ -279,7 +294,6 @@ impl Trainer {
         self.opt.step(&self.vars, &grads, lr, scale)?;
         self.ema.update(&self.vars)?;
         self.step += 1;
-        let tokens = (b * l * t.grad_accum) as u64;
         self.tokens_seen += tokens;
         Ok(StepStats {
             step: self.step,
@@ -383,6 +397,47 @@ fn sorted_vars(varmap: &VarMap) -> Result<(Vec<String>, Vec<Var>)> {
     Ok((names, vars))
 }
 
+/// NELBO integrand at the positions that can carry loss (all others are exactly zero): the
+/// vocabulary projection runs only there. Returns the per-position losses (M,) and, for each, its
+/// row in the batch; None when no position is active.
+#[allow(clippy::too_many_arguments)]
+pub fn active_losses(
+    model: &Dit,
+    process: &dyn ForwardProcess,
+    x0: &[u32],
+    xt: &[u32],
+    b: usize,
+    l: usize,
+    t: &[f64],
+    dropout: Option<&mut DropoutRng>,
+) -> Result<Option<(Tensor, Vec<usize>)>> {
+    let pos: Vec<u32> = process
+        .active_positions(xt)
+        .unwrap_or_else(|| (0..(b * l) as u32).collect());
+    if pos.is_empty() {
+        return Ok(None);
+    }
+    let dev = model.device().clone();
+    let xtt = Tensor::from_slice(xt, (b, l), &dev)?;
+    let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
+    let sigma = Tensor::from_vec(sigma, b, &dev)?;
+    let feats = model.features(DitInput::Ids(&xtt), &sigma, dropout)?;
+    let d = feats.dim(2)?;
+    let flat = feats.reshape((b * l, d))?;
+    let sel = if pos.len() == b * l {
+        flat
+    } else {
+        flat.index_select(&Tensor::from_slice(&pos, pos.len(), &dev)?, 0)?
+    };
+    let logits = model.head(&sel)?;
+    let rows: Vec<usize> = pos.iter().map(|&p| p as usize / l).collect();
+    let xs: Vec<u32> = pos.iter().map(|&p| xt[p as usize]).collect();
+    let ys: Vec<u32> = pos.iter().map(|&p| x0[p as usize]).collect();
+    let ts: Vec<f64> = rows.iter().map(|&r| t[r]).collect();
+    let loss = process.hard_loss_rows(&logits, &xs, &ys, &ts)?;
+    Ok(Some((loss, rows)))
+}
+
 /// Mean NELBO integrand over all tokens of a batch (the reference's mean over valid tokens).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_loss(
@@ -395,14 +450,10 @@ pub fn batch_loss(
     t: &[f64],
     dropout: Option<&mut DropoutRng>,
 ) -> Result<Tensor> {
-    let dev = model.device().clone();
-    let x0t = Tensor::from_slice(x0, (b, l), &dev)?;
-    let xtt = Tensor::from_slice(xt, (b, l), &dev)?;
-    let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
-    let sigma = Tensor::from_vec(sigma, b, &dev)?;
-    let logits = model.forward(DitInput::Ids(&xtt), &sigma, dropout)?;
-    let per_tok = process.loss_per_token(&logits, &xtt, Target::Hard(&x0t), t)?;
-    Ok(per_tok.mean_all()?)
+    match active_losses(model, process, x0, xt, b, l, t, dropout)? {
+        Some((loss, _)) => Ok((loss.sum_all()? / (b * l) as f64)?),
+        None => Ok(Tensor::new(0f32, model.device())?),
+    }
 }
 
 /// A validation NELBO estimate.
@@ -454,17 +505,13 @@ pub fn nelbo(
                 let row = r * l..(r + 1) * l;
                 process.corrupt_row(&x0[row.clone()], tr, &mut nrng, &mut xt[row]);
             }
-            let dev = model.device().clone();
-            let x0t = Tensor::from_slice(&x0, (b, l), &dev)?;
-            let xtt = Tensor::from_slice(&xt, (b, l), &dev)?;
-            let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
-            let logits = model.forward(
-                DitInput::Ids(&xtt),
-                &Tensor::from_vec(sigma, b, &dev)?,
-                None,
-            )?;
-            let per_tok = process.loss_per_token(&logits, &xtt, Target::Hard(&x0t), &t)?;
-            let rows = per_tok.mean(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let mut sums = vec![0f64; b];
+            if let Some((loss, rows)) = active_losses(model, process, &x0, &xt, b, l, &t, None)? {
+                for (v, r) in loss.to_vec1::<f32>()?.iter().zip(rows) {
+                    sums[r] += *v as f64;
+                }
+            }
+            let rows = sums.iter().map(|s| s / l as f64);
             per_seq.extend(rows);
             start += b;
         }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::{Cli, Command, DataCmd, NllArgs, PrepareArgs, SampleArgs, TrainArgs};
+use super::{BenchArgs, Cli, Command, DataCmd, NllArgs, PrepareArgs, SampleArgs, TrainArgs};
 use idlm::checkpoint;
 use idlm::config::RunConfig;
 use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
@@ -32,6 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Train(a) => train(a),
         Command::Sample(a) => sample_cmd(a),
         Command::Nll(a) => nll(a),
+        Command::Bench(a) => bench(a),
     }
 }
 
@@ -205,5 +206,32 @@ fn nll(a: NllArgs) -> Result<()> {
         "step": ck.meta.step, "weights": if a.raw { "raw" } else { "ema" },
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.iters == 0 || a.vocab < 2 || a.batch == 0 || a.len == 0 {
+        bail!("bench needs --iters, --batch, --len >= 1 and --vocab >= 2");
+    }
+    let o = idlm::bench::BenchOptions {
+        vocab: a.vocab,
+        hidden: a.hidden,
+        blocks: a.blocks,
+        heads: a.heads,
+        cond_dim: 128,
+        len: a.len,
+        batch: a.batch,
+        warmup: a.warmup,
+        iters: a.iters,
+    };
+    let r = idlm::bench::run_bench(&o)?;
+    println!(
+        "threads {} | train step {:.1} ms (CE on all positions) | MDLM train step {:.1} ms | forward {:.1} ms | sampler 16 steps {:.0} tokens/s",
+        r.threads, r.train_step_ms, r.mdlm_train_step_ms, r.forward_ms, r.sampler16_tokens_per_s
+    );
+    if let Some(p) = a.json {
+        std::fs::write(&p, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     Ok(())
 }

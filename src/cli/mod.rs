@@ -37,6 +37,40 @@ pub enum Command {
     Sample(SampleArgs),
     /// Validation NELBO of a checkpoint.
     Nll(NllArgs),
+    /// Time the training step, forward and sampler of the benchmark DiT.
+    Bench(BenchArgs),
+}
+
+/// `idlm bench` (defaults: the benchmark DiT of design.md §3).
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Vocabulary.
+    #[arg(long, default_value_t = 8192)]
+    pub vocab: usize,
+    /// Width.
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    /// Blocks.
+    #[arg(long, default_value_t = 4)]
+    pub blocks: usize,
+    /// Heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 128)]
+    pub len: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Untimed iterations.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// `idlm data ...`

@@ -1,12 +1,13 @@
 //! The DiT backbone of MDLM / Duo / IDLM (algorithms.md §2.4), with parameter names in the public
 //! `backbone.*` layout (§8) so public checkpoints load by name.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::dropout::DropoutRng;
 use super::layers::{Linear, layer_norm_no_bias, modulate};
+use super::ops::{gelu::gelu_tanh, softmax::softmax_last};
 use super::rotary::Rotary;
 use crate::{Error, Result};
 
@@ -170,7 +171,7 @@ impl Block {
         let v = take(2)?;
         let scale = 1.0 / (dh as f64).sqrt();
         let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let att = softmax_last(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         let y = self.out.forward(&y)?;
         let y = match drop.as_deref_mut() {
@@ -184,7 +185,7 @@ impl Block {
             &shift_mlp,
             &scale_mlp,
         )?;
-        let h = self.mlp2.forward(&self.mlp0.forward(&h)?.gelu()?)?;
+        let h = self.mlp2.forward(&gelu_tanh(&self.mlp0.forward(&h)?)?)?;
         let h = match drop {
             Some(r) => r.apply(&h)?,
             None => h,
@@ -248,6 +249,22 @@ impl Dit {
         &self,
         input: DitInput,
         sigma: &Tensor,
+        dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        self.head(&self.features(input, sigma, dropout)?)
+    }
+
+    /// The output projection: logits (..., V) from final features (..., D).
+    pub fn head(&self, features: &Tensor) -> Result<Tensor> {
+        self.linear.forward(features)
+    }
+
+    /// Final features (B, L, D): everything but the output projection, so a loss that needs only
+    /// some positions projects only those.
+    pub fn features(
+        &self,
+        input: DitInput,
+        sigma: &Tensor,
         mut dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let x = match input {
@@ -267,7 +284,7 @@ impl Dit {
                         self.cfg.vocab_size
                     )));
                 }
-                let p = candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+                let p = softmax_last(&logits.to_dtype(DType::F32)?)?;
                 p.reshape((b * l, v))?.matmul(&self.embedding)?.reshape((
                     b,
                     l,
@@ -288,8 +305,7 @@ impl Dit {
         let d = self.cfg.hidden_size;
         let ada = self.ada_final.forward(&c)?.unsqueeze(1)?;
         let (shift, scale) = (ada.narrow(2, 0, d)?, ada.narrow(2, d, d)?);
-        let h = modulate(&layer_norm_no_bias(&x, &self.norm_final)?, &shift, &scale)?;
-        self.linear.forward(&h)
+        modulate(&layer_norm_no_bias(&x, &self.norm_final)?, &shift, &scale)
     }
 
     fn check_len(&self, l: usize) -> Result<()> {

@@ -44,8 +44,13 @@ impl Linear {
     }
 }
 
-/// Bias-free LayerNorm over the last dimension, times `weight` (composed, differentiable).
+/// Bias-free LayerNorm over the last dimension, times `weight` (fused kernel on CPU).
 pub fn layer_norm_no_bias(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    Ok(super::ops::layer_norm::layer_norm_fused(x, weight)?)
+}
+
+/// The composed bias-free LayerNorm: the fused kernel's oracle and the path on other devices.
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

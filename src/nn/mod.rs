@@ -5,6 +5,7 @@ pub mod dropout;
 pub mod ema;
 pub mod init;
 pub mod layers;
+pub mod ops;
 pub mod rotary;
 
 pub use dit::{Dit, DitConfig, DitInput};

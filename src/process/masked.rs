@@ -5,6 +5,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, Target, argmax, race_f64};
+use crate::nn::ops::nll::weighted_nll;
 use crate::{Error, Result};
 
 /// The "minus infinity" SUBS writes (the reference uses -1e6).
@@ -45,8 +46,17 @@ impl Masked {
         Ok(Tensor::from_vec(b, self.vocab, dev)?)
     }
 
-    /// Per-position weight (B, L): 1/t at masked positions, 0 elsewhere (-alpha'/(1-alpha) = 1/t).
-    fn weights(&self, xt: &Tensor, t: &[f64]) -> Result<Tensor> {
+    /// NELBO weight of a position: -alpha'/(1 - alpha) = 1/t where masked, 0 elsewhere.
+    fn weight(&self, xt: u32, t: f64) -> f32 {
+        if xt == self.mask {
+            let s = self.schedule;
+            (-s.dalpha(t) / (1.0 - s.alpha(t))) as f32
+        } else {
+            0.0
+        }
+    }
+
+    fn check_times(&self, xt: &Tensor, t: &[f64]) -> Result<(usize, usize)> {
         let (b, l) = xt.dims2()?;
         if t.len() != b {
             return Err(Error::InvalidArgument(format!(
@@ -54,21 +64,7 @@ impl Masked {
                 t.len()
             )));
         }
-        let ids = xt.flatten_all()?.to_vec1::<u32>()?;
-        let s = self.schedule;
-        let w: Vec<f32> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                if x == self.mask {
-                    let tt = t[i / l];
-                    (-s.dalpha(tt) / (1.0 - s.alpha(tt))) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Ok(Tensor::from_vec(w, (b, l), xt.device())?)
+        Ok((b, l))
     }
 }
 
@@ -127,6 +123,43 @@ impl ForwardProcess for Masked {
         Ok(logp.broadcast_mul(&keep)?.add(&carry)?)
     }
 
+    fn active_positions(&self, xt: &[u32]) -> Option<Vec<u32>> {
+        Some(
+            xt.iter()
+                .enumerate()
+                .filter(|(_, x)| **x == self.mask)
+                .map(|(i, _)| i as u32)
+                .collect(),
+        )
+    }
+
+    fn hard_loss_rows(&self, logits: &Tensor, xt: &[u32], x0: &[u32], t: &[f64]) -> Result<Tensor> {
+        let m = xt.len();
+        if x0.len() != m || t.len() != m || logits.dim(0)? != m {
+            return Err(Error::InvalidArgument(format!(
+                "loss rows: {} logits rows, {m} noisy ids, {} targets, {} times",
+                logits.dim(0)?,
+                x0.len(),
+                t.len()
+            )));
+        }
+        let dev = logits.device();
+        let w: Vec<f32> = xt
+            .iter()
+            .zip(t)
+            .map(|(&x, &tt)| self.weight(x, tt))
+            .collect();
+        let w = Tensor::from_vec(w, m, dev)?;
+        let tgt = Tensor::from_slice(x0, m, dev)?;
+        // Only masked positions carry weight: SUBS gives log p = 0 at unmasked ones.
+        Ok(weighted_nll(
+            &logits.to_dtype(DType::F32)?,
+            &tgt,
+            &w,
+            Some(self.mask as usize),
+        )?)
+    }
+
     fn loss_per_token(
         &self,
         logits: &Tensor,
@@ -134,23 +167,33 @@ impl ForwardProcess for Masked {
         target: Target,
         t: &[f64],
     ) -> Result<Tensor> {
-        let w = self.weights(xt, t)?;
-        let z = logits
-            .to_dtype(DType::F32)?
-            .broadcast_add(&self.mask_bias(logits.device())?)?;
-        let lse = z.log_sum_exp(D::Minus1)?;
-        // Only masked positions carry weight: SUBS gives log p = 0 at unmasked ones.
-        let nll = match target {
+        let (b, l) = self.check_times(xt, t)?;
+        let ids = xt.flatten_all()?.to_vec1::<u32>()?;
+        let t_pos: Vec<f64> = (0..b * l).map(|i| t[i / l]).collect();
+        let v = logits.dim(2)?;
+        let flat = logits.reshape((b * l, v))?;
+        match target {
             Target::Hard(x0) => {
-                let pick = z.gather(&x0.unsqueeze(2)?.contiguous()?, 2)?.squeeze(2)?;
-                (lse - pick)?
+                let x0 = x0.flatten_all()?.to_vec1::<u32>()?;
+                Ok(self
+                    .hard_loss_rows(&flat, &ids, &x0, &t_pos)?
+                    .reshape((b, l))?)
             }
             Target::Soft(g) => {
+                let w: Vec<f32> = ids
+                    .iter()
+                    .zip(&t_pos)
+                    .map(|(&x, &tt)| self.weight(x, tt))
+                    .collect();
+                let w = Tensor::from_vec(w, (b, l), xt.device())?;
+                let z = logits
+                    .to_dtype(DType::F32)?
+                    .broadcast_add(&self.mask_bias(logits.device())?)?;
+                let lse = z.log_sum_exp(D::Minus1)?;
                 let logp = z.broadcast_sub(&lse.unsqueeze(2)?)?;
-                (g.mul(&logp)?.sum(D::Minus1)?.neg())?
+                Ok((g.mul(&logp)?.sum(D::Minus1)?.neg()? * w)?)
             }
-        };
-        Ok((nll * w)?)
+        }
     }
 
     fn posterior_row(

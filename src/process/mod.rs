@@ -72,6 +72,14 @@ pub trait ForwardProcess: Send + Sync {
     fn is_final(&self, xt: &[u32]) -> bool;
     /// Log-probabilities log p(x0 | x_t) of shape (B, L, V) from raw logits (the parameterisation).
     fn log_probs(&self, logits: &Tensor, xt: &Tensor) -> Result<Tensor>;
+    /// Flat indices (into B x L) of the positions whose loss can be non-zero (MDLM: the masked
+    /// ones), or None for all: a loss computes the vocabulary projection only there.
+    fn active_positions(&self, _xt: &[u32]) -> Option<Vec<u32>> {
+        None
+    }
+    /// NELBO integrand at selected positions: logits (M, V), and per position its noisy token,
+    /// clean target and time. Returns (M,).
+    fn hard_loss_rows(&self, logits: &Tensor, xt: &[u32], x0: &[u32], t: &[f64]) -> Result<Tensor>;
     /// Per-position NELBO integrand (B, L) from raw logits at times `t` (one per row).
     fn loss_per_token(
         &self,

@@ -1,0 +1,201 @@
+//! `idlm bench`: the training step and forward of the benchmark DiT (design.md §3), on the same
+//! synthetic batches as `../shared/bench/torch_dit_bench.py`, so the two can be compared.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::Result;
+use crate::config::RunConfig;
+use crate::nn::DitInput;
+use crate::nn::ops::nll::weighted_nll;
+use crate::process::{Masked, NoiseRemoval};
+use crate::sample::{SamplerOptions, sample};
+use crate::train::{Trainer, batch_loss};
+
+/// Sizes and repetitions of a benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchOptions {
+    /// Vocabulary (the last id is MASK).
+    pub vocab: usize,
+    /// Width.
+    pub hidden: usize,
+    /// Blocks.
+    pub blocks: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Time-conditioning width.
+    pub cond_dim: usize,
+    /// Sequence length.
+    pub len: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// Timed iterations (the median is reported).
+    pub iters: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            vocab: 8192,
+            hidden: 256,
+            blocks: 4,
+            heads: 4,
+            cond_dim: 128,
+            len: 128,
+            batch: 32,
+            warmup: 1,
+            iters: 5,
+        }
+    }
+}
+
+/// Median times of each phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// What was measured.
+    pub options: BenchOptions,
+    /// Threads used.
+    pub threads: usize,
+    /// Train step with cross-entropy on every position (what the PyTorch script times).
+    pub train_step_ms: f64,
+    /// MDLM train step: the NELBO on masked positions only.
+    pub mdlm_train_step_ms: f64,
+    /// Forward of the full batch (logits), no gradient.
+    pub forward_ms: f64,
+    /// Tokens per second of the cached ancestral sampler at 16 steps.
+    pub sampler16_tokens_per_s: f64,
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// The PyTorch script's batch: (masked input, targets, t).
+fn make_batch(rng: &mut Lcg, o: &BenchOptions) -> (Vec<u32>, Vec<u32>, Vec<f64>) {
+    let (mut inp, mut tgt, mut ts) = (Vec::new(), Vec::new(), Vec::new());
+    let v = o.vocab as u64;
+    for _ in 0..o.batch {
+        let start = (rng.next() % 16) * 64;
+        let tk = rng.next() % 1000 + 1;
+        ts.push(tk as f64 / 1000.0);
+        for i in 0..o.len as u64 {
+            let tok = ((start + 3 * i) % (v - 1)) as u32;
+            let m = (rng.next() % 1000) < tk;
+            inp.push(if m { (v - 1) as u32 } else { tok });
+            tgt.push(tok);
+        }
+    }
+    (inp, tgt, ts)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Run the benchmark.
+pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
+    let cfg = RunConfig::load("tiny")?.with_overrides(&[
+        format!("model.hidden_size={}", o.hidden),
+        format!("model.n_blocks={}", o.blocks),
+        format!("model.n_heads={}", o.heads),
+        format!("model.cond_dim={}", o.cond_dim),
+        "model.dropout=0.0".into(),
+        "model.time_conditioning=true".into(),
+        "train.lr=1e-3".into(),
+        "train.warmup_steps=0".into(),
+        "train.weight_decay=0.01".into(),
+        "train.grad_clip=0".into(),
+        "train.grad_accum=1".into(),
+    ])?;
+    let dit = cfg.model.dit(o.vocab, o.len);
+    let mut tr = Trainer::new(&cfg, &dit)?;
+    let process = Masked::new(o.vocab, (o.vocab - 1) as u32)?;
+    let mut rng = Lcg(42);
+    let (b, l) = (o.batch, o.len);
+    let dev = Device::Cpu;
+    let total = o.warmup + o.iters;
+
+    let mut full = Vec::new();
+    for i in 0..total {
+        let (inp, tgt, ts) = make_batch(&mut rng, o);
+        let t0 = Instant::now();
+        tr.optimize((b * l) as u64, |model, _, _| {
+            let x = Tensor::from_slice(&inp, (b, l), &dev)?;
+            let sigma: Vec<f32> = ts.iter().map(|&t| process_sigma(t)).collect();
+            let feats =
+                model.features(DitInput::Ids(&x), &Tensor::from_vec(sigma, b, &dev)?, None)?;
+            let logits = model.head(&feats.reshape((b * l, o.hidden))?)?;
+            let ones = Tensor::ones(b * l, DType::F32, &dev)?;
+            let y = Tensor::from_slice(&tgt, b * l, &dev)?;
+            Ok(weighted_nll(&logits, &y, &ones, None)?.mean_all()?)
+        })?;
+        if i >= o.warmup {
+            full.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    let mut mdlm = Vec::new();
+    for i in 0..total {
+        let (inp, tgt, ts) = make_batch(&mut rng, o);
+        let t0 = Instant::now();
+        tr.optimize((b * l) as u64, |model, _, _| {
+            batch_loss(model, &process, &tgt, &inp, b, l, &ts, None)
+        })?;
+        if i >= o.warmup {
+            mdlm.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    let model = tr.ema_model()?;
+    let (inp, _, ts) = make_batch(&mut rng, o);
+    let x = Tensor::from_slice(&inp, (b, l), &dev)?;
+    let sigma: Vec<f32> = ts.iter().map(|&t| process_sigma(t)).collect();
+    let sigma = Tensor::from_vec(sigma, b, &dev)?;
+    let mut fwd = Vec::new();
+    for i in 0..total {
+        let t0 = Instant::now();
+        let logits = model.forward(DitInput::Ids(&x), &sigma, None)?;
+        let _ = logits.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+        if i >= o.warmup {
+            fwd.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    let opts = SamplerOptions {
+        steps: 16,
+        noise_removal: NoiseRemoval::Ancestral,
+        cache: true,
+        batch_size: b,
+        seed: 1,
+    };
+    let t0 = Instant::now();
+    let n = b;
+    sample(&model, &process, n, l, &opts, None)?;
+    let sampler16 = (n * l) as f64 / t0.elapsed().as_secs_f64();
+
+    Ok(BenchReport {
+        options: o.clone(),
+        threads: rayon::current_num_threads(),
+        train_step_ms: median(full),
+        mdlm_train_step_ms: median(mdlm),
+        forward_ms: median(fwd),
+        sampler16_tokens_per_s: sampler16,
+    })
+}
+
+fn process_sigma(t: f64) -> f32 {
+    crate::process::LogLinear::default().sigma(t) as f32
+}

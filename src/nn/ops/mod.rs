@@ -1,0 +1,82 @@
+//! Fused CPU kernels with hand-written backward, as candle custom ops. Each keeps the composed
+//! version as its test oracle (`tests` in each file). On other devices they fall back to the
+//! composed ops, never to a wrong answer.
+
+pub mod gelu;
+pub mod layer_norm;
+pub mod nll;
+pub mod softmax;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout};
+
+/// The contiguous f32 data of a CPU tensor argument.
+pub(crate) fn f32_data<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expected f32 input, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// The contiguous u32 data of a CPU tensor argument.
+pub(crate) fn u32_data<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [u32]> {
+    let CpuStorage::U32(v) = s else {
+        candle_core::bail!("{op}: expected u32 input, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Rows per parallel task, so that each task does at least ~32k elements of work.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (32768 / row_len.max(1)).max(1)
+}
+
+/// exp for f32 accurate to ~2 ulp on the range used here, written so that loops over slices
+/// vectorise (libm's expf is a call per element).
+#[inline(always)]
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    // exp(x) = 2^k * exp(r), r in [-ln2/2, ln2/2]; degree-6 polynomial for exp(r).
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest by the 1.5 * 2^23 trick: no libm call, so loops vectorise.
+    let k = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let bits = ((k as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fast_exp;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let rel = ((fast_exp(x) as f64 - want) / want).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+}
