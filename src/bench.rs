@@ -62,6 +62,12 @@ pub struct BenchReport {
     pub threads: usize,
     /// Train step with cross-entropy on every position (what the PyTorch script times).
     pub train_step_ms: f64,
+    /// Of the train step: forward and loss.
+    pub phase_forward_loss_ms: f64,
+    /// Of the train step: backward.
+    pub phase_backward_ms: f64,
+    /// Of the train step: AdamW and EMA.
+    pub phase_optimizer_ms: f64,
     /// MDLM train step: the NELBO on masked positions only.
     pub mdlm_train_step_ms: f64,
     /// Forward of the full batch (logits), no gradient.
@@ -147,6 +153,33 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
+    // The same step split into phases.
+    let (mut pf, mut pb, mut po) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..total {
+        let (inp, tgt, ts) = make_batch(&mut rng, o);
+        let t0 = Instant::now();
+        let x = Tensor::from_slice(&inp, (b, l), &dev)?;
+        let sigma: Vec<f32> = ts.iter().map(|&t| process_sigma(t)).collect();
+        let feats =
+            tr.model
+                .features(DitInput::Ids(&x), &Tensor::from_vec(sigma, b, &dev)?, None)?;
+        let logits = tr.model.head(&feats.reshape((b * l, o.hidden))?)?;
+        let ones = Tensor::ones(b * l, DType::F32, &dev)?;
+        let y = Tensor::from_slice(&tgt, b * l, &dev)?;
+        let loss = weighted_nll(&logits, &y, &ones, None)?.mean_all()?;
+        let _ = loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        tr.apply_grads(&grads)?;
+        let t3 = Instant::now();
+        if i >= o.warmup {
+            pf.push((t1 - t0).as_secs_f64() * 1e3);
+            pb.push((t2 - t1).as_secs_f64() * 1e3);
+            po.push((t3 - t2).as_secs_f64() * 1e3);
+        }
+    }
+
     let mut mdlm = Vec::new();
     for i in 0..total {
         let (inp, tgt, ts) = make_batch(&mut rng, o);
@@ -190,6 +223,9 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         options: o.clone(),
         threads: rayon::current_num_threads(),
         train_step_ms: median(full),
+        phase_forward_loss_ms: median(pf),
+        phase_backward_ms: median(pb),
+        phase_optimizer_ms: median(po),
         mdlm_train_step_ms: median(mdlm),
         forward_ms: median(fwd),
         sampler16_tokens_per_s: sampler16,

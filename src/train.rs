@@ -304,6 +304,23 @@ impl Trainer {
         })
     }
 
+    /// Apply one set of gradients (no accumulation, no clipping): AdamW and EMA. For benchmarks.
+    pub fn apply_grads(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        let gs: Vec<Tensor> = self
+            .vars
+            .iter()
+            .map(|v| match grads.get(v.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let lr = warmup_lr(self.cfg.train.lr, self.cfg.train.warmup_steps, self.step);
+        self.opt.step(&self.vars, &gs, lr, 1.0)?;
+        self.ema.update(&self.vars)?;
+        self.step += 1;
+        Ok(())
+    }
+
     /// Current raw weights by name.
     pub fn weights(&self) -> HashMap<String, Tensor> {
         self.names

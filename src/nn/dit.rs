@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::dropout::DropoutRng;
 use super::layers::{Linear, layer_norm_no_bias, modulate};
+use super::ops::attention::{RotaryAttention, rotary_attention};
+use super::ops::modulate::gated_residual;
 use super::ops::{gelu::gelu_tanh, softmax::softmax_last};
 use super::rotary::Rotary;
 use crate::{Error, Result};
@@ -145,11 +147,11 @@ impl Block {
         x: &Tensor,
         c: &Tensor,
         rotary: &Rotary,
+        attn: &RotaryAttention,
         mut drop: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
         let h_ = self.n_heads;
-        let dh = d / h_;
         // (B, 6D) -> six (B, 1, D) chunks in the order shift, scale, gate (msa), shift, scale, gate (mlp).
         let ada = self.ada.forward(c)?.unsqueeze(1)?;
         let chunk = |i: usize| ada.narrow(2, i * d, d);
@@ -157,28 +159,18 @@ impl Block {
         let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
         let h = modulate(&layer_norm_no_bias(x, &self.norm1)?, &shift_msa, &scale_msa)?;
-        let qkv = self.qkv.forward(&h)?.reshape((b, l, 3, h_, dh))?;
-        // (B, L, H, dh) -> (B, H, L, dh)
-        let take = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(2, i, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let qkv = self.qkv.forward(&h)?;
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
+            rotary_attention(&qkv, attn)?
+        } else {
+            attention_composed(&qkv, rotary, h_, b, l, d)?
         };
-        let q = rotary.apply(&take(0)?)?;
-        let k = rotary.apply(&take(1)?)?;
-        let v = take(2)?;
-        let scale = 1.0 / (dh as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = softmax_last(&att)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         let y = self.out.forward(&y)?;
         let y = match drop.as_deref_mut() {
             Some(r) => r.apply(&y)?,
             None => y,
         };
-        let x = (x + y.broadcast_mul(&gate_msa)?)?;
+        let x = gated_residual(x, &y, &gate_msa)?;
 
         let h = modulate(
             &layer_norm_no_bias(&x, &self.norm2)?,
@@ -190,8 +182,37 @@ impl Block {
             Some(r) => r.apply(&h)?,
             None => h,
         };
-        Ok((x + h.broadcast_mul(&gate_mlp)?)?)
+        Ok(gated_residual(&x, &h, &gate_mlp)?)
     }
+}
+
+/// Attention on packed qkv (B, L, 3D) with composed ops: the fused kernel's oracle and the path on
+/// other devices.
+pub fn attention_composed(
+    qkv: &Tensor,
+    rotary: &Rotary,
+    h: usize,
+    b: usize,
+    l: usize,
+    d: usize,
+) -> Result<Tensor> {
+    let dh = d / h;
+    let qkv = qkv.reshape((b, l, 3, h, dh))?;
+    // (B, L, H, dh) -> (B, H, L, dh)
+    let take = |i: usize| -> Result<Tensor> {
+        Ok(qkv
+            .narrow(2, i, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let q = rotary.apply(&take(0)?)?;
+    let k = rotary.apply(&take(1)?)?;
+    let v = take(2)?;
+    let scale = 1.0 / (dh as f64).sqrt();
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = softmax_last(&att)?;
+    Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?)
 }
 
 /// The diffusion transformer: embedding, time embedding, adaLN-zero blocks, final layer.
@@ -200,6 +221,7 @@ pub struct Dit {
     embedding: Tensor,
     sigma_map: TimestepEmbedder,
     rotary: Rotary,
+    attn: RotaryAttention,
     blocks: Vec<Block>,
     norm_final: Tensor,
     linear: Linear,
@@ -227,6 +249,7 @@ impl Dit {
             embedding,
             sigma_map,
             rotary,
+            attn: RotaryAttention::new(cfg.n_heads, d / cfg.n_heads, cfg.length),
             blocks,
             norm_final: vo.get_with_hints(d, "norm_final.weight", candle_nn::Init::Const(1.0))?,
             linear: Linear::new(vo.pp("linear"), d, cfg.vocab_size, true)?,
@@ -300,7 +323,7 @@ impl Dit {
         let c = self.sigma_map.forward(&sigma)?;
         let mut x = x;
         for blk in &self.blocks {
-            x = blk.forward(&x, &c, &self.rotary, dropout.as_deref_mut())?;
+            x = blk.forward(&x, &c, &self.rotary, &self.attn, dropout.as_deref_mut())?;
         }
         let d = self.cfg.hidden_size;
         let ada = self.ada_final.forward(&c)?.unsqueeze(1)?;

@@ -26,21 +26,13 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// Apply to the last dimension of `x` (any rank >= 2); flattened to one GEMM.
+    /// Apply to the last dimension of `x` (fused single-node kernel on CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let d_in = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / d_in.max(1);
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = self.weight.dim(0)?;
-        }
-        Ok(y.reshape(out)?)
+        Ok(super::ops::linear::linear(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+        )?)
     }
 }
 
@@ -60,5 +52,5 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 /// adaLN modulation `x (1 + scale) + shift` with (B, 1, D) shift and scale.
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+    Ok(super::ops::modulate::modulate(x, shift, scale)?)
 }

@@ -2,8 +2,11 @@
 //! version as its test oracle (`tests` in each file). On other devices they fall back to the
 //! composed ops, never to a wrong answer.
 
+pub mod attention;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
+pub mod modulate;
 pub mod nll;
 pub mod softmax;
 

@@ -1,0 +1,295 @@
+//! Linear layer `y = x W^T + b` as one node with a hand-written backward (GEMMs straight into the
+//! gradient buffers, bias folded into the output GEMM): candle's composed version is three graph
+//! nodes (transpose, matmul, broadcast add), each paying a zero-fill and an add in the backward.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_data;
+
+/// C (m x n, dense row-major) = or += A (m x k) B (k x n) with strides, multi-threaded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    assert!(c.len() >= m * n);
+    assert!(m == 0 || k == 0 || (m - 1) * a_rs + (k - 1) * a_cs < a.len());
+    assert!(k == 0 || n == 0 || (k - 1) * b_rs + (n - 1) * b_cs < b.len());
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k > 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index the kernel reads or writes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+fn dims(x: &Layout, w: &Layout, name: &str) -> candle_core::Result<(usize, usize, usize)> {
+    let wd = w.dims();
+    if wd.len() != 2 {
+        candle_core::bail!("{name}: weight must be 2-d")
+    }
+    let (out, k) = (wd[0], wd[1]);
+    let xd = x.dims();
+    if xd.last() != Some(&k) {
+        candle_core::bail!(
+            "{name}: input width {:?} does not match weight {k}",
+            xd.last()
+        )
+    }
+    Ok((x.shape().elem_count() / k.max(1), k, out))
+}
+
+/// `y = x W^T + b` over the last dimension of x.
+struct LinearBias;
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let w = f32_data(s2, l2, self.name())?;
+        let b = f32_data(s3, l3, self.name())?;
+        let (rows, k, out) = dims(l1, l2, self.name())?;
+        let mut y = vec![0f32; rows * out];
+        // Bias rows first, then the GEMM accumulates onto them.
+        y.par_chunks_mut(out).for_each(|r| r.copy_from_slice(b));
+        gemm_par(rows, out, k, &mut y, true, x, k, 1, w, 1, k);
+        let mut shape = l1.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = linear_backward(x, w, g, true)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+/// `y = x W^T` over the last dimension of x.
+struct LinearNoBias;
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let w = f32_data(s2, l2, self.name())?;
+        let (rows, k, out) = dims(l1, l2, self.name())?;
+        let mut y = vec![0f32; rows * out];
+        gemm_par(rows, out, k, &mut y, false, x, k, 1, w, 1, k);
+        let mut shape = l1.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = linear_backward(x, w, g, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// dx = g W, dW = g^T x, db = column sums of g, as one flat buffer [dx | dW | db].
+struct LinearBwd {
+    bias: bool,
+}
+
+impl CustomOp3 for LinearBwd {
+    fn name(&self) -> &'static str {
+        "linear-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let w = f32_data(s2, l2, self.name())?;
+        let g = f32_data(s3, l3, self.name())?;
+        let (rows, k, out) = dims(l1, l2, self.name())?;
+        let nb = if self.bias { out } else { 0 };
+        let mut buf = vec![0f32; rows * k + out * k + nb];
+        let (dx, rest) = buf.split_at_mut(rows * k);
+        let (dw, db) = rest.split_at_mut(out * k);
+        gemm_par(rows, k, out, dx, false, g, out, 1, w, k, 1);
+        gemm_par(out, k, rows, dw, false, g, 1, out, x, k, 1);
+        if self.bias {
+            let chunk = (rows / (4 * rayon::current_num_threads()).max(1)).max(64);
+            let parts: Vec<Vec<f32>> = g
+                .par_chunks(out * chunk)
+                .map(|c| {
+                    let mut s = vec![0f32; out];
+                    for r in c.chunks_exact(out) {
+                        s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+                    }
+                    s
+                })
+                .collect();
+            for p in parts {
+                db.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
+        }
+        let n = buf.len();
+        Ok((CpuStorage::F32(buf), Shape::from(n)))
+    }
+}
+
+fn linear_backward(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    bias: bool,
+) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+    let (out, k) = w.dims2()?;
+    let n = x.elem_count();
+    let buf = x.apply_op3_no_bwd(w, &g.contiguous()?, &LinearBwd { bias })?;
+    let dx = buf.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dw = buf.narrow(0, n, out * k)?.reshape((out, k))?;
+    let db = if bias {
+        Some(buf.narrow(0, n + out * k, out)?)
+    } else {
+        None
+    };
+    Ok((dx, dw, db))
+}
+
+/// `x W^T (+ b)` with one graph node on CPU f32; composed ops elsewhere.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let x = x.contiguous()?;
+        let w = w.contiguous()?;
+        match b {
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias),
+            None => x.apply_op2(&w, LinearNoBias),
+        }
+    } else {
+        linear_composed(x, w, b)
+    }
+}
+
+/// The composed linear layer: the fused op's oracle.
+pub fn linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().unwrap_or(&1);
+    let rows = x.elem_count() / k.max(1);
+    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = w.dim(0)?;
+    }
+    y.reshape(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_composed_forward_and_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 7), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (9, 7), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 9, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 5, 9), &dev).unwrap();
+        for bias in [true, false] {
+            let bb = bias.then(|| b.as_tensor());
+            let y = linear(x.as_tensor(), w.as_tensor(), bb).unwrap();
+            let y_ref = linear_composed(x.as_tensor(), w.as_tensor(), bb).unwrap();
+            let d = (&y - &y_ref).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+            let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut vars = vec![&x, &w];
+            if bias {
+                vars.push(&b);
+            }
+            for v in vars {
+                let d = (g.get(v.as_tensor()).unwrap() - g_ref.get(v.as_tensor()).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap();
+                assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+            }
+        }
+    }
+}

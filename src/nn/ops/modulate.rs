@@ -1,0 +1,329 @@
+//! The adaLN elementwise ops as single graph nodes: `x (1 + scale) + shift` and the gated residual
+//! `x + gate h`, with (B, 1, D) per-sequence vectors. Composed, each is two or three broadcast nodes
+//! whose backward reduces over the length with extra full-size passes.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_data;
+
+fn bld(x: &Layout, v: &Layout, name: &str) -> candle_core::Result<(usize, usize, usize)> {
+    let (b, l, d) = x.shape().dims3()?;
+    if v.shape().elem_count() != b * d {
+        candle_core::bail!(
+            "{name}: per-sequence vector {:?} does not fit {:?}",
+            v.dims(),
+            x.dims()
+        )
+    }
+    Ok((b, l, d))
+}
+
+/// `x (1 + scale) + shift`.
+struct Modulate;
+
+impl CustomOp3 for Modulate {
+    fn name(&self) -> &'static str {
+        "modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let shift = f32_data(s2, l2, self.name())?;
+        let scale = f32_data(s3, l3, self.name())?;
+        let (_, l, d) = bld(l1, l2, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(l * d)
+            .zip(x.par_chunks(l * d))
+            .enumerate()
+            .for_each(|(bi, (y, x))| {
+                let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
+                for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    for j in 0..d {
+                        y[j] = x[j] * (1.0 + sc[j]) + sh[j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.elem_count();
+        let m = shift.elem_count();
+        let buf = x.apply_op3_no_bwd(scale, &g.contiguous()?, &ModulateBwd)?;
+        Ok((
+            Some(buf.narrow(0, 0, n)?.reshape(x.shape())?),
+            Some(buf.narrow(0, n, m)?.reshape(shift.shape())?),
+            Some(buf.narrow(0, n + m, m)?.reshape(scale.shape())?),
+        ))
+    }
+}
+
+/// [dx | dshift | dscale] from (x, scale, g).
+struct ModulateBwd;
+
+impl CustomOp3 for ModulateBwd {
+    fn name(&self) -> &'static str {
+        "modulate-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let scale = f32_data(s2, l2, self.name())?;
+        let g = f32_data(s3, l3, self.name())?;
+        let (b, l, d) = bld(l1, l2, self.name())?;
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b)
+            .into_par_iter()
+            .map(|bi| {
+                let sc = &scale[bi * d..(bi + 1) * d];
+                let xs = &x[bi * l * d..(bi + 1) * l * d];
+                let gs = &g[bi * l * d..(bi + 1) * l * d];
+                let mut dx = vec![0f32; l * d];
+                let (mut dsh, mut dsc) = (vec![0f32; d], vec![0f32; d]);
+                for ((dx, x), g) in dx
+                    .chunks_exact_mut(d)
+                    .zip(xs.chunks_exact(d))
+                    .zip(gs.chunks_exact(d))
+                {
+                    for j in 0..d {
+                        dx[j] = g[j] * (1.0 + sc[j]);
+                        dsh[j] += g[j];
+                        dsc[j] += g[j] * x[j];
+                    }
+                }
+                (dx, dsh, dsc)
+            })
+            .collect();
+        let mut buf = Vec::with_capacity(b * l * d + 2 * b * d);
+        for p in &parts {
+            buf.extend_from_slice(&p.0);
+        }
+        for p in &parts {
+            buf.extend_from_slice(&p.1);
+        }
+        for p in &parts {
+            buf.extend_from_slice(&p.2);
+        }
+        let n = buf.len();
+        Ok((CpuStorage::F32(buf), Shape::from(n)))
+    }
+}
+
+/// `x + gate h`.
+struct GatedResidual;
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "gated-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let h = f32_data(s2, l2, self.name())?;
+        let gate = f32_data(s3, l3, self.name())?;
+        let (_, l, d) = bld(l1, l3, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(l * d)
+            .zip(x.par_chunks(l * d).zip(h.par_chunks(l * d)))
+            .enumerate()
+            .for_each(|(bi, (y, (x, h)))| {
+                let gt = &gate[bi * d..(bi + 1) * d];
+                for ((y, x), h) in y
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(h.chunks_exact(d))
+                {
+                    for j in 0..d {
+                        y[j] = x[j] + gt[j] * h[j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        h: &Tensor,
+        gate: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = h.elem_count();
+        let m = gate.elem_count();
+        let buf = h.apply_op3_no_bwd(gate, &g.contiguous()?, &GatedResidualBwd)?;
+        Ok((
+            Some(g.clone()),
+            Some(buf.narrow(0, 0, n)?.reshape(h.shape())?),
+            Some(buf.narrow(0, n, m)?.reshape(gate.shape())?),
+        ))
+    }
+}
+
+/// [dh | dgate] from (h, gate, g).
+struct GatedResidualBwd;
+
+impl CustomOp3 for GatedResidualBwd {
+    fn name(&self) -> &'static str {
+        "gated-residual-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = f32_data(s1, l1, self.name())?;
+        let gate = f32_data(s2, l2, self.name())?;
+        let g = f32_data(s3, l3, self.name())?;
+        let (b, l, d) = bld(l1, l2, self.name())?;
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..b)
+            .into_par_iter()
+            .map(|bi| {
+                let gt = &gate[bi * d..(bi + 1) * d];
+                let hs = &h[bi * l * d..(bi + 1) * l * d];
+                let gs = &g[bi * l * d..(bi + 1) * l * d];
+                let mut dh = vec![0f32; l * d];
+                let mut dg = vec![0f32; d];
+                for ((dh, h), g) in dh
+                    .chunks_exact_mut(d)
+                    .zip(hs.chunks_exact(d))
+                    .zip(gs.chunks_exact(d))
+                {
+                    for j in 0..d {
+                        dh[j] = g[j] * gt[j];
+                        dg[j] += g[j] * h[j];
+                    }
+                }
+                (dh, dg)
+            })
+            .collect();
+        let mut buf = Vec::with_capacity(b * l * d + b * d);
+        for p in &parts {
+            buf.extend_from_slice(&p.0);
+        }
+        for p in &parts {
+            buf.extend_from_slice(&p.1);
+        }
+        let n = buf.len();
+        Ok((CpuStorage::F32(buf), Shape::from(n)))
+    }
+}
+
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// `x (1 + scale) + shift` for x (B, L, D) and (B, 1, D) shift / scale.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
+    if fused(x) && x.rank() == 3 {
+        x.contiguous()?
+            .apply_op3(&shift.contiguous()?, &scale.contiguous()?, Modulate)
+    } else {
+        modulate_composed(x, shift, scale)
+    }
+}
+
+/// The composed modulation: the oracle.
+pub fn modulate_composed(
+    x: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+) -> candle_core::Result<Tensor> {
+    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// `x + gate h` for x, h (B, L, D) and a (B, 1, D) gate.
+pub fn gated_residual(x: &Tensor, h: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
+    if fused(x) && x.rank() == 3 {
+        x.contiguous()?
+            .apply_op3(&h.contiguous()?, &gate.contiguous()?, GatedResidual)
+    } else {
+        x + h.broadcast_mul(gate)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn var(shape: (usize, usize, usize)) -> Var {
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn modulate_and_gated_residual_match_composed() {
+        let (x, h) = (var((3, 5, 8)), var((3, 5, 8)));
+        let (a, c) = (var((3, 1, 8)), var((3, 1, 8)));
+        let r = Tensor::randn(0f32, 1.0, (3, 5, 8), &Device::Cpu).unwrap();
+        let pairs = [
+            (
+                modulate(x.as_tensor(), a.as_tensor(), c.as_tensor()).unwrap(),
+                modulate_composed(x.as_tensor(), a.as_tensor(), c.as_tensor()).unwrap(),
+            ),
+            (
+                gated_residual(x.as_tensor(), h.as_tensor(), a.as_tensor()).unwrap(),
+                (x.as_tensor() + h.as_tensor().broadcast_mul(a.as_tensor()).unwrap()).unwrap(),
+            ),
+        ];
+        for (y, y_ref) in pairs {
+            assert!(max_diff(&y, &y_ref) < 1e-6);
+            let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &h, &a, &c] {
+                match (g.get(v.as_tensor()), g_ref.get(v.as_tensor())) {
+                    (Some(p), Some(q)) => assert!(max_diff(p, q) < 1e-5),
+                    (None, None) => {}
+                    _ => panic!("gradient present in one version only"),
+                }
+            }
+        }
+    }
+}
