@@ -146,7 +146,10 @@ impl RotaryAttention {
     fn check(&self, l: &Layout, name: &str) -> candle_core::Result<(usize, usize, usize, usize)> {
         let (b, len, d3) = l.shape().dims3()?;
         let d = d3 / 3;
-        if d3 % 3 != 0 || d % self.n_heads != 0 || (d / self.n_heads) % 2 != 0 {
+        if !d3.is_multiple_of(3)
+            || !d.is_multiple_of(self.n_heads)
+            || !(d / self.n_heads).is_multiple_of(2)
+        {
             candle_core::bail!("{name}: bad qkv width {d3} for {} heads", self.n_heads)
         }
         if len * (d / self.n_heads / 2) > self.cos.len() {
