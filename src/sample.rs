@@ -14,10 +14,11 @@ use crate::process::schedule::{T_FINAL, sampling_grid};
 use crate::process::{ForwardProcess, NoiseRemoval};
 use crate::{Error, Result};
 
-/// Anything that maps noisy ids (B, L) and sigma (B,) to logits (B, L, V).
+/// Anything that maps noisy ids (B, L) and sigma (B,) to logits over the vocabulary.
 pub trait Denoiser: Sync {
-    /// Raw logits for `xt` at noise levels `sigma`.
-    fn logits(&self, xt: &Tensor, sigma: &Tensor) -> Result<Tensor>;
+    /// Raw logits (M, V) for `xt` (B, L) at noise levels `sigma` (B,), at the flat positions
+    /// `positions` (indices into B x L), or at all B x L positions in order when None.
+    fn logits(&self, xt: &Tensor, sigma: &Tensor, positions: Option<&[u32]>) -> Result<Tensor>;
     /// Whether the output depends on sigma (if not, an unchanged x_t can reuse its prediction).
     fn time_conditioned(&self) -> bool;
     /// Longest sequence accepted.
@@ -27,8 +28,15 @@ pub trait Denoiser: Sync {
 }
 
 impl Denoiser for Dit {
-    fn logits(&self, xt: &Tensor, sigma: &Tensor) -> Result<Tensor> {
-        self.forward(DitInput::Ids(xt), sigma, None)
+    fn logits(&self, xt: &Tensor, sigma: &Tensor, positions: Option<&[u32]>) -> Result<Tensor> {
+        let f = self.features(DitInput::Ids(xt), sigma, None)?;
+        let (b, l, d) = f.dims3()?;
+        let f = f.reshape((b * l, d))?;
+        let f = match positions {
+            Some(p) => f.index_select(&Tensor::from_slice(p, p.len(), f.device())?, 0)?,
+            None => f,
+        };
+        self.head(&f)
     }
     fn time_conditioned(&self) -> bool {
         self.config().time_conditioning
@@ -203,16 +211,29 @@ fn predict(
     let len = seqs[need[0]].x.len();
     let ids: Vec<u32> = need.iter().flat_map(|&i| seqs[i].x.clone()).collect();
     let dev = den.device();
-    let xt = Tensor::from_vec(ids, (need.len(), len), &dev)?;
-    let sigma = Tensor::from_vec(vec![process.sigma(t) as f32; need.len()], need.len(), &dev)?;
-    let logits = den.logits(&xt, &sigma)?;
-    let probs = process.log_probs(&logits, &xt)?.exp()?;
-    let v = probs.dim(2)?;
-    let flat = probs.flatten_all()?.to_vec1::<f32>()?;
-    for (j, &i) in need.iter().enumerate() {
-        let row = &flat[j * len * v..(j + 1) * len * v];
-        seqs[i].probs = Some(row.to_vec());
+    let xt = Tensor::from_slice(&ids, (need.len(), len), &dev)?;
+    let sigma = Tensor::from_vec(
+        vec![process.sigma(t) as f32; need.len()],
+        need.len(),
+        &dev,
+    )?;
+    // Only positions the posterior can change need a prediction (MDLM: the masked ones).
+    let pos: Vec<u32> = process
+        .active_positions(&ids)
+        .unwrap_or_else(|| (0..ids.len() as u32).collect());
+    let logits = den.logits(&xt, &sigma, Some(&pos))?;
+    let v = logits.dim(1)?;
+    let at: Vec<u32> = pos.iter().map(|&p| ids[p as usize]).collect();
+    let rows = process.clean_probs(&logits, &at)?;
+    for &i in &need {
+        seqs[i].probs = Some(vec![0f32; len * v]);
         seqs[i].nfe += 1;
+    }
+    for (r, &p) in pos.iter().enumerate() {
+        let (j, l) = (p as usize / len, p as usize % len);
+        if let Some(buf) = seqs[need[j]].probs.as_mut() {
+            buf[l * v..(l + 1) * v].copy_from_slice(&rows[r * v..(r + 1) * v]);
+        }
     }
     Ok(())
 }

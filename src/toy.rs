@@ -223,7 +223,7 @@ pub struct ExactDenoiser<'a> {
 }
 
 impl Denoiser for ExactDenoiser<'_> {
-    fn logits(&self, xt: &Tensor, _sigma: &Tensor) -> Result<Tensor> {
+    fn logits(&self, xt: &Tensor, _sigma: &Tensor, positions: Option<&[u32]>) -> Result<Tensor> {
         let (b, l) = xt.dims2()?;
         let w = self.world;
         let vv = w.v + 1;
@@ -241,7 +241,11 @@ impl Denoiser for ExactDenoiser<'_> {
                 }
             }
         }
-        Ok(Tensor::from_vec(out, (b, l, vv), &Device::Cpu)?)
+        let all = Tensor::from_vec(out, (b * l, vv), &Device::Cpu)?;
+        Ok(match positions {
+            Some(p) => all.index_select(&Tensor::from_slice(p, p.len(), &Device::Cpu)?, 0)?,
+            None => all,
+        })
     }
 
     fn time_conditioned(&self) -> bool {

@@ -82,7 +82,10 @@ fn mc_loss(world: &ToyWorld, n_batches: usize, b: usize, seed: u64) -> (f64, f64
             .logits(
                 &xtt,
                 &Tensor::zeros(b, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                None,
             )
+            .unwrap()
+            .reshape((b, l, world.v + 1))
             .unwrap();
         let per = process
             .loss_per_token(&logits, &xtt, Target::Hard(&x0t), &t)

@@ -77,6 +77,9 @@ pub trait ForwardProcess: Send + Sync {
     fn active_positions(&self, _xt: &[u32]) -> Option<Vec<u32>> {
         None
     }
+    /// The clean-token distribution p(x0 | x_t) (M x V, row-major) from raw logits (M, V) at
+    /// positions whose noisy tokens are `xt` (the parameterisation, for the sampler).
+    fn clean_probs(&self, logits: &Tensor, xt: &[u32]) -> Result<Vec<f32>>;
     /// NELBO integrand at selected positions: logits (M, V), and per position its noisy token,
     /// clean target and time. Returns (M,).
     fn hard_loss_rows(&self, logits: &Tensor, xt: &[u32], x0: &[u32], t: &[f64]) -> Result<Tensor>;

@@ -51,7 +51,7 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
 /// exp for f32 accurate to ~2 ulp on the range used here, written so that loops over slices
 /// vectorise (libm's expf is a call per element).
 #[inline(always)]
-pub(crate) fn fast_exp(x: f32) -> f32 {
+pub fn fast_exp(x: f32) -> f32 {
     // exp(x) = 2^k * exp(r), r in [-ln2/2, ln2/2]; degree-6 polynomial for exp(r).
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by the 1.5 * 2^23 trick: no libm call, so loops vectorise.
