@@ -7,6 +7,7 @@ pub mod data;
 pub mod error;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod process;
 pub mod run;
 pub mod runtime;

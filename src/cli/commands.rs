@@ -33,6 +33,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Sample(a) => sample_cmd(a),
         Command::Nll(a) => nll(a),
         Command::Bench(a) => bench(a),
+        Command::PlotMetrics(a) => {
+            let h = match &a.data {
+                Some(d) => Some(DataDir::open(d)?.info.unigram_entropy_nats),
+                None => None,
+            };
+            idlm::plot::loss_curve(&a.run.join("metrics.jsonl"), &a.out, h, a.smooth)?;
+            println!("wrote {}", a.out.display());
+            Ok(())
+        }
     }
 }
 

@@ -39,6 +39,24 @@ pub enum Command {
     Nll(NllArgs),
     /// Time the training step, forward and sampler of the benchmark DiT.
     Bench(BenchArgs),
+    /// Plot a run's loss curve (training loss and validation NELBO) to PNG.
+    PlotMetrics(PlotMetricsArgs),
+}
+
+/// `idlm plot-metrics`
+#[derive(clap::Args, Debug)]
+pub struct PlotMetricsArgs {
+    /// Run directory (with metrics.jsonl).
+    pub run: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prepared data directory, for the unigram-entropy reference line.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Moving average over this many logged training points.
+    #[arg(long, default_value_t = 10)]
+    pub smooth: usize,
 }
 
 /// `idlm bench` (defaults: the benchmark DiT of design.md §3).
