@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Run `idlm bench` and ../shared/bench/torch_dit_bench.py interleaved in one sitting and print the
+ratios; writes bench/results.json. Needs torch (pip install torch) for the PyTorch side only.
+
+Usage: python3 bench/compare.py [ROUNDS] [THREADS]      (from the repository root, after
+       cargo build --release). Nothing else may run on the machine meanwhile.
+"""
+import json, os, re, subprocess, sys, statistics, time
+
+rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+threads = sys.argv[2] if len(sys.argv) > 2 else "2"
+torch_script = os.path.join("..", "shared", "bench", "torch_dit_bench.py")
+python = os.environ.get("TORCH_PYTHON", sys.executable)
+
+
+def torch(mode):
+    out = subprocess.run([python, torch_script, mode, "1", "3"], capture_output=True, text=True,
+                         env=dict(os.environ, NT=threads), check=True).stdout
+    return float(re.search(r"median ([0-9.]+)", out).group(1))
+
+
+def idlm():
+    path = "bench/.last_idlm.json"
+    subprocess.run(["target/release/idlm", "--threads", threads, "bench", "--iters", "3",
+                    "--json", path], check=True, capture_output=True)
+    with open(path) as f:
+        return json.load(f)
+
+
+runs = {"idlm": [], "torch_train": [], "torch_infer": []}
+for r in range(rounds):
+    runs["idlm"].append(idlm())
+    runs["torch_train"].append(torch("train"))
+    runs["torch_infer"].append(torch("infer"))
+    print(f"round {r + 1}: idlm train {runs['idlm'][-1]['train_step_ms']:.0f} ms "
+          f"(MDLM {runs['idlm'][-1]['mdlm_train_step_ms']:.0f}), forward {runs['idlm'][-1]['forward_ms']:.0f} ms | "
+          f"torch train {runs['torch_train'][-1]:.0f} ms, forward {runs['torch_infer'][-1]:.0f} ms", flush=True)
+
+med = statistics.median
+res = {
+    "command": "python3 bench/compare.py %d %s" % (rounds, threads),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    "threads": int(threads),
+    "model": "vocab 8192, d 256, 4 layers, 4 heads, T 128, B 32 (design.md section 3)",
+    "idlm_train_step_ms": med([x["train_step_ms"] for x in runs["idlm"]]),
+    "idlm_mdlm_train_step_ms": med([x["mdlm_train_step_ms"] for x in runs["idlm"]]),
+    "idlm_forward_ms": med([x["forward_ms"] for x in runs["idlm"]]),
+    "torch_train_step_ms": med(runs["torch_train"]),
+    "torch_forward_ms": med(runs["torch_infer"]),
+    "sampler16_tokens_per_s": med([x["sampler16_tokens_per_s"] for x in runs["idlm"]]),
+    "ar_kv_tokens_per_s": None,
+    "gemm_peak_gflops": None,
+    "raw": runs,
+}
+res["train_ratio"] = res["idlm_train_step_ms"] / res["torch_train_step_ms"]
+res["forward_ratio"] = res["idlm_forward_ms"] / res["torch_forward_ms"]
+print(f"train step: idlm {res['idlm_train_step_ms']:.0f} ms vs torch {res['torch_train_step_ms']:.0f} ms "
+      f"= {res['train_ratio']:.2f}x | forward {res['idlm_forward_ms']:.0f} vs {res['torch_forward_ms']:.0f} ms "
+      f"= {res['forward_ratio']:.2f}x")
+with open("bench/results.json", "w") as f:
+    json.dump(res, f, indent=1)
