@@ -260,14 +260,7 @@ impl Trainer {
             }
             loss_sum += lv;
             let grads = (l / t.grad_accum as f64)?.backward()?;
-            let gs: Vec<Tensor> = self
-                .vars
-                .iter()
-                .map(|v| match grads.get(v.as_tensor()) {
-                    Some(g) => Ok(g.clone()),
-                    None => v.as_tensor().zeros_like(),
-                })
-                .collect::<candle_core::Result<_>>()?;
+            let gs = self.collect_grads(&grads)?;
             acc = Some(match acc {
                 None => gs,
                 Some(a) => a
@@ -304,16 +297,21 @@ impl Trainer {
         })
     }
 
-    /// Apply one set of gradients (no accumulation, no clipping): AdamW and EMA. For benchmarks.
-    pub fn apply_grads(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
-        let gs: Vec<Tensor> = self
+    /// The gradient of every variable, in variable order (zeros where a variable got none).
+    fn collect_grads(&self, grads: &candle_core::backprop::GradStore) -> Result<Vec<Tensor>> {
+        Ok(self
             .vars
             .iter()
             .map(|v| match grads.get(v.as_tensor()) {
                 Some(g) => Ok(g.clone()),
                 None => v.as_tensor().zeros_like(),
             })
-            .collect::<candle_core::Result<_>>()?;
+            .collect::<candle_core::Result<_>>()?)
+    }
+
+    /// Apply one set of gradients (no accumulation, no clipping): AdamW and EMA. For benchmarks.
+    pub fn apply_grads(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        let gs = self.collect_grads(grads)?;
         let lr = warmup_lr(self.cfg.train.lr, self.cfg.train.warmup_steps, self.step);
         self.opt.step(&self.vars, &gs, lr, 1.0)?;
         self.ema.update(&self.vars)?;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, fast_exp};
+use super::{f32_data, fast_exp, gemm_strided};
 
-/// C (m x n, row-major, dense) = or += A (m x k) B (k x n), A and B given by strides.
+/// Single-threaded GEMM: attention runs one task per (batch, head) already.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     m: usize,
@@ -25,33 +25,7 @@ fn matmul(
     b_rs: usize,
     b_cs: usize,
 ) {
-    assert!(c.len() >= m * n);
-    assert!(m == 0 || k == 0 || (m - 1) * a_rs + (k - 1) * a_cs < a.len());
-    assert!(k == 0 || n == 0 || (k - 1) * b_rs + (n - 1) * b_cs < b.len());
-    // SAFETY: the asserts above bound every index the kernel reads or writes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    gemm_strided(m, n, k, c, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, false)
 }
 
 /// Attention with rotary; `cos` / `sin` are (max_len, dh / 2) tables.

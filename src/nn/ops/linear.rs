@@ -5,56 +5,15 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_data;
+use super::{f32_data, gemm_par};
 
-/// C (m x n, dense row-major) = or += A (m x k) B (k x n) with strides, multi-threaded.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_par(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-) {
-    assert!(c.len() >= m * n);
-    assert!(m == 0 || k == 0 || (m - 1) * a_rs + (k - 1) * a_cs < a.len());
-    assert!(k == 0 || n == 0 || (k - 1) * b_rs + (n - 1) * b_cs < b.len());
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k > 1 << 15 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above bound every index the kernel reads or writes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+/// The input's shape with the last dimension replaced by `out`.
+fn out_shape(x: &Layout, out: usize) -> Shape {
+    let mut shape = x.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = out;
     }
+    Shape::from(shape)
 }
 
 fn dims(x: &Layout, w: &Layout, name: &str) -> candle_core::Result<(usize, usize, usize)> {
@@ -98,11 +57,7 @@ impl CustomOp3 for LinearBias {
         // Bias rows first, then the GEMM accumulates onto them.
         y.par_chunks_mut(out).for_each(|r| r.copy_from_slice(b));
         gemm_par(rows, out, k, &mut y, true, x, k, 1, w, 1, k);
-        let mut shape = l1.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = out;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(shape)))
+        Ok((CpuStorage::F32(y), out_shape(l1, out)))
     }
 
     fn bwd(
@@ -138,11 +93,7 @@ impl CustomOp2 for LinearNoBias {
         let (rows, k, out) = dims(l1, l2, self.name())?;
         let mut y = vec![0f32; rows * out];
         gemm_par(rows, out, k, &mut y, false, x, k, 1, w, 1, k);
-        let mut shape = l1.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = out;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(shape)))
+        Ok((CpuStorage::F32(y), out_shape(l1, out)))
     }
 
     fn bwd(

@@ -43,6 +43,76 @@ pub(crate) fn u32_data<'a>(
     }
 }
 
+/// C (m x n, dense row-major) = A (m x k) B (k x n) (or += when `accumulate`), A and B given by
+/// row / column strides; multi-threaded when the product is large and we are not inside a task.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    parallel: bool,
+) {
+    assert!(c.len() >= m * n);
+    assert!(m == 0 || k == 0 || (m - 1) * a_rs + (k - 1) * a_cs < a.len());
+    assert!(k == 0 || n == 0 || (k - 1) * b_rs + (n - 1) * b_cs < b.len());
+    let threads = rayon::current_num_threads();
+    let par = if parallel && threads > 1 && m * n * k > 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index the kernel reads or writes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `gemm_strided` using all threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    gemm_strided(m, n, k, c, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, true)
+}
+
 /// Rows per parallel task, so that each task does at least ~32k elements of work.
 pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (32768 / row_len.max(1)).max(1)
