@@ -37,6 +37,9 @@ pub enum Error {
     /// An external program (pip, npm, tar) was missing or failed.
     #[error("{0}")]
     External(String),
+    /// An evaluation model (SmolLM2 GGUF, MiniLM) was missing, corrupt or unusable.
+    #[error("eval model: {0}")]
+    EvalModel(String),
 }
 
 /// Result alias for the library.

@@ -63,8 +63,12 @@ pub fn line_plot(plot: &LinePlot, path: &Path) -> Result<()> {
             plot.title
         )));
     }
-    let (mut x0, mut x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (mut x0, mut x1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut y0, mut y1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     for (_, y) in &plot.hlines {
         y0 = y0.min(*y);
         y1 = y1.max(*y);
@@ -100,7 +104,9 @@ pub fn line_plot(plot: &LinePlot, path: &Path) -> Result<()> {
                     .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
                     .map_err(err)?
                     .label(s.label.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    });
             }
             for (label, y) in &plot.hlines {
                 let style = BLACK.mix(0.5).stroke_width(1);
@@ -120,7 +126,11 @@ pub fn line_plot(plot: &LinePlot, path: &Path) -> Result<()> {
         }};
     }
     if plot.log_x {
-        draw!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(err)?);
+        draw!(
+            builder
+                .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+                .map_err(err)?
+        );
     } else {
         draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?);
     }
@@ -141,9 +151,8 @@ pub fn loss_curve(
     let mut val = Vec::new();
     let mut tok_per_step = None;
     for (i, line) in text.lines().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            Error::Data(format!("{} line {}: {e}", metrics.display(), i + 1))
-        })?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Data(format!("{} line {}: {e}", metrics.display(), i + 1)))?;
         let step = v["step"].as_f64().unwrap_or(f64::NAN);
         if let (Some(l), Some(t)) = (v["loss"].as_f64(), v["tokens"].as_f64()) {
             tok_per_step = Some(t / step);
@@ -160,7 +169,10 @@ pub fn loss_curve(
         .map(|i| {
             let lo = i.saturating_sub(k - 1);
             let w = &train[lo..=i];
-            (train[i].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+            (
+                train[i].0,
+                w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+            )
         })
         .collect();
     let mut hlines = Vec::new();

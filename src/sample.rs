@@ -212,11 +212,7 @@ fn predict(
     let ids: Vec<u32> = need.iter().flat_map(|&i| seqs[i].x.clone()).collect();
     let dev = den.device();
     let xt = Tensor::from_slice(&ids, (need.len(), len), &dev)?;
-    let sigma = Tensor::from_vec(
-        vec![process.sigma(t) as f32; need.len()],
-        need.len(),
-        &dev,
-    )?;
+    let sigma = Tensor::from_vec(vec![process.sigma(t) as f32; need.len()], need.len(), &dev)?;
     // Only positions the posterior can change need a prediction (MDLM: the masked ones).
     let pos: Vec<u32> = process
         .active_positions(&ids)

@@ -25,6 +25,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 let dir = cache.unwrap_or_else(data::cache_dir);
                 let rep = data::fetch_corpus(&dir).context("fetching the corpus")?;
                 print!("{rep}");
+                let rep = idlm::eval::models::fetch_eval_models(&dir)
+                    .context("fetching the evaluation models")?;
+                print!("{rep}");
                 Ok(())
             }
         },

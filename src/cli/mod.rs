@@ -94,7 +94,8 @@ pub struct BenchArgs {
 /// `idlm data ...`
 #[derive(Subcommand, Debug)]
 pub enum DataCmd {
-    /// Fetch the default corpus into the cache (or verify the shared copy).
+    /// Fetch the default corpus (or verify the shared copy) and the evaluation models
+    /// (SmolLM2-135M GGUF, all-MiniLM-L6-v2) into the cache.
     Fetch {
         /// Cache directory (default $IDLM_HOME or ~/.cache/idlm).
         #[arg(long)]

@@ -7,8 +7,8 @@ use rand_chacha::ChaCha8Rng;
 use super::{ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, Target, argmax, race_f64};
 use crate::nn::ops::fast_exp;
 use crate::nn::ops::nll::weighted_nll;
-use rayon::prelude::*;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// The "minus infinity" SUBS writes (the reference uses -1e6).
 pub const NEG_INF: f32 = -1e6;
@@ -144,24 +144,29 @@ impl ForwardProcess for Masked {
             )));
         }
         // SUBS: softmax without the MASK column where masked; the observed token where not.
-        let mut z = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        z.par_chunks_mut(v).zip(xt.par_iter()).for_each(|(row, &x)| {
-            if x == self.mask {
-                row[self.mask as usize] = f32::NEG_INFINITY;
-                let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut s = 0f32;
-                for r in row.iter_mut() {
-                    *r = fast_exp(*r - mx);
-                    s += *r;
+        let mut z = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        z.par_chunks_mut(v)
+            .zip(xt.par_iter())
+            .for_each(|(row, &x)| {
+                if x == self.mask {
+                    row[self.mask as usize] = f32::NEG_INFINITY;
+                    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut s = 0f32;
+                    for r in row.iter_mut() {
+                        *r = fast_exp(*r - mx);
+                        s += *r;
+                    }
+                    row[self.mask as usize] = 0.0;
+                    let inv = 1.0 / s;
+                    row.iter_mut().for_each(|r| *r *= inv);
+                } else {
+                    row.fill(0.0);
+                    row[x as usize] = 1.0;
                 }
-                row[self.mask as usize] = 0.0;
-                let inv = 1.0 / s;
-                row.iter_mut().for_each(|r| *r *= inv);
-            } else {
-                row.fill(0.0);
-                row[x as usize] = 1.0;
-            }
-        });
+            });
         Ok(z)
     }
 

@@ -1,0 +1,14 @@
+//! Evaluation under protocol idlm-eval-v1 (design.md §6): the pretrained eval models, GenPPL
+//! under SmolLM2-135M, and unigram entropy.
+
+pub mod entropy;
+pub mod genppl;
+pub mod gguf_tokenizer;
+pub mod llama;
+pub mod models;
+
+pub use entropy::{EntropyResult, entropy_stats, unigram_entropy};
+pub use genppl::{GenPpl, GenPplResult};
+pub use gguf_tokenizer::GgufTokenizer;
+pub use llama::{LlamaConfig, QLlama, RopeStyle, WeightMode};
+pub use models::{EvalModelsReport, fetch_eval_models, minilm_dir, smollm2_path};
