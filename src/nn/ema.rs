@@ -19,7 +19,7 @@ impl Ema {
     pub fn new(vars: &[Var], decay: f64) -> Result<Self> {
         let shadow = vars
             .iter()
-            .map(|v| v.as_tensor().copy())
+            .map(|v| v.as_tensor().detach().copy())
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             decay,
@@ -39,9 +39,31 @@ impl Ema {
         let d = self.effective_decay();
         self.num_updates += 1;
         for (s, v) in self.shadow.iter_mut().zip(vars) {
-            let diff = (&*s - v.as_tensor())?;
-            *s = (&*s - (diff * (1.0 - d))?)?;
+            // Detached: the shadow must not keep a gradient graph that chains every past shadow.
+            let diff = (&*s - v.as_tensor().detach())?;
+            *s = (&*s - (diff * (1.0 - d))?)?.detach();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn update_follows_the_warmup_formula_and_keeps_no_graph() {
+        let v = Var::new(&[0.0f32, 10.0], &Device::Cpu).unwrap();
+        let mut e = Ema::new(std::slice::from_ref(&v), 0.9).unwrap();
+        v.set(&Tensor::new(&[1.0f32, 0.0], &Device::Cpu).unwrap())
+            .unwrap();
+        e.update(std::slice::from_ref(&v)).unwrap();
+        // First update: d = min(0.9, 2/11).
+        let d = 2.0f32 / 11.0;
+        let s = e.shadow[0].to_vec1::<f32>().unwrap();
+        assert!((s[0] - (1.0 - d)).abs() < 1e-6 && (s[1] - 10.0 * d).abs() < 1e-5);
+        // A shadow that tracked its op would chain every past shadow: a memory leak.
+        assert!(!e.shadow[0].track_op());
     }
 }
