@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::{BenchArgs, Cli, Command, DataCmd, NllArgs, PrepareArgs, SampleArgs, TrainArgs};
+use super::{
+    BenchArgs, Cli, Command, DataCmd, EvalArgs, NllArgs, PrepareArgs, SampleArgs, TrainArgs,
+};
 use idlm::checkpoint;
 use idlm::config::RunConfig;
 use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
@@ -36,6 +38,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Sample(a) => sample_cmd(a),
         Command::Nll(a) => nll(a),
         Command::Bench(a) => bench(a),
+        Command::Eval(a) => eval_cmd(a),
         Command::PlotMetrics(a) => {
             let h = match &a.data {
                 Some(d) => Some(DataDir::open(d)?.info.unigram_entropy_nats),
@@ -251,6 +254,43 @@ fn bench(a: BenchArgs) -> Result<()> {
     if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    use idlm::eval::protocol;
+    let metrics = protocol::parse_metrics(&a.metrics)?;
+    let samples = protocol::read_samples(&a.samples)?;
+    let model = idlm::eval::smollm2_path(&data::cache_dir());
+    let needs_model =
+        metrics.iter().any(|m| m == "genppl") || samples.iter().any(|s| s.ids.is_none());
+    let model = if needs_model { Some(model?) } else { None };
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template(
+        "GenPPL [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
+    )?);
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let t0 = Instant::now();
+    let mut out = protocol::evaluate(
+        &samples,
+        &metrics,
+        model.as_deref(),
+        a.batch_size,
+        Some(&progress),
+    )?;
+    bar.finish_and_clear();
+    out["source"] = json!(a.samples.display().to_string());
+    out["eval_seconds"] = json!(t0.elapsed().as_secs_f64());
+    let text = serde_json::to_string_pretty(&out)?;
+    match &a.out {
+        Some(p) => {
+            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?
+        }
+        None => println!("{text}"),
     }
     Ok(())
 }

@@ -39,8 +39,26 @@ pub enum Command {
     Nll(NllArgs),
     /// Time the training step, forward and sampler of the benchmark DiT.
     Bench(BenchArgs),
+    /// Evaluate a samples JSONL under protocol idlm-eval-v1 (GenPPL, entropy).
+    Eval(EvalArgs),
     /// Plot a run's loss curve (training loss and validation NELBO) to PNG.
     PlotMetrics(PlotMetricsArgs),
+}
+
+/// `idlm eval`
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Samples JSONL (idlm samples, or any JSONL with a `text` field).
+    pub samples: PathBuf,
+    /// Comma-separated metrics: genppl, entropy.
+    #[arg(long, default_value = "genppl,entropy")]
+    pub metrics: String,
+    /// Output JSON (default: stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Texts per forward pass of the eval model.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
 }
 
 /// `idlm plot-metrics`

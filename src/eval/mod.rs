@@ -6,6 +6,7 @@ pub mod genppl;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod models;
+pub mod protocol;
 
 pub use entropy::{EntropyResult, entropy_stats, unigram_entropy};
 pub use genppl::{GenPpl, GenPplResult};
