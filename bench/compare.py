@@ -49,7 +49,9 @@ res = {
     "torch_forward_ms": med(runs["torch_infer"]),
     "sampler16_tokens_per_s": med([x["sampler16_tokens_per_s"] for x in runs["idlm"]]),
     "ar_kv_tokens_per_s": None,
-    "gemm_peak_gflops": None,
+    "gemm_peak_gflops": med([x["gemm_peak_gflops"] for x in runs["idlm"]]),
+    "idlm_train_step_peak_fraction": med([x["train_step_peak_fraction"] for x in runs["idlm"]]),
+    "idlm_forward_peak_fraction": med([x["forward_peak_fraction"] for x in runs["idlm"]]),
     "raw": runs,
 }
 res["train_ratio"] = res["idlm_train_step_ms"] / res["torch_train_step_ms"]

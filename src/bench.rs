@@ -74,6 +74,36 @@ pub struct BenchReport {
     pub forward_ms: f64,
     /// Tokens per second of the cached ancestral sampler at 16 steps.
     pub sampler16_tokens_per_s: f64,
+    /// Measured f32 GEMM peak of this machine (2048^3, all threads), GFLOP/s.
+    pub gemm_peak_gflops: f64,
+    /// Matrix-multiply FLOPs of one training step (forward + backward = 3x forward).
+    pub train_step_gflop: f64,
+    /// Achieved GFLOP/s of the train step and of the forward pass, as a fraction of the peak.
+    pub train_step_peak_fraction: f64,
+    /// The forward pass's fraction of the peak.
+    pub forward_peak_fraction: f64,
+}
+
+/// Best-of-3 GFLOP/s of a 2048^3 f32 GEMM with all threads.
+pub fn gemm_peak_gflops() -> f64 {
+    let n = 2048;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        crate::nn::ops::gemm_par(n, n, n, &mut c, false, &a, n, 1, &b, n, 1);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// Matrix-multiply FLOPs of one forward pass of the DiT over `tokens` tokens.
+fn forward_gflop(o: &BenchOptions) -> f64 {
+    let (d, l, v) = (o.hidden as f64, o.len as f64, o.vocab as f64);
+    let per_token = o.blocks as f64 * (12.0 * d * d + 2.0 * l * d) + d * v;
+    2.0 * per_token * (o.batch * o.len) as f64 / 1e9
 }
 
 struct Lcg(u64);
@@ -219,7 +249,14 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
     sample(&model, &process, n, l, &opts, None)?;
     let sampler16 = (n * l) as f64 / t0.elapsed().as_secs_f64();
 
+    let peak = gemm_peak_gflops();
+    let fwd_gflop = forward_gflop(o);
+    let (train_ms, fwd_ms) = (median(full.clone()), median(fwd.clone()));
     Ok(BenchReport {
+        gemm_peak_gflops: peak,
+        train_step_gflop: 3.0 * fwd_gflop,
+        train_step_peak_fraction: 3.0 * fwd_gflop / (train_ms / 1e3) / peak,
+        forward_peak_fraction: fwd_gflop / (fwd_ms / 1e3) / peak,
         options: o.clone(),
         threads: rayon::current_num_threads(),
         train_step_ms: median(full),

@@ -251,6 +251,13 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.forward_ms,
         r.sampler16_tokens_per_s
     );
+    println!(
+        "GEMM peak {:.1} GFLOP/s | train step {:.1} GFLOP = {:.0}% of peak | forward {:.0}% of peak",
+        r.gemm_peak_gflops,
+        r.train_step_gflop,
+        100.0 * r.train_step_peak_fraction,
+        100.0 * r.forward_peak_fraction
+    );
     if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", p.display()))?;

@@ -95,9 +95,9 @@ pub(crate) fn gemm_strided(
     }
 }
 
-/// `gemm_strided` using all threads.
+/// C = A B (or += when `accumulate`) with strides, using all threads.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_par(
+pub fn gemm_par(
     m: usize,
     n: usize,
     k: usize,
