@@ -66,6 +66,9 @@ pub struct CheckpointMeta {
     pub val_nelbo: Option<f64>,
     /// Seconds of training so far.
     pub train_seconds: f64,
+    /// A distillation run's own state (method, config, counters, streams); None for teachers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<serde_json::Value>,
 }
 
 /// A loaded checkpoint.
@@ -92,6 +95,8 @@ pub struct CheckpointTensors<'a> {
     pub inv_freq: &'a Tensor,
     /// Tokenizer JSON copied into the checkpoint so it decodes on its own.
     pub tokenizer_json: &'a str,
+    /// Further safetensors files (file name, tensors), e.g. a distiller's fake and teacher.
+    pub extra: &'a [(&'a str, HashMap<String, Tensor>)],
 }
 
 fn sync_dir(path: &Path) {
@@ -130,6 +135,9 @@ pub fn write_files(dir: &Path, meta: &CheckpointMeta, t: &CheckpointTensors) -> 
     write_safetensors(&dir.join("model.safetensors"), &model)?;
     if !t.optim.is_empty() {
         write_safetensors(&dir.join("optim.safetensors"), t.optim)?;
+    }
+    for (name, tensors) in t.extra {
+        write_safetensors(&dir.join(name), tensors)?;
     }
     write_file(&dir.join("tokenizer.json"), t.tokenizer_json.as_bytes())?;
     let json = serde_json::to_vec_pretty(meta)

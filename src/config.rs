@@ -107,6 +107,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../configs/tiny.toml")),
     ("small", include_str!("../configs/small.toml")),
     ("base", include_str!("../configs/base.toml")),
+    ("mini", include_str!("../configs/mini.toml")),
 ];
 
 impl RunConfig {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod nn;
@@ -14,6 +15,7 @@ pub mod run;
 pub mod runtime;
 pub mod sample;
 pub mod toy;
+pub mod toy_idlm;
 pub mod train;
 
 pub use error::{Error, Result};

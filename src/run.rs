@@ -97,7 +97,8 @@ pub fn check_data_matches(ck: &DataInfo, data: &DataInfo, ck_dir: &Path) -> Resu
     Ok(())
 }
 
-fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+/// Append one JSON line to a metrics file.
+pub fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -107,7 +108,7 @@ fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 /// Drop metric lines past `step` (written by a run that stopped after its last checkpoint).
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = fs::read_to_string(path) else {
         return Ok(());
     };

@@ -145,6 +145,24 @@ impl Trainer {
         })
     }
 
+    /// A network starting from given weights (e.g. a teacher's EMA), with fresh optimizer state.
+    pub fn from_weights(
+        cfg: &RunConfig,
+        dit_cfg: &DitConfig,
+        weights: &HashMap<String, Tensor>,
+        origin: &std::path::Path,
+    ) -> Result<Self> {
+        let mut tr = Self::new(cfg, dit_cfg)?;
+        for (i, name) in tr.names.iter().enumerate() {
+            let w = take(weights, name, origin)?;
+            check_shape(&w, &tr.vars[i], name, origin)?;
+            tr.vars[i].set(&w)?;
+        }
+        // The EMA starts at the given weights, not at the random init.
+        tr.ema = Ema::new(&tr.vars, cfg.train.ema_decay)?;
+        Ok(tr)
+    }
+
     /// Continue from a checkpoint: weights, EMA, optimizer state, streams and counters.
     pub fn from_checkpoint(ck: &Checkpoint, cfg: &RunConfig) -> Result<Self> {
         let m = &ck.meta;
@@ -157,28 +175,7 @@ impl Trainer {
             .ema
             .as_ref()
             .ok_or_else(|| Error::ckpt(&ck.dir, "no EMA weights: cannot resume"))?;
-        for (i, name) in tr.names.iter().enumerate() {
-            let get = |map: &HashMap<String, Tensor>, key: &str| -> Result<Tensor> {
-                map.get(key)
-                    .cloned()
-                    .ok_or_else(|| Error::ckpt(&ck.dir, format!("missing tensor '{key}'")))
-            };
-            let w = get(&ck.weights, name)?;
-            if w.shape() != tr.vars[i].shape() {
-                return Err(Error::ckpt(
-                    &ck.dir,
-                    format!("tensor '{name}' has shape {:?}", w.shape()),
-                ));
-            }
-            tr.vars[i].set(&w)?;
-            tr.ema.shadow[i] = get(ema, name)?;
-            tr.opt.m[i] = get(&optim, &format!("m.{name}"))?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            tr.opt.v[i] = get(&optim, &format!("v.{name}"))?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-        }
+        tr.restore(&ck.weights, ema, &optim, "", &ck.dir)?;
         tr.opt.step = m.step;
         tr.ema.num_updates = m.ema_updates;
         tr.step = m.step;
@@ -189,8 +186,53 @@ impl Trainer {
         Ok(tr)
     }
 
+    /// Set weights, EMA shadows and AdamW moments (optimizer keys `{prefix}m.<name>` and
+    /// `{prefix}v.<name>`); every tensor must be present with the variable's shape.
+    pub fn restore(
+        &mut self,
+        weights: &HashMap<String, Tensor>,
+        ema: &HashMap<String, Tensor>,
+        optim: &HashMap<String, Tensor>,
+        prefix: &str,
+        origin: &std::path::Path,
+    ) -> Result<()> {
+        for (i, name) in self.names.iter().enumerate() {
+            let w = take(weights, name, origin)?;
+            check_shape(&w, &self.vars[i], name, origin)?;
+            self.vars[i].set(&w)?;
+            let e = take(ema, name, origin)?;
+            check_shape(&e, &self.vars[i], name, origin)?;
+            self.ema.shadow[i] = e;
+            let vec = |key: String| -> Result<Vec<f32>> {
+                let t = take(optim, &key, origin)?;
+                check_shape(&t, &self.vars[i], &key, origin)?;
+                Ok(t.flatten_all()?.to_vec1::<f32>()?)
+            };
+            self.opt.m[i] = vec(format!("{prefix}m.{name}"))?;
+            self.opt.v[i] = vec(format!("{prefix}v.{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// The AdamW moments as tensors named `{prefix}m.<name>` / `{prefix}v.<name>`.
+    pub fn optim_tensors(&self, prefix: &str) -> Result<HashMap<String, Tensor>> {
+        let mut optim = HashMap::new();
+        for (i, n) in self.names.iter().enumerate() {
+            let shape = self.vars[i].shape();
+            optim.insert(
+                format!("{prefix}m.{n}"),
+                Tensor::from_slice(&self.opt.m[i], shape, &Device::Cpu)?,
+            );
+            optim.insert(
+                format!("{prefix}v.{n}"),
+                Tensor::from_slice(&self.opt.v[i], shape, &Device::Cpu)?,
+            );
+        }
+        Ok(optim)
+    }
+
     /// Next `b` rows of the shuffled training data, flattened.
-    fn next_rows(&mut self, data: &PackedTokens, b: usize) -> Result<Vec<u32>> {
+    pub fn next_rows(&mut self, data: &PackedTokens, b: usize) -> Result<Vec<u32>> {
         let n = data.n_rows();
         let l = data.row_len();
         if n == 0 {
@@ -346,27 +388,13 @@ impl Trainer {
         )
     }
 
-    /// Write a checkpoint of everything needed to resume.
-    pub fn save(
+    /// meta.json of a checkpoint of this network.
+    pub fn checkpoint_meta(
         &self,
-        run_dir: &std::path::Path,
         data: &DataInfo,
-        tokenizer_json: &str,
         val_nelbo: Option<f64>,
-    ) -> Result<std::path::PathBuf> {
-        let mut optim = HashMap::new();
-        for (i, n) in self.names.iter().enumerate() {
-            let shape = self.vars[i].shape();
-            optim.insert(
-                format!("m.{n}"),
-                Tensor::from_slice(&self.opt.m[i], shape, &Device::Cpu)?,
-            );
-            optim.insert(
-                format!("v.{n}"),
-                Tensor::from_slice(&self.opt.v[i], shape, &Device::Cpu)?,
-            );
-        }
-        let meta = CheckpointMeta {
+    ) -> Result<CheckpointMeta> {
+        Ok(CheckpointMeta {
             format_version: checkpoint::FORMAT_VERSION,
             process: self.cfg.train.process,
             model: self.dit_cfg.clone(),
@@ -379,7 +407,20 @@ impl Trainer {
                 .map_err(|e| Error::Config(format!("cannot serialise random state: {e}")))?,
             val_nelbo,
             train_seconds: self.train_seconds,
-        };
+            distill: None,
+        })
+    }
+
+    /// Write a checkpoint of everything needed to resume.
+    pub fn save(
+        &self,
+        run_dir: &std::path::Path,
+        data: &DataInfo,
+        tokenizer_json: &str,
+        val_nelbo: Option<f64>,
+    ) -> Result<std::path::PathBuf> {
+        let optim = self.optim_tensors("")?;
+        let meta = self.checkpoint_meta(data, val_nelbo)?;
         let (w, e) = (self.weights(), self.ema_weights());
         checkpoint::save(
             run_dir,
@@ -390,6 +431,7 @@ impl Trainer {
                 optim: &optim,
                 inv_freq: self.model.inv_freq(),
                 tokenizer_json,
+                extra: &[],
             },
             self.cfg.train.keep_checkpoints,
         )
@@ -399,6 +441,26 @@ impl Trainer {
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
     }
+}
+
+fn take(map: &HashMap<String, Tensor>, key: &str, origin: &std::path::Path) -> Result<Tensor> {
+    map.get(key)
+        .cloned()
+        .ok_or_else(|| Error::ckpt(origin, format!("missing tensor '{key}'")))
+}
+
+fn check_shape(t: &Tensor, var: &Var, name: &str, origin: &std::path::Path) -> Result<()> {
+    if t.shape() != var.shape() {
+        return Err(Error::ckpt(
+            origin,
+            format!(
+                "tensor '{name}' has shape {:?}, the model expects {:?}",
+                t.shape(),
+                var.shape()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn sorted_vars(varmap: &VarMap) -> Result<(Vec<String>, Vec<Var>)> {

@@ -39,6 +39,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Nll(a) => nll(a),
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval_cmd(a),
+        Command::Distill(a) => super::distill::distill(a),
         Command::PlotMetrics(a) => {
             let h = match &a.data {
                 Some(d) => Some(DataDir::open(d)?.info.unigram_entropy_nats),

@@ -1,6 +1,7 @@
 //! The `idlm` command line: parse, load config, call the library. No math here.
 
 mod commands;
+mod distill;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,46 @@ pub enum Command {
     Eval(EvalArgs),
     /// Plot a run's loss curve (training loss and validation NELBO) to PNG.
     PlotMetrics(PlotMetricsArgs),
+    /// Distil a teacher into a few-step student (IDLM; the SDTT baseline).
+    Distill(DistillArgs),
+}
+
+/// `idlm distill`
+#[derive(clap::Args, Debug)]
+pub struct DistillArgs {
+    /// Teacher checkpoint or run directory (MDLM).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// idlm (default) or sdtt.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Prepared data directory (default: the teacher's).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory.
+    #[arg(long, default_value = "runs/student")]
+    pub out: PathBuf,
+    /// A distill TOML config (default: the built-in defaults).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides, e.g. --set lr=3e-5 --set coupling=shared (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Shorthand for --set max_steps=N.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Shorthand for --set max_minutes=M.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Validate with entropy only (no GenPPL model).
+    #[arg(long)]
+    pub no_genppl: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `idlm eval`

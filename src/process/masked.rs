@@ -197,6 +197,76 @@ impl ForwardProcess for Masked {
         )?)
     }
 
+    fn soft_loss_rows(&self, logits: &Tensor, xt: &[u32], g: &Tensor, t: &[f64]) -> Result<Tensor> {
+        let m = xt.len();
+        if t.len() != m || logits.dim(0)? != m || g.dims() != logits.dims() {
+            return Err(Error::InvalidArgument(format!(
+                "soft loss rows: logits {:?}, target {:?}, {m} noisy ids, {} times",
+                logits.dims(),
+                g.dims(),
+                t.len()
+            )));
+        }
+        let dev = logits.device();
+        let w: Vec<f32> = xt
+            .iter()
+            .zip(t)
+            .map(|(&x, &tt)| self.weight(x, tt))
+            .collect();
+        let w = Tensor::from_vec(w, m, dev)?;
+        // -<g, log p> with the MASK column excluded from the softmax (SUBS at a masked position;
+        // unmasked positions have weight 0 and their carry-over cancels in IDLM's difference).
+        let z = logits
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.mask_bias(dev)?)?;
+        let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
+        Ok((g.mul(&logp)?.sum(D::Minus1)?.neg()? * w)?)
+    }
+
+    fn log_probs_rows(&self, logits: &Tensor, xt: &[u32]) -> Result<Tensor> {
+        let (m, v) = logits.dims2()?;
+        if xt.len() != m {
+            return Err(Error::InvalidArgument(format!(
+                "{m} rows of logits for {} positions",
+                xt.len()
+            )));
+        }
+        let dev = logits.device();
+        let z = logits
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.mask_bias(dev)?)?;
+        let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
+        if xt.iter().all(|&x| x == self.mask) {
+            return Ok(logp);
+        }
+        // Carry-over at unmasked positions: 0 at the observed token, -1e6 elsewhere.
+        let mut keep = vec![1f32; m];
+        let mut carry = vec![0f32; m * v];
+        for (i, &x) in xt.iter().enumerate() {
+            if x != self.mask {
+                keep[i] = 0.0;
+                let row = &mut carry[i * v..(i + 1) * v];
+                row.fill(NEG_INF);
+                row[x as usize] = 0.0;
+            }
+        }
+        let keep = Tensor::from_vec(keep, (m, 1), dev)?;
+        let carry = Tensor::from_vec(carry, (m, v), dev)?;
+        Ok(logp.broadcast_mul(&keep)?.add(&carry)?)
+    }
+
+    fn renoise_row(&self, g: &[f32], t: f64, rng: &mut ChaCha8Rng, out: &mut [u32]) {
+        let keep = self.schedule.alpha(t);
+        let v = self.vocab;
+        for (l, o) in out.iter_mut().enumerate() {
+            *o = if rng.random::<f64>() < keep {
+                race_f64(&g[l * v..(l + 1) * v], rng) as u32
+            } else {
+                self.mask
+            };
+        }
+    }
+
     fn loss_per_token(
         &self,
         logits: &Tensor,

@@ -83,6 +83,15 @@ pub trait ForwardProcess: Send + Sync {
     /// NELBO integrand at selected positions: logits (M, V), and per position its noisy token,
     /// clean target and time. Returns (M,).
     fn hard_loss_rows(&self, logits: &Tensor, xt: &[u32], x0: &[u32], t: &[f64]) -> Result<Tensor>;
+    /// NELBO integrand at selected positions against a soft (simplex) clean target `g` (M, V):
+    /// IDLM's relaxed student sample. Differentiable in `g` and in `logits`. Returns (M,).
+    fn soft_loss_rows(&self, logits: &Tensor, xt: &[u32], g: &Tensor, t: &[f64]) -> Result<Tensor>;
+    /// Differentiable log p(x0 | x_t) (M, V) from raw logits (M, V) at positions whose noisy
+    /// tokens are `xt` (the parameterisation; MDLM: SUBS).
+    fn log_probs_rows(&self, logits: &Tensor, xt: &[u32]) -> Result<Tensor>;
+    /// Re-noise a relaxed clean row: draw x_t from q_t(. | g) = alpha_t g + (1 - alpha_t) pi per
+    /// position, with `g` the row's simplex (L x V, row-major). Hard and without gradient (MDLM).
+    fn renoise_row(&self, g: &[f32], t: f64, rng: &mut ChaCha8Rng, out: &mut [u32]);
     /// Per-position NELBO integrand (B, L) from raw logits at times `t` (one per row).
     fn loss_per_token(
         &self,

@@ -1,0 +1,402 @@
+//! IDLM for masked diffusion, as coded in the reference (algorithms.md §4.2, §4.4): a frozen
+//! teacher f*, a fake f refitted on the student's samples, and the student G; one fake update then
+//! one student update, the student loss L(f*, G) - L(f, G) with gradient only through G.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use super::config::{DistillConfig, GeneratorLoss};
+use super::nets::{DistillRngs, active, corrupt, logits_at, phase_times};
+use crate::config::RunConfig;
+use crate::data::PackedTokens;
+use crate::nn::{DitConfig, DropoutRng};
+use crate::process::ForwardProcess;
+use crate::sample::Denoiser;
+use crate::train::Trainer;
+use crate::{Error, Result};
+
+/// What one alternation measured.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IdlmStats {
+    /// Student updates after this alternation.
+    pub step: u64,
+    /// Fake loss L(f, G) per sequence (masked positions; NaN for the naive ablation).
+    pub fake_loss: f64,
+    /// Student loss L(f*, G) - L(f, G) per sequence.
+    pub student_loss: f64,
+    /// Gradient norm of the fake update.
+    pub fake_grad_norm: f64,
+    /// Gradient norm of the student update.
+    pub student_grad_norm: f64,
+    /// Learning rate of both updates.
+    pub lr: f64,
+}
+
+/// The trainable state of an IDLM run: student and fake with their optimisers and EMAs.
+pub struct Idlm {
+    /// Settings.
+    pub cfg: DistillConfig,
+    /// The student G (its trainer also owns the data order).
+    pub student: Trainer,
+    /// The fake f (None for the naive ablation, which has no fake).
+    pub fake: Option<Trainer>,
+    /// Times and noise.
+    pub rngs: DistillRngs,
+}
+
+/// One micro-batch's real data and the student's input eps = (x_t', t').
+struct Input {
+    x0: Vec<u32>,
+    xtp: Vec<u32>,
+    tp: Vec<f64>,
+    t: Vec<f64>,
+}
+
+/// The re-noised state built from a student sample, and the soft targets at its active positions.
+struct Renoised {
+    xt: Vec<u32>,
+    /// Active positions of x_t: first those active in x_t' (G has a gradient there), then the rest.
+    pos: Vec<u32>,
+    /// How many of `pos` are active in x_t'.
+    n_both: usize,
+    /// For each of the first `n_both` positions, its row in the student's output.
+    g_rows: Vec<u32>,
+}
+
+impl Idlm {
+    /// Student and fake both start from `weights` (the teacher's EMA weights).
+    pub fn new(
+        cfg: &DistillConfig,
+        teacher_cfg: &RunConfig,
+        dit_cfg: &DitConfig,
+        weights: &HashMap<String, Tensor>,
+        origin: &std::path::Path,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let net_cfg = cfg.network_config(teacher_cfg);
+        let mut dit = dit_cfg.clone();
+        dit.dropout = cfg.dropout;
+        let student = Trainer::from_weights(&net_cfg, &dit, weights, origin)?;
+        let fake = match cfg.generator {
+            GeneratorLoss::Idlm => {
+                let mut fc = net_cfg.clone();
+                // A distinct dropout stream from the student's.
+                fc.train.seed = cfg.seed.wrapping_add(1);
+                Some(Trainer::from_weights(&fc, &dit, weights, origin)?)
+            }
+            GeneratorLoss::Naive => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            student,
+            fake,
+            rngs: DistillRngs::new(cfg.seed),
+        })
+    }
+
+    /// Student updates done.
+    pub fn step_count(&self) -> u64 {
+        self.student.step
+    }
+
+    /// Fresh real rows, their times and the student's input x_t'.
+    fn inputs(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<Vec<Input>> {
+        let (b, l, acc) = (self.cfg.batch_size, data.row_len(), self.cfg.grad_accum);
+        let (tp, t) = phase_times(b * acc, self.cfg.coupling, &mut self.rngs.time);
+        let mut out = Vec::with_capacity(acc);
+        for m in 0..acc {
+            let x0 = self.student.next_rows(data, b)?;
+            let tp = tp[m * b..(m + 1) * b].to_vec();
+            let xtp = corrupt(process, &x0, l, &tp, &mut self.rngs.noise);
+            out.push(Input {
+                x0,
+                xtp,
+                tp,
+                t: t[m * b..(m + 1) * b].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One alternation: a fake update on the current student's samples, then a student update.
+    pub fn step(
+        &mut self,
+        teacher: &dyn Denoiser,
+        process: &dyn ForwardProcess,
+        data: &PackedTokens,
+    ) -> Result<IdlmStats> {
+        let (b, l) = (self.cfg.batch_size, data.row_len());
+        let tokens = (b * l * self.cfg.grad_accum) as u64;
+        let v = process.vocab_size();
+
+        // Fake phase: the student frozen (no dropout, no graph), the fake fitted with the
+        // soft-label loss on re-noised student samples.
+        let (fake_loss, fake_norm) = if self.fake.is_some() {
+            let inputs = self.inputs(process, data)?;
+            let mut jobs = Vec::with_capacity(inputs.len());
+            for inp in &inputs {
+                let pos_p = active(process, &inp.xtp);
+                let g = if pos_p.is_empty() {
+                    None
+                } else {
+                    let sig: Vec<f32> = inp.tp.iter().map(|&t| process.sigma(t) as f32).collect();
+                    let dev = Denoiser::device(&self.student.model);
+                    let logits = Denoiser::logits(
+                        &self.student.model,
+                        &Tensor::from_slice(&inp.xtp, (b, l), &dev)?,
+                        &Tensor::from_vec(sig, b, &dev)?,
+                        Some(&pos_p),
+                    )?
+                    .detach();
+                    let at: Vec<u32> = pos_p.iter().map(|&p| inp.xtp[p as usize]).collect();
+                    Some(process.clean_probs(&logits, &at)?)
+                };
+                let full = full_simplex(&inp.x0, &pos_p, g.as_deref(), v);
+                let rn = renoise(process, &full, &pos_p, &inp.t, l, v, &mut self.rngs.noise);
+                let target = rows_of(&full, &rn.pos, v)?;
+                jobs.push((rn, target));
+            }
+            let fake = self
+                .fake
+                .as_mut()
+                .ok_or_else(|| Error::Config("fake network missing".into()))?;
+            let p = self.cfg.dropout;
+            let st = fake.optimize(tokens, |model, micro, rng| {
+                let (rn, target) = &jobs[micro];
+                if rn.pos.is_empty() {
+                    return Ok(Tensor::new(0f32, &Device::Cpu)?);
+                }
+                let mut drop = DropoutRng { p, rng };
+                let tr: Vec<f64> = rows_t(&inputs[micro].t, l, &rn.pos);
+                let logits = logits_at(
+                    model,
+                    process,
+                    &rn.xt,
+                    (b, l),
+                    &inputs[micro].t,
+                    &rn.pos,
+                    Some(&mut drop),
+                )?;
+                let xs: Vec<u32> = rn.pos.iter().map(|&q| rn.xt[q as usize]).collect();
+                let loss = process.soft_loss_rows(&logits, &xs, target, &tr)?;
+                Ok((loss.sum_all()? / b as f64)?)
+            })?;
+            (st.loss, st.grad_norm)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+
+        // Student phase: G with gradient, the frozen teacher and fake on the hard re-noised state.
+        let inputs = self.inputs(process, data)?;
+        let p = self.cfg.dropout;
+        let fake_model = self.fake.as_ref().map(|f| &f.model);
+        let noise = &mut self.rngs.noise;
+        let st = self.student.optimize(tokens, |model, micro, rng| {
+            let inp = &inputs[micro];
+            let pos_p = active(process, &inp.xtp);
+            let mut drop = DropoutRng { p, rng };
+            let g = if pos_p.is_empty() {
+                None
+            } else {
+                let logits = logits_at(
+                    model,
+                    process,
+                    &inp.xtp,
+                    (b, l),
+                    &inp.tp,
+                    &pos_p,
+                    Some(&mut drop),
+                )?;
+                let at: Vec<u32> = pos_p.iter().map(|&q| inp.xtp[q as usize]).collect();
+                Some(process.log_probs_rows(&logits, &at)?.exp()?)
+            };
+            let g_vals = match &g {
+                Some(g) => Some(g.detach().flatten_all()?.to_vec1::<f32>()?),
+                None => None,
+            };
+            let full = full_simplex(&inp.x0, &pos_p, g_vals.as_deref(), v);
+            let rn = renoise(process, &full, &pos_p, &inp.t, l, v, noise);
+            if rn.pos.is_empty() {
+                return Ok(Tensor::new(0f32, &Device::Cpu)?);
+            }
+            // Targets: G's rows (with gradient) where x_t' was active, one-hot data elsewhere.
+            let rest = rows_of(&full, &rn.pos[rn.n_both..], v)?;
+            let target = match (&g, rn.n_both) {
+                (Some(g), n) if n > 0 => {
+                    let idx = Tensor::from_slice(&rn.g_rows, n, g.device())?;
+                    let sel = g.index_select(&idx, 0)?;
+                    if rn.pos.len() > n {
+                        Tensor::cat(&[&sel, &rest], 0)?
+                    } else {
+                        sel
+                    }
+                }
+                _ => rest,
+            };
+            let fake: Option<&dyn Denoiser> = fake_model.map(|f| f as &dyn Denoiser);
+            generator_loss(
+                process,
+                teacher,
+                fake,
+                &rn.xt,
+                (b, l),
+                &inp.t,
+                &rn.pos,
+                &target,
+            )
+        })?;
+        Ok(IdlmStats {
+            step: self.student.step,
+            fake_loss,
+            student_loss: st.loss,
+            fake_grad_norm: fake_norm,
+            student_grad_norm: st.grad_norm,
+            lr: st.lr,
+        })
+    }
+}
+
+/// IDLM-MDLM's student loss on a re-noised state `xt` (B, L) at its positions `pos`:
+/// sum over positions of [l(f*, G) - l(f, G)] / B, with l the soft-target NELBO integrand and
+/// `target` (M, V) the student's simplex at those positions. The networks' outputs are constants:
+/// the gradient reaches the student only through `target`. Without a fake (the naive ablation)
+/// only l(f*, G) remains. Positions unmasked in `xt` carry weight 0 (SUBS cancellation), so `pos`
+/// may be the masked positions only.
+#[allow(clippy::too_many_arguments)]
+pub fn generator_loss(
+    process: &dyn ForwardProcess,
+    teacher: &dyn Denoiser,
+    fake: Option<&dyn Denoiser>,
+    xt: &[u32],
+    (b, l): (usize, usize),
+    t: &[f64],
+    pos: &[u32],
+    target: &Tensor,
+) -> Result<Tensor> {
+    let dev = teacher.device();
+    let xtt = Tensor::from_slice(xt, (b, l), &dev)?;
+    let sig: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
+    let sig = Tensor::from_vec(sig, b, &dev)?;
+    let xs: Vec<u32> = pos.iter().map(|&q| xt[q as usize]).collect();
+    let tr = rows_t(t, l, pos);
+    let lt = teacher.logits(&xtt, &sig, Some(pos))?.detach();
+    let mut loss = process.soft_loss_rows(&lt, &xs, target, &tr)?;
+    if let Some(f) = fake {
+        let lf = f.logits(&xtt, &sig, Some(pos))?.detach();
+        loss = (loss - process.soft_loss_rows(&lf, &xs, target, &tr)?)?;
+    }
+    Ok((loss.sum_all()? / b as f64)?)
+}
+
+/// The student's relaxed sample over the whole batch (B x L x V): its distribution at the
+/// positions active in x_t' (`g`, row-major, one row per entry of `pos`), one-hot data elsewhere.
+fn full_simplex(x0: &[u32], pos: &[u32], g: Option<&[f32]>, v: usize) -> Vec<f32> {
+    let mut full = vec![0f32; x0.len() * v];
+    for (i, &x) in x0.iter().enumerate() {
+        full[i * v + x as usize] = 1.0;
+    }
+    if let Some(g) = g {
+        for (r, &p) in pos.iter().enumerate() {
+            let p = p as usize;
+            full[p * v..(p + 1) * v].copy_from_slice(&g[r * v..(r + 1) * v]);
+        }
+    }
+    full
+}
+
+/// Draw x_t from q_t(. | G) row by row and order its active positions (those also active in x_t'
+/// first, with their row in the student's output).
+fn renoise(
+    process: &dyn ForwardProcess,
+    full: &[f32],
+    pos_p: &[u32],
+    t: &[f64],
+    l: usize,
+    v: usize,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Renoised {
+    let n = full.len() / v;
+    let mut xt = vec![0u32; n];
+    for (r, &tr) in t.iter().enumerate() {
+        process.renoise_row(
+            &full[r * l * v..(r + 1) * l * v],
+            tr,
+            rng,
+            &mut xt[r * l..(r + 1) * l],
+        );
+    }
+    let mut row_of = vec![u32::MAX; n];
+    for (r, &p) in pos_p.iter().enumerate() {
+        row_of[p as usize] = r as u32;
+    }
+    let act = active(process, &xt);
+    let (mut both, mut only) = (Vec::new(), Vec::new());
+    let mut g_rows = Vec::new();
+    for p in act {
+        if row_of[p as usize] != u32::MAX {
+            both.push(p);
+            g_rows.push(row_of[p as usize]);
+        } else {
+            only.push(p);
+        }
+    }
+    let n_both = both.len();
+    both.extend(only);
+    Renoised {
+        xt,
+        pos: both,
+        n_both,
+        g_rows,
+    }
+}
+
+/// Rows of the full simplex at `pos`, as an (M, V) tensor without gradient.
+fn rows_of(full: &[f32], pos: &[u32], v: usize) -> Result<Tensor> {
+    let mut out = Vec::with_capacity(pos.len() * v);
+    for &p in pos {
+        out.extend_from_slice(&full[p as usize * v..(p as usize + 1) * v]);
+    }
+    Ok(Tensor::from_vec(out, (pos.len(), v), &Device::Cpu)?)
+}
+
+/// The time of each position's row.
+fn rows_t(t: &[f64], l: usize, pos: &[u32]) -> Vec<f64> {
+    pos.iter().map(|&p| t[p as usize / l]).collect()
+}
+
+impl Idlm {
+    /// Resume from a distillation checkpoint.
+    pub fn from_loaded(l: &super::state::Loaded) -> Result<Self> {
+        let cfg = l.state.config.clone();
+        let dir = &l.ck.dir;
+        let net_cfg = l.ck.meta.config.clone();
+        let dit = l.ck.meta.model.clone();
+        let mut student = Trainer::new(&net_cfg, &dit)?;
+        let ema =
+            l.ck.ema
+                .as_ref()
+                .ok_or_else(|| Error::ckpt(dir, "no student EMA: cannot resume"))?;
+        student.restore(&l.ck.weights, ema, &l.ck.optim()?, "", dir)?;
+        l.state.student.apply(&mut student);
+        let fake = match (&l.state.fake, &l.fake) {
+            (Some(fs), Some(t)) => {
+                let mut fc = net_cfg.clone();
+                fc.train.seed = cfg.seed.wrapping_add(1);
+                let mut f = Trainer::new(&fc, &dit)?;
+                super::state::restore_net(&mut f, t, "", dir)?;
+                fs.apply(&mut f);
+                Some(f)
+            }
+            (None, _) => None,
+            (Some(_), None) => return Err(Error::ckpt(dir, "fake network file missing")),
+        };
+        Ok(Self {
+            cfg,
+            student,
+            fake,
+            rngs: l.state.rngs.clone(),
+        })
+    }
+}

@@ -1,0 +1,14 @@
+//! Distillation of a diffusion teacher into a few-step student (algorithms.md §4, §5.2): IDLM
+//! (three networks, one fake update then one student update) and the SDTT baseline.
+
+pub mod config;
+pub mod idlm;
+pub mod nets;
+pub mod run;
+pub mod sdtt;
+pub mod state;
+
+pub use config::{DistillConfig, GeneratorLoss, Method, TimeCoupling};
+pub use idlm::{Idlm, IdlmStats};
+pub use run::{DistillRunOptions, DistillSummary, run_distill};
+pub use sdtt::{Sdtt, SdttStats};

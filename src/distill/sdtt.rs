@@ -1,0 +1,246 @@
+//! SDTT, self-distillation through time (algorithms.md §5.2): the student learns in one step what
+//! the teacher does in `sdtt_teacher_steps` ancestral steps of size dt, by KL(student || teacher)
+//! at the masked positions; every round the step size doubles and the teacher becomes the student.
+
+use std::collections::HashMap;
+
+use candle_core::{D, Device, Tensor};
+use serde::Serialize;
+
+use super::config::DistillConfig;
+use super::nets::{DistillRngs, active, corrupt, logits_at};
+use crate::checkpoint::dit_from_tensors;
+use crate::config::RunConfig;
+use crate::data::PackedTokens;
+use crate::nn::{Dit, DitConfig, DropoutRng};
+use crate::process::ForwardProcess;
+use crate::process::schedule::antithetic_times;
+use crate::sample::Denoiser;
+use crate::train::Trainer;
+use crate::{Error, Result};
+
+/// The sampling floor of SDTT's step grid (`sampling_eps` = 1e-5).
+const SDTT_EPS: f64 = 1e-5;
+
+/// What one SDTT update measured.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SdttStats {
+    /// Student updates done.
+    pub step: u64,
+    /// Round (the step size is `dt0 * 2^round`).
+    pub round: u64,
+    /// Step size of the teacher's steps.
+    pub dt: f64,
+    /// KL(student || teacher) per sequence.
+    pub loss: f64,
+    /// Gradient norm.
+    pub grad_norm: f64,
+    /// Learning rate.
+    pub lr: f64,
+}
+
+/// The state of an SDTT run.
+pub struct Sdtt {
+    /// Settings.
+    pub cfg: DistillConfig,
+    /// The student.
+    pub student: Trainer,
+    /// The current (frozen) teacher.
+    pub teacher: Dit,
+    /// Its weights (saved in checkpoints: they change every round).
+    pub teacher_weights: HashMap<String, Tensor>,
+    /// Current round.
+    pub round: u64,
+    /// Times and noise.
+    pub rngs: DistillRngs,
+}
+
+impl Sdtt {
+    /// Student and round-0 teacher both from `weights` (the teacher's EMA weights).
+    pub fn new(
+        cfg: &DistillConfig,
+        teacher_cfg: &RunConfig,
+        dit_cfg: &DitConfig,
+        weights: &HashMap<String, Tensor>,
+        origin: &std::path::Path,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let mut dit = dit_cfg.clone();
+        dit.dropout = cfg.dropout;
+        let student =
+            Trainer::from_weights(&cfg.network_config(teacher_cfg), &dit, weights, origin)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            teacher: dit_from_tensors(weights, &dit, origin)?,
+            teacher_weights: weights.clone(),
+            student,
+            round: 0,
+            rngs: DistillRngs::new(cfg.seed),
+        })
+    }
+
+    /// Resume from a distillation checkpoint.
+    pub fn from_loaded(l: &super::state::Loaded) -> Result<Self> {
+        let dir = &l.ck.dir;
+        let dit = l.ck.meta.model.clone();
+        let mut student = Trainer::new(&l.ck.meta.config, &dit)?;
+        let ema =
+            l.ck.ema
+                .as_ref()
+                .ok_or_else(|| Error::ckpt(dir, "no student EMA: cannot resume"))?;
+        student.restore(&l.ck.weights, ema, &l.ck.optim()?, "", dir)?;
+        l.state.student.apply(&mut student);
+        Ok(Self {
+            cfg: l.state.config.clone(),
+            teacher: dit_from_tensors(&l.teacher, &dit, dir)?,
+            teacher_weights: l.teacher.clone(),
+            student,
+            round: l.state.round,
+            rngs: l.state.rngs.clone(),
+        })
+    }
+
+    /// The teacher's step size in the current round.
+    pub fn dt(&self) -> f64 {
+        (1.0 - SDTT_EPS) / self.cfg.sdtt_base_steps as f64 * 2f64.powi(self.round as i32)
+    }
+
+    /// Student steps per unit time that the current round distils into (1 / (k dt)).
+    pub fn student_steps(&self) -> f64 {
+        1.0 / (self.dt() * self.cfg.sdtt_teacher_steps as f64)
+    }
+
+    /// One student update; at the end of a round the step size doubles and the teacher becomes a
+    /// copy of the student.
+    pub fn step(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<SdttStats> {
+        let (b, l, acc) = (self.cfg.batch_size, data.row_len(), self.cfg.grad_accum);
+        let times = antithetic_times(b * acc, &mut self.rngs.time);
+        let dt = self.dt();
+        let mut jobs = Vec::with_capacity(acc);
+        for m in 0..acc {
+            let x0 = self.student.next_rows(data, b)?;
+            let t = times[m * b..(m + 1) * b].to_vec();
+            let xt = corrupt(process, &x0, l, &t, &mut self.rngs.noise);
+            let target = teacher_targets(
+                &self.teacher,
+                process,
+                &self.cfg,
+                &xt,
+                (b, l),
+                &t,
+                dt,
+                &mut self.rngs.noise,
+            )?;
+            jobs.push((xt, t, target));
+        }
+        let p = self.cfg.dropout;
+        let st = self
+            .student
+            .optimize((b * l * acc) as u64, |model, micro, rng| {
+                let (xt, t, target) = &jobs[micro];
+                let Some((pos, tgt)) = target else {
+                    return Ok(Tensor::new(0f32, &Device::Cpu)?);
+                };
+                let mut drop = DropoutRng { p, rng };
+                let logits = logits_at(model, process, xt, (b, l), t, pos, Some(&mut drop))?;
+                let at: Vec<u32> = pos.iter().map(|&q| xt[q as usize]).collect();
+                let lq = process.log_probs_rows(&logits, &at)?;
+                // KL(student || teacher) summed over masked positions, averaged over the batch.
+                let kl = lq.exp()?.mul(&(&lq - tgt)?)?.sum(D::Minus1)?;
+                Ok((kl.sum_all()? / b as f64)?)
+            })?;
+        let round = self.round;
+        if self.student.step.is_multiple_of(self.cfg.sdtt_round_steps) {
+            self.round += 1;
+            self.teacher_weights = self.student.weights();
+            self.teacher = dit_from_tensors(
+                &self.teacher_weights,
+                &self.student.dit_cfg,
+                std::path::Path::new("student"),
+            )?;
+        }
+        Ok(SdttStats {
+            step: self.student.step,
+            round,
+            dt,
+            loss: st.loss,
+            grad_norm: st.grad_norm,
+            lr: st.lr,
+        })
+    }
+}
+
+/// The teacher's targets at the masked positions of `xt`: from x_t it takes `k` ancestral steps
+/// of size dt; a token revealed at step j gets the teacher's log p(x0 | .) of step j, a token
+/// still masked at the end gets the last step's. None when nothing is masked.
+#[allow(clippy::too_many_arguments)]
+fn teacher_targets(
+    teacher: &Dit,
+    process: &dyn ForwardProcess,
+    cfg: &DistillConfig,
+    xt: &[u32],
+    (b, l): (usize, usize),
+    t: &[f64],
+    dt: f64,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Option<(Vec<u32>, Tensor)>> {
+    let pos = active(process, xt);
+    if pos.is_empty() {
+        return Ok(None);
+    }
+    let v = process.vocab_size();
+    let dev = Denoiser::device(teacher);
+    let mut x = xt.to_vec();
+    // For every position of `pos`: (step, row in that step's log-probs) of its target.
+    let mut src: Vec<(usize, usize)> = vec![(0, 0); pos.len()];
+    let mut index_of = vec![usize::MAX; b * l];
+    for (i, &p) in pos.iter().enumerate() {
+        index_of[p as usize] = i;
+    }
+    let mut logps = Vec::new();
+    let mut offset = 0usize;
+    for step in 0..cfg.sdtt_teacher_steps {
+        let cur = active(process, &x);
+        if cur.is_empty() {
+            break;
+        }
+        let ts: Vec<f64> = t
+            .iter()
+            .map(|&ti| (ti - step as f64 * dt).max(0.0))
+            .collect();
+        let sig: Vec<f32> = ts.iter().map(|&ti| process.sigma(ti) as f32).collect();
+        let logits = teacher.logits(
+            &Tensor::from_slice(&x, (b, l), &dev)?,
+            &Tensor::from_vec(sig, b, &dev)?,
+            Some(&cur),
+        )?;
+        let at: Vec<u32> = cur.iter().map(|&q| x[q as usize]).collect();
+        logps.push(process.log_probs_rows(&logits, &at)?);
+        let probs = process.clean_probs(&logits, &at)?;
+        for (r, &q) in cur.iter().enumerate() {
+            src[index_of[q as usize]] = (step, offset + r);
+        }
+        offset += cur.len();
+        // One ancestral step t -> t - dt of every row, from the rows' full probability tables.
+        let mut table = vec![0f32; b * l * v];
+        for (r, &q) in cur.iter().enumerate() {
+            let q = q as usize;
+            table[q * v..(q + 1) * v].copy_from_slice(&probs[r * v..(r + 1) * v]);
+        }
+        for (row, &ti) in ts.iter().enumerate() {
+            let s = (ti - dt).max(0.0);
+            let span = row * l..(row + 1) * l;
+            process.posterior_row(
+                &table[row * l * v..(row + 1) * l * v],
+                &mut x[span],
+                ti,
+                s,
+                rng,
+            );
+        }
+    }
+    let all = Tensor::cat(&logps.iter().collect::<Vec<_>>(), 0)?;
+    let idx: Vec<u32> = src.iter().map(|&(_, r)| r as u32).collect();
+    let tgt = all.index_select(&Tensor::from_slice(&idx, idx.len(), &Device::Cpu)?, 0)?;
+    Ok(Some((pos, tgt.detach())))
+}
