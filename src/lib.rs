@@ -11,6 +11,7 @@ pub mod nn;
 pub mod optim;
 pub mod plot;
 pub mod process;
+pub mod reproduce;
 pub mod run;
 pub mod runtime;
 pub mod sample;

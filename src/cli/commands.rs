@@ -40,6 +40,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Distill(a) => super::distill::distill(a),
+        Command::Reproduce(a) => super::distill::reproduce(a),
         Command::PlotMetrics(a) => {
             let h = match &a.data {
                 Some(d) => Some(DataDir::open(d)?.info.unigram_entropy_nats),

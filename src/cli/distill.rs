@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::DistillArgs;
+use super::{DistillArgs, ReproduceArgs};
 use idlm::data;
 use idlm::distill::{DistillConfig, DistillRunOptions, Method, run_distill};
 
@@ -77,5 +77,37 @@ pub fn distill(a: DistillArgs) -> Result<()> {
             .map(|b| b.display().to_string())
             .unwrap_or_else(|| "-".into())
     );
+    Ok(())
+}
+
+/// Run `idlm reproduce`.
+pub fn reproduce(a: ReproduceArgs) -> Result<()> {
+    use idlm::reproduce::{ReproduceOptions, preset, report_files};
+    let p = preset(&a.preset)?;
+    let work = a
+        .work
+        .unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}", p.name)));
+    let out = a
+        .out
+        .unwrap_or_else(|| std::path::PathBuf::from(format!("results/{}", p.name)));
+    let genppl_model = idlm::eval::smollm2_path(&data::cache_dir())
+        .context("the reproduction evaluates with SmolLM2")?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let t0 = std::time::Instant::now();
+    let log = |m: &str| eprintln!("[{:7.1} s] {m}", t0.elapsed().as_secs_f64());
+    let rows = idlm::reproduce::reproduce(
+        &ReproduceOptions {
+            preset: p,
+            work,
+            out: out.clone(),
+            genppl_model,
+            command,
+        },
+        &log,
+    )?;
+    println!("{} rows; wrote:", rows.len());
+    for f in report_files(&out) {
+        println!("  {}", f.display());
+    }
     Ok(())
 }

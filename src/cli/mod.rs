@@ -46,6 +46,22 @@ pub enum Command {
     PlotMetrics(PlotMetricsArgs),
     /// Distil a teacher into a few-step student (IDLM; the SDTT baseline).
     Distill(DistillArgs),
+    /// The paper's main table in miniature: data, teacher, IDLM, SDTT, samples, eval, report.
+    Reproduce(ReproduceArgs),
+}
+
+/// `idlm reproduce`
+#[derive(clap::Args, Debug)]
+pub struct ReproduceArgs {
+    /// Preset: mini.
+    #[arg(long, default_value = "mini")]
+    pub preset: String,
+    /// Working directory for data, runs and samples (default runs/<preset>).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Report directory (default results/<preset>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `idlm distill`

@@ -152,7 +152,14 @@ impl Sdtt {
         let round = self.round;
         if self.student.step.is_multiple_of(self.cfg.sdtt_round_steps) {
             self.round += 1;
-            self.teacher_weights = self.student.weights();
+            // A copy: the student's tensors share storage with its variables, which the next
+            // updates overwrite in place.
+            self.teacher_weights = self
+                .student
+                .weights()
+                .into_iter()
+                .map(|(k, v)| Ok((k, v.detach().copy()?)))
+                .collect::<Result<_>>()?;
             self.teacher = dit_from_tensors(
                 &self.teacher_weights,
                 &self.student.dit_cfg,
