@@ -55,6 +55,9 @@ pub fn make_process(kind: ProcessKind, data: &DataDir) -> Result<Box<dyn Forward
     let t = &data.info.tokenizer;
     match kind {
         ProcessKind::Mdlm => Ok(Box::new(Masked::new(t.model_vocab_size, t.mask_id)?)),
+        ProcessKind::Ar => Err(Error::InvalidArgument(
+            "process 'ar' is the autoregressive baseline, not a diffusion process".into(),
+        )),
     }
 }
 
@@ -97,7 +100,7 @@ pub fn check_data_matches(ck: &DataInfo, data: &DataInfo, ck_dir: &Path) -> Resu
     Ok(())
 }
 
-fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+pub(crate) fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -107,7 +110,7 @@ fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 /// Drop metric lines past `step` (written by a run that stopped after its last checkpoint).
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = fs::read_to_string(path) else {
         return Ok(());
     };
@@ -129,8 +132,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming", path, e))
 }
 
-/// Train (or resume) a teacher.
+/// Train (or resume) a teacher; `train.process = "ar"` trains the autoregressive baseline.
 pub fn run_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
+    if opts.cfg.train.process == ProcessKind::Ar {
+        return crate::ar::run::run_ar_training(opts);
+    }
     let data = DataDir::open(&opts.data_dir)?;
     let info = data_info(&data);
     let run_dir = &opts.run_dir;
@@ -138,6 +144,7 @@ pub fn run_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
     let metrics = run_dir.join("metrics.jsonl");
     let mut trainer = if opts.resume {
         let ck = checkpoint::load(run_dir)?;
+        crate::ar::check_not_ar(&ck)?;
         check_data_matches(&ck.meta.data, &info, &ck.dir)?;
         truncate_metrics(&metrics, ck.meta.step)?;
         // The architecture and process come from the checkpoint; the rest may be overridden.
