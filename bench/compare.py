@@ -48,7 +48,7 @@ res = {
     "torch_train_step_ms": med(runs["torch_train"]),
     "torch_forward_ms": med(runs["torch_infer"]),
     "sampler16_tokens_per_s": med([x["sampler16_tokens_per_s"] for x in runs["idlm"]]),
-    "ar_kv_tokens_per_s": None,
+    "ar_kv_tokens_per_s": med([x["ar_kv_tokens_per_s"] for x in runs["idlm"]]),
     "gemm_peak_gflops": med([x["gemm_peak_gflops"] for x in runs["idlm"]]),
     "idlm_train_step_peak_fraction": med([x["train_step_peak_fraction"] for x in runs["idlm"]]),
     "idlm_forward_peak_fraction": med([x["forward_peak_fraction"] for x in runs["idlm"]]),

@@ -82,6 +82,8 @@ pub struct BenchReport {
     pub train_step_peak_fraction: f64,
     /// The forward pass's fraction of the peak.
     pub forward_peak_fraction: f64,
+    /// Tokens per second of AR KV-cache decoding (causal LM of the same width and depth).
+    pub ar_kv_tokens_per_s: f64,
 }
 
 /// Best-of-3 GFLOP/s of a 2048^3 f32 GEMM with all threads.
@@ -266,7 +268,34 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         mdlm_train_step_ms: median(mdlm),
         forward_ms: median(fwd),
         sampler16_tokens_per_s: sampler16,
+        ar_kv_tokens_per_s: ar_kv_tokens_per_s(o)?,
     })
+}
+
+/// Tokens per second (sequences x length / wall time, as `sampler16_tokens_per_s` counts) of the
+/// AR KV-cache sampler at temperature 1, top-p 1, for a causal LM of the benchmark's vocabulary,
+/// width, depth and heads, decoding `batch` sequences of `len` tokens together.
+pub fn ar_kv_tokens_per_s(o: &BenchOptions) -> Result<f64> {
+    let cfg = crate::nn::CausalLmConfig {
+        vocab_size: o.vocab,
+        hidden_size: o.hidden,
+        n_blocks: o.blocks,
+        n_heads: o.heads,
+        mlp_ratio: 4,
+        length: o.len,
+        dropout: 0.0,
+    };
+    let (_vars, lm) = crate::ar::init_lm(&cfg, 1)?;
+    let opts = crate::ar::ArSamplerOptions {
+        batch_size: o.batch,
+        ..Default::default()
+    };
+    let mask = Some((o.vocab - 1) as u32);
+    // One short untimed pass first so allocation and thread start-up are not timed.
+    crate::ar::sample_ar(&lm, o.batch, o.len.min(4), 0, mask, &opts, None)?;
+    let t0 = Instant::now();
+    crate::ar::sample_ar(&lm, o.batch, o.len, 0, mask, &opts, None)?;
+    Ok((o.batch * o.len) as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn process_sigma(t: f64) -> f32 {

@@ -276,6 +276,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 impl Checkpoint {
     /// Build the network from the EMA weights (if present and `use_ema`) or the raw weights.
     pub fn dit(&self, use_ema: bool) -> Result<Dit> {
+        crate::ar::check_not_ar(self)?;
         let w = match (&self.ema, use_ema) {
             (Some(e), true) => e,
             _ => &self.weights,

@@ -1,5 +1,6 @@
 //! idlm: few-step text diffusion (MDLM / Duo teachers, IDLM distillation) in Rust.
 
+pub mod ar;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

@@ -55,6 +55,9 @@ pub fn make_process(kind: ProcessKind, data: &DataDir) -> Result<Box<dyn Forward
     let t = &data.info.tokenizer;
     match kind {
         ProcessKind::Mdlm => Ok(Box::new(Masked::new(t.model_vocab_size, t.mask_id)?)),
+        ProcessKind::Ar => Err(Error::InvalidArgument(
+            "process 'ar' is the autoregressive baseline, not a diffusion process".into(),
+        )),
     }
 }
 
@@ -130,8 +133,11 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming", path, e))
 }
 
-/// Train (or resume) a teacher.
+/// Train (or resume) a teacher; `train.process = "ar"` trains the autoregressive baseline.
 pub fn run_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
+    if opts.cfg.train.process == ProcessKind::Ar {
+        return crate::ar::run::run_ar_training(opts);
+    }
     let data = DataDir::open(&opts.data_dir)?;
     let info = data_info(&data);
     let run_dir = &opts.run_dir;
@@ -139,6 +145,7 @@ pub fn run_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
     let metrics = run_dir.join("metrics.jsonl");
     let mut trainer = if opts.resume {
         let ck = checkpoint::load(run_dir)?;
+        crate::ar::check_not_ar(&ck)?;
         check_data_matches(&ck.meta.data, &info, &ck.dir)?;
         truncate_metrics(&metrics, ck.meta.step)?;
         // The architecture and process come from the checkpoint; the rest may be overridden.

@@ -85,6 +85,9 @@ fn prepare(a: PrepareArgs) -> Result<()> {
 
 fn train(a: TrainArgs) -> Result<()> {
     let mut sets = a.set.clone();
+    if let Some(p) = &a.process {
+        sets.push(format!("train.process={p}"));
+    }
     if let Some(n) = a.max_steps {
         sets.push(format!("train.max_steps={n}"));
     }
@@ -101,6 +104,10 @@ fn train(a: TrainArgs) -> Result<()> {
         RunConfig::load(&a.preset)?
     };
     let cfg = cfg.with_overrides(&sets)?;
+    let val_name = match cfg.train.process {
+        ProcessKind::Ar => "val NLL",
+        _ => "val NELBO",
+    };
     let summary = run_training(&TrainRunOptions {
         run_dir: a.out.clone(),
         data_dir: a.data.clone(),
@@ -109,7 +116,7 @@ fn train(a: TrainArgs) -> Result<()> {
         progress: !a.quiet,
     })?;
     println!(
-        "trained to step {} | last loss {:.4} | val NELBO {} nats/token | unigram entropy {:.4} | {:.0} tok/s\ncheckpoint {}",
+        "trained to step {} | last loss {:.4} | {val_name} {} nats/token | unigram entropy {:.4} | {:.0} tok/s\ncheckpoint {}",
         summary.step,
         summary.last_loss,
         summary
@@ -125,6 +132,15 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
     let ck = checkpoint::load(&a.ckpt)?;
+    if ck.meta.process == ProcessKind::Ar {
+        return super::ar::sample(a, &ck);
+    }
+    if a.temperature.is_some() || a.top_p.is_some() {
+        bail!(
+            "--temperature and --top-p apply to AR checkpoints; {} holds a diffusion model",
+            ck.dir.display()
+        );
+    }
     let meta = &ck.meta;
     let mut opts: SamplerOptions = meta.config.sample.clone();
     if let Some(k) = a.steps {
@@ -153,6 +169,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         .with_context(|| format!("tokenizer of {}", ck.dir.display()))?;
     let process = match meta.process {
         ProcessKind::Mdlm => Masked::new(meta.data.vocab_size, meta.data.mask_id)?,
+        ProcessKind::Ar => bail!("{} holds an AR model", ck.dir.display()),
     };
     let bar = ProgressBar::new(a.num as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -198,6 +215,9 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
 
 fn nll(a: NllArgs) -> Result<()> {
     let ck = checkpoint::load(&a.ckpt)?;
+    if ck.meta.process == ProcessKind::Ar {
+        return super::ar::nll(a, &ck);
+    }
     let dir = a
         .data
         .clone()
@@ -241,6 +261,17 @@ fn bench(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         iters: a.iters,
     };
+    if a.ar_only {
+        let tps = idlm::bench::ar_kv_tokens_per_s(&o)?;
+        let threads = rayon::current_num_threads();
+        println!("threads {threads} | AR KV-cache decoding {tps:.0} tokens/s");
+        if let Some(p) = a.json {
+            let v = json!({"options": o, "threads": threads, "ar_kv_tokens_per_s": tps});
+            std::fs::write(&p, serde_json::to_string_pretty(&v)?)
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
     let r = idlm::bench::run_bench(&o)?;
     println!(
         "threads {} | train step {:.1} ms (CE on all positions; forward+loss {:.1}, backward {:.1}, optimizer {:.1}) | MDLM train step {:.1} ms | forward {:.1} ms | sampler 16 steps {:.0} tokens/s",
@@ -259,6 +290,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.train_step_gflop,
         100.0 * r.train_step_peak_fraction,
         100.0 * r.forward_peak_fraction
+    );
+    println!(
+        "AR KV-cache decoding (same width, depth, length, batch) {:.0} tokens/s",
+        r.ar_kv_tokens_per_s
     );
     if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)

@@ -1,5 +1,6 @@
 //! The `idlm` command line: parse, load config, call the library. No math here.
 
+mod ar;
 mod commands;
 mod distill;
 
@@ -32,7 +33,7 @@ pub enum Command {
     },
     /// Tokenize a corpus into packed token files.
     Prepare(PrepareArgs),
-    /// Train a teacher.
+    /// Train a teacher (or, with --process ar, the autoregressive baseline).
     Train(TrainArgs),
     /// Sample from a checkpoint.
     Sample(SampleArgs),
@@ -164,6 +165,9 @@ pub struct BenchArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Time only the AR KV-cache decoding (same vocabulary, width, depth, length and batch).
+    #[arg(long)]
+    pub ar_only: bool,
 }
 
 /// `idlm data ...`
@@ -220,6 +224,9 @@ pub struct TrainArgs {
     /// Config overrides, e.g. --set train.lr=3e-4 (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
+    /// Shorthand for --set train.process=P: mdlm, or ar for the autoregressive baseline.
+    #[arg(long)]
+    pub process: Option<String>,
     /// Shorthand for --set train.max_steps=N.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -264,6 +271,12 @@ pub struct SampleArgs {
     /// Use the raw weights instead of the EMA.
     #[arg(long)]
     pub raw: bool,
+    /// AR checkpoints: softmax temperature (0 = greedy; default 1).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// AR checkpoints: nucleus (top-p) mass in (0, 1] (default 1 = no truncation).
+    #[arg(long)]
+    pub top_p: Option<f64>,
     /// Output JSONL (default: stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,

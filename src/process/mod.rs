@@ -50,6 +50,8 @@ impl std::str::FromStr for NoiseRemoval {
 pub enum ProcessKind {
     /// Masked (absorbing-state) diffusion, MDLM.
     Mdlm,
+    /// Not a diffusion process: the autoregressive baseline (a causal LM, `crate::ar`).
+    Ar,
 }
 
 /// A discrete forward process q_t(x_t | x_0), its loss and its reverse posterior.

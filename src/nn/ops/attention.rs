@@ -1,5 +1,5 @@
-//! Bidirectional multi-head attention with rotate-half rotary on q and k, as one kernel with a
-//! hand-written backward. Input is the packed qkv projection (B, L, 3D) in the reference layout
+//! Multi-head attention (bidirectional, or causal for the AR baseline) with rotate-half rotary on q
+//! and k, as one kernel with a hand-written backward. Input is the packed qkv projection (B, L, 3D) in the reference layout
 //! (three, head, dim); output is (B, L, D), ready for the output projection. No transposes, no
 //! attention matrix kept between forward and backward (recomputed per head in the backward).
 
@@ -34,6 +34,7 @@ pub struct RotaryAttention {
     n_heads: usize,
     cos: Arc<Vec<f32>>,
     sin: Arc<Vec<f32>>,
+    causal: bool,
 }
 
 impl RotaryAttention {
@@ -56,6 +57,29 @@ impl RotaryAttention {
             n_heads,
             cos: Arc::new(cos),
             sin: Arc::new(sin),
+            causal: false,
+        }
+    }
+
+    /// The same attention with a causal mask: position i attends to positions 0..=i only.
+    pub fn causal(n_heads: usize, dh: usize, max_len: usize) -> Self {
+        Self {
+            causal: true,
+            ..Self::new(n_heads, dh, max_len)
+        }
+    }
+
+    /// Rotate one head vector `x` (dh values) to position `pos` into `out`: the KV cache's rotation,
+    /// the same tables as the full-sequence kernel so cached and uncached logits agree.
+    pub(crate) fn rotate_at(&self, x: &[f32], pos: usize, out: &mut [f32]) {
+        let h = x.len() / 2;
+        let (c, s) = (
+            &self.cos[pos * h..(pos + 1) * h],
+            &self.sin[pos * h..(pos + 1) * h],
+        );
+        for j in 0..h {
+            out[j] = x[j] * c[j] - x[j + h] * s[j];
+            out[j + h] = x[j + h] * c[j] + x[j] * s[j];
         }
     }
 
@@ -104,7 +128,12 @@ impl RotaryAttention {
         let mut p = vec![0f32; l * l];
         matmul(l, l, dh, &mut p, false, &q, dh, 1, &k, 1, dh);
         let scale = 1.0 / (dh as f32).sqrt();
-        for row in p.chunks_exact_mut(l) {
+        for (i, row) in p.chunks_exact_mut(l).enumerate() {
+            // Causal: keys after the query get probability exactly 0, so the backward (which
+            // multiplies by P) needs no mask of its own.
+            let n = if self.causal { i + 1 } else { l };
+            let (row, masked) = row.split_at_mut(n);
+            masked.fill(0.0);
             let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
             let mut s = 0f32;
             for v in row.iter_mut() {
@@ -259,8 +288,8 @@ mod tests {
     use crate::nn::rotary::Rotary;
     use candle_core::{D, Device, Var};
 
-    /// The composed attention of the DiT block: the oracle.
-    fn composed(qkv: &Tensor, h: usize) -> Tensor {
+    /// The composed attention of the DiT block (with a causal mask when asked): the oracle.
+    fn composed(qkv: &Tensor, h: usize, causal: bool) -> Tensor {
         let (b, l, d3) = qkv.dims3().unwrap();
         let d = d3 / 3;
         let dh = d / h;
@@ -280,6 +309,15 @@ mod tests {
         let k = rot.apply(&take(1)).unwrap();
         let v = take(2);
         let att = (q.matmul(&k.t().unwrap()).unwrap() * (1.0 / (dh as f64).sqrt())).unwrap();
+        let att = if causal {
+            let mask: Vec<f32> = (0..l * l)
+                .map(|ij| if ij % l > ij / l { -1e9 } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_vec(mask, (l, l), &Device::Cpu).unwrap();
+            att.broadcast_add(&mask).unwrap()
+        } else {
+            att
+        };
         let att = candle_nn::ops::softmax(&att, D::Minus1).unwrap();
         att.matmul(&v)
             .unwrap()
@@ -291,14 +329,27 @@ mod tests {
 
     #[test]
     fn matches_composed_forward_and_gradient() {
+        check_against_composed(false);
+    }
+
+    #[test]
+    fn causal_matches_masked_composed_forward_and_gradient() {
+        check_against_composed(true);
+    }
+
+    fn check_against_composed(causal: bool) {
         let (b, l, h, dh) = (2, 11, 3, 8);
         let d = h * dh;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, l, 3 * d), &Device::Cpu).unwrap())
             .unwrap();
         let r = Tensor::randn(0f32, 1.0, (b, l, d), &Device::Cpu).unwrap();
-        let op = RotaryAttention::new(h, dh, 16);
+        let op = if causal {
+            RotaryAttention::causal(h, dh, 16)
+        } else {
+            RotaryAttention::new(h, dh, 16)
+        };
         let y = rotary_attention(x.as_tensor(), &op).unwrap();
-        let y_ref = composed(x.as_tensor(), h);
+        let y_ref = composed(x.as_tensor(), h, causal);
         let dmax = (&y - &y_ref)
             .unwrap()
             .abs()
@@ -323,6 +374,12 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
+        for causal in [false, true] {
+            finite_differences(causal);
+        }
+    }
+
+    fn finite_differences(causal: bool) {
         let (b, l, h, dh) = (1, 4, 1, 4);
         let d = h * dh;
         let x0: Vec<f32> = (0..b * l * 3 * d)
@@ -331,7 +388,11 @@ mod tests {
         let r: Vec<f32> = (0..b * l * d)
             .map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0)
             .collect();
-        let op = RotaryAttention::new(h, dh, 8);
+        let op = if causal {
+            RotaryAttention::causal(h, dh, 8)
+        } else {
+            RotaryAttention::new(h, dh, 8)
+        };
         let rt = Tensor::from_slice(&r, (b, l, d), &Device::Cpu).unwrap();
         let f = |x: &[f32]| -> f64 {
             let t = Tensor::from_slice(x, (b, l, 3 * d), &Device::Cpu).unwrap();

@@ -1,0 +1,115 @@
+//! `idlm sample` and `idlm nll` on an AR checkpoint: glue between arguments and `idlm::ar`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::{NllArgs, SampleArgs};
+use idlm::ar::{ArSamplerOptions, ar_nll, lm_from_checkpoint, sample_ar};
+use idlm::checkpoint::Checkpoint;
+use idlm::data::{DataDir, TextTokenizer};
+use idlm::run::{check_data_matches, data_info};
+
+/// Sample an AR checkpoint with the KV-cache sampler; writes the diffusion samples' JSONL shape.
+pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
+    let dir = ck.dir.display();
+    if a.steps.is_some() {
+        bail!("{dir} holds an AR model: it takes one step per token, so --steps does not apply");
+    }
+    if a.noise_removal.is_some() {
+        bail!("{dir} holds an AR model: --noise-removal applies to diffusion checkpoints");
+    }
+    if !matches!(a.sampler.as_str(), "ancestral-cache" | "kv-cache") {
+        bail!(
+            "{dir} holds an AR model: sampler '{}' is a diffusion sampler (use kv-cache)",
+            a.sampler
+        );
+    }
+    let meta = &ck.meta;
+    let opts = ArSamplerOptions {
+        temperature: a.temperature.unwrap_or(1.0),
+        top_p: a.top_p.unwrap_or(1.0),
+        batch_size: a.batch_size.unwrap_or(meta.config.sample.batch_size),
+        seed: a.seed.unwrap_or(meta.config.sample.seed),
+    };
+    opts.validate()?;
+    let len = a.len.unwrap_or(meta.model.length);
+    let model = lm_from_checkpoint(ck, !a.raw)?;
+    let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
+        .with_context(|| format!("tokenizer of {dir}"))?;
+    let bar = ProgressBar::new(a.num as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
+    )?);
+    let progress = |done: usize, _n: usize| bar.set_position(done as u64);
+    let t0 = Instant::now();
+    let samples = sample_ar(
+        &model,
+        a.num,
+        len,
+        meta.data.bos_id,
+        Some(meta.data.mask_id),
+        &opts,
+        Some(&progress),
+    )?;
+    bar.finish_and_clear();
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let steps = len.saturating_sub(1);
+    for s in &samples {
+        let text = tok.decode(&s.ids)?;
+        let line = json!({
+            "index": s.index, "ids": s.ids, "text": text, "steps": steps, "nfe": s.nfe,
+            "seconds": s.seconds, "sampler": "ar_kv_cache", "temperature": opts.temperature,
+            "top_p": opts.top_p, "seed": opts.seed, "checkpoint": ck.dir.display().to_string(),
+            "checkpoint_step": meta.step, "weights": if a.raw { "raw" } else { "ema" },
+            "process": meta.process,
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    let el = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{} samples, {steps} steps (one per token), {:.2} s/sample, {:.0} tokens/s",
+        samples.len(),
+        el / samples.len().max(1) as f64,
+        (samples.len() * len) as f64 / el
+    );
+    Ok(())
+}
+
+/// Exact validation NLL per token of an AR checkpoint (its perplexity is exp of it).
+pub fn nll(a: NllArgs, ck: &Checkpoint) -> Result<()> {
+    let dir = a
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&ck.meta.data.data_dir));
+    let data = DataDir::open(&dir).with_context(|| format!("opening data {}", dir.display()))?;
+    check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
+    let model = lm_from_checkpoint(ck, !a.raw)?;
+    let rows = a.rows.unwrap_or(data.valid.n_rows());
+    let s = ar_nll(
+        &model,
+        &data.valid,
+        rows,
+        a.batch_size,
+        ck.meta.data.mask_id,
+    )?;
+    let out = json!({
+        "nll_per_token": s.nll, "stderr": s.stderr, "perplexity": s.perplexity,
+        "tokens": s.tokens, "exact": true, "process": "ar",
+        "unigram_entropy": data.info.unigram_entropy_nats,
+        "checkpoint": ck.dir.display().to_string(), "step": ck.meta.step,
+        "weights": if a.raw { "raw" } else { "ema" },
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
