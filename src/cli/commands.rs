@@ -306,25 +306,60 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     use idlm::eval::protocol;
     let metrics = protocol::parse_metrics(&a.metrics)?;
     let samples = protocol::read_samples(&a.samples)?;
-    let model = idlm::eval::smollm2_path(&data::cache_dir());
+    let cache = data::cache_dir();
+    let model = idlm::eval::smollm2_path(&cache);
+    let wants = |name: &str| metrics.iter().any(|m| m == name);
     let needs_model =
-        metrics.iter().any(|m| m == "genppl") || samples.iter().any(|s| s.ids.is_none());
+        wants("genppl") || (wants("entropy") && samples.iter().any(|s| s.ids.is_none()));
     let model = if needs_model { Some(model?) } else { None };
+    let wants_mauve = wants("mauve");
+    if a.reference.is_some() && !wants_mauve {
+        eprintln!("note: --reference is used only by the mauve metric, which was not chosen");
+    }
+    // One bar; its prefix names the metric running now.
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template(
-        "GenPPL [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
+        "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
     )?);
-    let progress = |done: usize, total: usize| {
+    let stage = |name: &'static str, done: usize, total: usize| {
+        if bar.prefix() != name {
+            bar.reset();
+            bar.set_prefix(name);
+        }
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
+    let genppl_progress = |done: usize, total: usize| stage("GenPPL", done, total);
+    let mauve_progress = |done: usize, total: usize| stage("MAUVE features", done, total);
+    let mauve = if wants_mauve {
+        let Some(path) = &a.reference else {
+            bail!(
+                "the mauve metric needs --reference (a prepared data folder or a JSONL with a `text` field)"
+            );
+        };
+        let references = protocol::read_references(path, samples.len())
+            .with_context(|| format!("reading MAUVE references from {}", path.display()))?;
+        Some(protocol::MauveEval {
+            model_dir: idlm::eval::minilm_dir(&cache)?,
+            references,
+            options: idlm::eval::MauveOptions {
+                seed: a.mauve_seed,
+                ..Default::default()
+            },
+            batch: a.feature_batch_size,
+            progress: Some(&mauve_progress),
+        })
+    } else {
+        None
+    };
     let t0 = Instant::now();
-    let mut out = protocol::evaluate(
+    let mut out = protocol::evaluate_with(
         &samples,
         &metrics,
         model.as_deref(),
         a.batch_size,
-        Some(&progress),
+        Some(&genppl_progress),
+        mauve.as_ref(),
     )?;
     bar.finish_and_clear();
     out["source"] = json!(a.samples.display().to_string());

@@ -41,7 +41,7 @@ pub enum Command {
     Nll(NllArgs),
     /// Time the training step, forward and sampler of the benchmark DiT.
     Bench(BenchArgs),
-    /// Evaluate a samples JSONL under protocol idlm-eval-v1 (GenPPL, entropy).
+    /// Evaluate a samples JSONL under protocol idlm-eval-v1 (GenPPL, entropy, MAUVE).
     Eval(EvalArgs),
     /// Plot a run's loss curve (training loss and validation NELBO) to PNG.
     PlotMetrics(PlotMetricsArgs),
@@ -108,9 +108,19 @@ pub struct DistillArgs {
 pub struct EvalArgs {
     /// Samples JSONL (idlm samples, or any JSONL with a `text` field).
     pub samples: PathBuf,
-    /// Comma-separated metrics: genppl, entropy.
+    /// Comma-separated metrics: genppl, entropy, mauve (mauve needs --reference).
     #[arg(long, default_value = "genppl,entropy")]
     pub metrics: String,
+    /// MAUVE reference texts, as many as samples: a prepared data folder (its validation rows,
+    /// evenly spaced) or a JSONL with a `text` field (its first lines).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// MAUVE seed (k-means draws from seed + 2).
+    #[arg(long, default_value_t = 25)]
+    pub mauve_seed: u64,
+    /// Texts per forward pass of the MAUVE feature model.
+    #[arg(long, default_value_t = idlm::eval::minilm::DEFAULT_BATCH)]
+    pub feature_batch_size: usize,
     /// Output JSON (default: stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,

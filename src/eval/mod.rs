@@ -1,10 +1,13 @@
 //! Evaluation under protocol idlm-eval-v1 (design.md §6): the pretrained eval models, GenPPL
-//! under SmolLM2-135M, and unigram entropy.
+//! under SmolLM2-135M, unigram entropy, and MAUVE on all-MiniLM-L6-v2 features.
 
+pub mod cluster;
 pub mod entropy;
 pub mod genppl;
 pub mod gguf_tokenizer;
 pub mod llama;
+pub mod mauve;
+pub mod minilm;
 pub mod models;
 pub mod protocol;
 
@@ -12,4 +15,6 @@ pub use entropy::{EntropyResult, entropy_stats, unigram_entropy};
 pub use genppl::{GenPpl, GenPplResult};
 pub use gguf_tokenizer::GgufTokenizer;
 pub use llama::{LlamaConfig, QLlama, RopeStyle, WeightMode};
+pub use mauve::{MauveOptions, MauveResult, compute_mauve, mauve_of_texts};
+pub use minilm::MiniLm;
 pub use models::{EvalModelsReport, fetch_eval_models, minilm_dir, smollm2_path};

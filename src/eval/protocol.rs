@@ -1,13 +1,16 @@
 //! Evaluation protocol idlm-eval-v1 (design.md §6): read a samples JSONL, compute the chosen
 //! metrics, and write one JSON that records the protocol, its parameters and the eval models.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use super::entropy::entropy_stats;
 use super::genppl::GenPpl;
-use super::models::SMOLLM2;
+use super::mauve::{MauveOptions, mauve_of_texts};
+use super::minilm::{MAX_TOKENS, MODEL_NAME, MiniLm};
+use super::models::{MINILM, SMOLLM2};
+use crate::data::DataDir;
 use crate::sample::Progress;
 use crate::{Error, Result};
 
@@ -15,7 +18,73 @@ use crate::{Error, Result};
 pub const PROTOCOL: &str = "idlm-eval-v1";
 
 /// Metrics this build computes.
-pub const METRICS: &[&str] = &["genppl", "entropy"];
+pub const METRICS: &[&str] = &["genppl", "entropy", "mauve"];
+
+/// MAUVE's reference texts and a description of where they came from.
+#[derive(Debug, Clone)]
+pub struct References {
+    /// The texts, as many as there are samples.
+    pub texts: Vec<String>,
+    /// Where they came from (written into the protocol block).
+    pub source: Value,
+}
+
+/// `n` reference texts from `path`: a prepared data folder (validation rows `floor(i N / n)` of
+/// its N, evenly spaced over the split, decoded with the folder's tokenizer the way `idlm sample`
+/// decodes samples) or a JSONL with a `text` field (its first `n` lines).
+pub fn read_references(path: &Path, n: usize) -> Result<References> {
+    if path.is_dir() {
+        let data = DataDir::open(path)?;
+        let rows = data.valid.n_rows();
+        if rows < n {
+            return Err(Error::Data(format!(
+                "{}: {rows} validation rows, fewer than the {n} samples MAUVE compares them with",
+                path.display()
+            )));
+        }
+        let texts = (0..n)
+            .map(|i| data.tokenizer.decode(&data.valid.row(i * rows / n)?))
+            .collect::<Result<Vec<_>>>()?;
+        let source = json!({
+            "path": path.display().to_string(),
+            "kind": "prepared data folder, validation split",
+            "rows": format!("floor(i * {rows} / {n}) for i in 0..{n}"),
+            "row_tokens": data.seq_len(),
+            "tokenizer_sha256": data.info.tokenizer.sha256,
+            "decode": "the data tokenizer, special tokens kept (as idlm sample)",
+        });
+        return Ok(References { texts, source });
+    }
+    let recs = read_samples(path)?;
+    if recs.len() < n {
+        return Err(Error::Data(format!(
+            "{}: {} reference texts, fewer than the {n} samples MAUVE compares them with",
+            path.display(),
+            recs.len()
+        )));
+    }
+    let texts = recs.into_iter().take(n).map(|r| r.text).collect();
+    let source = json!({
+        "path": path.display().to_string(),
+        "kind": "JSONL, text field",
+        "rows": format!("the first {n} lines"),
+    });
+    Ok(References { texts, source })
+}
+
+/// What MAUVE needs besides the samples.
+pub struct MauveEval<'a> {
+    /// The all-MiniLM-L6-v2 folder ([`super::models::minilm_dir`]).
+    pub model_dir: PathBuf,
+    /// Reference texts, one per sample.
+    pub references: References,
+    /// MAUVE parameters (defaults: protocol v1).
+    pub options: MauveOptions,
+    /// Texts per MiniLM forward pass.
+    pub batch: usize,
+    /// Featurisation progress: (texts done, samples + references).
+    pub progress: Option<Progress<'a>>,
+}
 
 /// One sample read from a JSONL file.
 #[derive(Debug, Clone)]
@@ -86,13 +155,25 @@ pub fn parse_metrics(list: &str) -> Result<Vec<String>> {
     Ok(m)
 }
 
-/// Evaluate `samples` with `metrics`; `genppl_model` is the SmolLM2 GGUF path.
+/// Evaluate `samples` with `metrics` other than MAUVE; `genppl_model` is the SmolLM2 GGUF path.
 pub fn evaluate(
     samples: &[SampleRecord],
     metrics: &[String],
     genppl_model: Option<&Path>,
     batch: usize,
     progress: Option<Progress>,
+) -> Result<Value> {
+    evaluate_with(samples, metrics, genppl_model, batch, progress, None)
+}
+
+/// [`evaluate`], with what MAUVE needs when `metrics` has it.
+pub fn evaluate_with(
+    samples: &[SampleRecord],
+    metrics: &[String],
+    genppl_model: Option<&Path>,
+    batch: usize,
+    progress: Option<Progress>,
+    mauve: Option<&MauveEval>,
 ) -> Result<Value> {
     let mut out = json!({
         "protocol": PROTOCOL,
@@ -102,7 +183,9 @@ pub fn evaluate(
     let mut params = json!({});
     let has_ids = samples.iter().all(|s| s.ids.is_some());
     let texts: Vec<String> = samples.iter().map(|s| s.text.clone()).collect();
-    let scorer = if metrics.iter().any(|m| m == "genppl") || !has_ids {
+    let wants = |name: &str| metrics.iter().any(|m| m == name);
+    // The eval tokenizer stands in for missing generator ids, which only entropy needs.
+    let scorer = if wants("genppl") || (wants("entropy") && !has_ids) {
         let path = genppl_model.ok_or_else(|| {
             Error::EvalModel("the GenPPL model is needed; run `idlm data fetch`".into())
         })?;
@@ -151,6 +234,48 @@ pub fn evaluate(
             "per_sample": "unigram entropy of each sample's ids, mean over samples",
             "ids": source,
         });
+    }
+    if metrics.iter().any(|m| m == "mauve") {
+        let m = mauve.ok_or_else(|| {
+            Error::InvalidArgument("MAUVE needs reference texts (--reference)".into())
+        })?;
+        let refs = &m.references.texts;
+        if refs.len() != texts.len() {
+            return Err(Error::InvalidArgument(format!(
+                "MAUVE: {} reference texts for {} samples; the protocol uses as many of each",
+                refs.len(),
+                texts.len()
+            )));
+        }
+        let model = MiniLm::load(&m.model_dir)?;
+        let o = &m.options;
+        let r = mauve_of_texts(&model, &texts, refs, o, m.batch, m.progress)?;
+        out["mauve"] = json!(r.mauve);
+        out["mauve_frontier_integral"] = json!(r.frontier_integral);
+        params["mauve"] = json!({
+            "feature_model": format!(
+                "{MODEL_NAME}: mean pooling over the attention mask, L2-normalised, at most {MAX_TOKENS} tokens"
+            ),
+            "feature_model_sha256": MINILM.files[0].sha256,
+            "feature_dim": model.dim(),
+            "rows": "[samples; references], each L2-normalised",
+            "pca_explained_variance": o.explained_variance,
+            "pca_components": r.pca_components,
+            "kmeans_clusters": r.num_buckets,
+            "kmeans_clusters_rule": "max(2, round(min(n_p, n_q) / 10))",
+            "kmeans_init": "k-means++, ChaCha8 seeded with seed + 2",
+            "kmeans_restarts": o.kmeans_restarts,
+            "kmeans_max_iter": o.kmeans_max_iter,
+            "divergence_curve_points": o.curve_points,
+            "mixture_weights": "linspace(1e-6, 1 - 1e-6), plus the extreme points (1, 0) and (0, 1)",
+            "scaling_c": o.scaling,
+            "area": "1/2 [AUC(x sorted, y) + AUC(y sorted, x)], trapezoid",
+            "seed": o.seed,
+            "reference_source": m.references.source,
+            "reference_count": refs.len(),
+            "sample_count": texts.len(),
+        });
+        out["eval_model_sha256"]["minilm"] = json!(MINILM.files[0].sha256);
     }
     out["protocol_params"] = params;
     Ok(out)
