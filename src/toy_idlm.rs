@@ -166,8 +166,8 @@ pub fn objective(world: &ToyWorld, p: &[f64], schedule: LogLinear) -> Result<f64
             continue;
         };
         let mut k = 0.0;
-        for pos in 0..world.l {
-            if xt[pos] != world.mask() {
+        for (pos, &x) in xt.iter().enumerate() {
+            if x != world.mask() {
                 continue;
             }
             let r = pos * world.v..(pos + 1) * world.v;

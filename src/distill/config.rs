@@ -211,6 +211,8 @@ impl DistillConfig {
     pub fn network_config(&self, teacher: &RunConfig) -> RunConfig {
         let mut c = teacher.clone();
         c.model.dropout = self.dropout;
+        // A student's default sampler is few-step.
+        c.sample.steps = self.val_steps.max(1);
         let t = &mut c.train;
         t.batch_size = self.batch_size;
         t.grad_accum = self.grad_accum;

@@ -53,26 +53,29 @@ pub struct DistillSummary {
     pub seconds: f64,
 }
 
+/// The method being run; IDLM also holds its frozen teacher and the teacher's weights.
 enum Runner {
-    Idlm(
-        Box<Idlm>,
-        Dit,
-        std::collections::HashMap<String, candle_core::Tensor>,
-    ),
+    Idlm(Box<IdlmRun>),
     Sdtt(Box<Sdtt>),
+}
+
+struct IdlmRun {
+    idlm: Idlm,
+    teacher: Dit,
+    teacher_weights: std::collections::HashMap<String, candle_core::Tensor>,
 }
 
 impl Runner {
     fn step(&self) -> u64 {
         match self {
-            Runner::Idlm(i, ..) => i.student.step,
+            Runner::Idlm(r) => r.idlm.student.step,
             Runner::Sdtt(s) => s.student.step,
         }
     }
 
     fn student(&self) -> &crate::train::Trainer {
         match self {
-            Runner::Idlm(i, ..) => &i.student,
+            Runner::Idlm(r) => &r.idlm.student,
             Runner::Sdtt(s) => &s.student,
         }
     }
@@ -84,8 +87,9 @@ impl Runner {
         data: &crate::data::PackedTokens,
     ) -> Result<(serde_json::Value, String)> {
         match self {
-            Runner::Idlm(i, teacher, _) => {
-                let s = i.step(teacher, process, data)?;
+            Runner::Idlm(r) => {
+                let i = &mut r.idlm;
+                let s = i.step(&r.teacher, process, data)?;
                 for (what, v) in [("fake loss", s.fake_loss), ("student loss", s.student_loss)] {
                     if v.is_nan() && what == "fake loss" && i.fake.is_none() {
                         continue;
@@ -130,7 +134,11 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
                 let mut i = Idlm::from_loaded(&l)?;
                 i.cfg = opts.cfg.clone();
                 let t = dit_from_tensors(&l.teacher, &l.ck.meta.model, &l.ck.dir)?;
-                Runner::Idlm(Box::new(i), t, l.teacher.clone())
+                Runner::Idlm(Box::new(IdlmRun {
+                    idlm: i,
+                    teacher: t,
+                    teacher_weights: l.teacher.clone(),
+                }))
             }
             Method::Sdtt => {
                 let mut s = Sdtt::from_loaded(&l)?;
@@ -168,7 +176,11 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
             Method::Idlm => {
                 let i = Idlm::new(&opts.cfg, &ck.meta.config, &ck.meta.model, &w, &ck.dir)?;
                 let t = dit_from_tensors(&w, &ck.meta.model, &ck.dir)?;
-                Runner::Idlm(Box::new(i), t, w)
+                Runner::Idlm(Box::new(IdlmRun {
+                    idlm: i,
+                    teacher: t,
+                    teacher_weights: w,
+                }))
             }
             Method::Sdtt => Runner::Sdtt(Box::new(Sdtt::new(
                 &opts.cfg,
@@ -227,7 +239,8 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
     let save = |runner: &Runner, st: &mut DistillState| -> Result<PathBuf> {
         st.student = NetState::of(runner.student());
         match runner {
-            Runner::Idlm(i, _, tw) => {
+            Runner::Idlm(r) => {
+                let (i, tw) = (&r.idlm, &r.teacher_weights);
                 st.fake = i.fake.as_ref().map(NetState::of);
                 st.rngs = i.rngs.clone();
                 state::save(

@@ -15,7 +15,7 @@ use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
 use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
-use crate::eval::protocol::{SampleRecord, evaluate};
+use crate::eval::protocol::{MauveEval, SampleRecord, evaluate_with, read_references};
 use crate::process::Masked;
 use crate::run::{TrainRunOptions, run_training};
 use crate::sample::{SamplerOptions, sample};
@@ -143,7 +143,7 @@ pub struct Row {
     pub entropy: f64,
     /// Pooled entropy.
     pub entropy_pooled: f64,
-    /// MAUVE against held-out text (None until the MAUVE metric is available).
+    /// MAUVE against held-out text.
     pub mauve: Option<f64>,
     /// Mean network calls per sample.
     pub nfe: f64,
@@ -290,6 +290,9 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
     fs::create_dir_all(&opts.out).map_err(|e| Error::io("creating", &opts.out, e))?;
     let mut rows = Vec::new();
     let mut evals = Vec::new();
+    // MAUVE against held-out rows of the same data, the same references for every row.
+    let minilm = crate::eval::minilm_dir(&data::cache_dir())?;
+    let references = read_references(&data_dir, p.samples)?;
     for (method, ck_path, steps) in &models {
         let ck = checkpoint::load(ck_path)?;
         let model = ck.dit(true)?;
@@ -324,8 +327,25 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
             fs::write(&sp, lines).map_err(|e| Error::io("writing", &sp, e))?;
             let sample_seconds = t0.elapsed().as_secs_f64();
             log(&format!("evaluating {method} at {k} steps"));
-            let metrics = vec!["genppl".to_string(), "entropy".to_string()];
-            let mut ev = evaluate(&recs, &metrics, Some(&opts.genppl_model), 8, None)?;
+            let metrics: Vec<String> = ["genppl", "entropy", "mauve"]
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
+            let mauve = MauveEval {
+                model_dir: minilm.clone(),
+                references: references.clone(),
+                options: Default::default(),
+                batch: 32,
+                progress: None,
+            };
+            let mut ev = evaluate_with(
+                &recs,
+                &metrics,
+                Some(&opts.genppl_model),
+                8,
+                None,
+                Some(&mauve),
+            )?;
             let n = samples.len().max(1) as f64;
             let row = Row {
                 method: method.clone(),
@@ -334,7 +354,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
                 genppl: num(&ev, "genppl")?,
                 entropy: num(&ev, "entropy")?,
                 entropy_pooled: num(&ev, "entropy_pooled")?,
-                mauve: None,
+                mauve: ev.get("mauve").and_then(|m| m.as_f64()),
                 nfe: samples.iter().map(|s| s.nfe as f64).sum::<f64>() / n,
                 seconds_per_sample: samples.iter().map(|s| s.seconds).sum::<f64>() / n,
                 samples: samples.len(),
