@@ -90,8 +90,12 @@ pub fn reproduce(a: ReproduceArgs) -> Result<()> {
     let out = a
         .out
         .unwrap_or_else(|| std::path::PathBuf::from(format!("results/{}", p.name)));
-    let genppl_model = idlm::eval::smollm2_path(&data::cache_dir())
-        .context("the reproduction evaluates with SmolLM2")?;
+    // Everything a fresh machine needs: the corpus and both eval models (sha256-checked).
+    let cache = data::cache_dir();
+    data::fetch_corpus(&cache).context("fetching the corpus")?;
+    idlm::eval::models::fetch_eval_models(&cache).context("fetching the evaluation models")?;
+    let genppl_model =
+        idlm::eval::smollm2_path(&cache).context("the reproduction evaluates with SmolLM2")?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let t0 = std::time::Instant::now();
     let log = |m: &str| eprintln!("[{:7.1} s] {m}", t0.elapsed().as_secs_f64());

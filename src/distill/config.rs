@@ -48,7 +48,9 @@ pub enum TimeCoupling {
     /// Independent draws, as the paper states.
     Independent,
     /// Two stratified draws paired by stratum, as the reference code effectively does (§4.4):
-    /// |t - t'| < 1 / (batch x accumulation).
+    /// |t - t'| < 1 / (batch x accumulation). The default: with independent times a small t
+    /// often meets a large t' (many soft positions, re-noised almost all kept), so the few
+    /// masked positions carry weight 1/t on G's gradient; pairing bounds that variance.
     Shared,
 }
 
@@ -119,7 +121,7 @@ impl Default for DistillConfig {
         Self {
             method: Method::Idlm,
             generator: GeneratorLoss::Idlm,
-            coupling: TimeCoupling::Independent,
+            coupling: TimeCoupling::Shared,
             batch_size: 16,
             grad_accum: 1,
             lr: 1e-5,
@@ -240,9 +242,9 @@ mod tests {
         let back = DistillConfig::from_toml(&c.to_toml().unwrap(), "x").unwrap();
         assert_eq!(c, back);
         let o = c
-            .with_overrides(&["coupling=\"shared\"".into(), "distill.lr=0.5".into()])
+            .with_overrides(&["coupling=\"independent\"".into(), "distill.lr=0.5".into()])
             .unwrap();
-        assert_eq!(o.coupling, TimeCoupling::Shared);
+        assert_eq!(o.coupling, TimeCoupling::Independent);
         assert_eq!(o.lr, 0.5);
         assert!(c.with_overrides(&["nope=1".into()]).is_err());
         assert!(c.with_overrides(&["lr=-1".into()]).is_err());

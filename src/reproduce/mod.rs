@@ -73,7 +73,7 @@ pub fn preset(name: &str) -> Result<Preset> {
                     overrides: vec![
                         "method=\"idlm\"".into(),
                         "max_steps=300".into(),
-                        "lr=1e-4".into(),
+                        "lr=1e-5".into(),
                         "val_every=50".into(),
                         "ckpt_every=50".into(),
                     ],
