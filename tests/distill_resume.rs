@@ -143,3 +143,31 @@ fn bad_teachers_and_runs_are_refused_with_named_errors() {
     let e = run(&t, &out, false);
     assert!(e.contains("--resume"), "{e}");
 }
+
+#[test]
+fn naive_ablation_has_no_fake_and_still_trains_the_student() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, t) = teacher(tmp.path());
+    let c = DistillConfig {
+        generator: idlm::distill::GeneratorLoss::Naive,
+        ..cfg(Method::Idlm, 2)
+    };
+    let a = tmp.path().join("naive");
+    distill(&a, &t, c.clone(), false);
+    let dir = idlm::checkpoint::resolve(&a).unwrap();
+    assert!(!dir.join("fake.safetensors").exists());
+    // No fake loss is recorded, and without the fake term the student loss is the teacher's
+    // soft NELBO on the student's samples: positive, with a non-zero gradient.
+    let txt = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = txt
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v.get("student_loss").is_some())
+        .unwrap();
+    assert!(first["fake_loss"].is_null(), "{first}");
+    assert!(first["student_loss"].as_f64().unwrap() > 0.0);
+    assert!(lines(&a, "student_grad_norm")[1].1 > 0.0);
+    // Resume works without a fake file.
+    distill(&a, &t, DistillConfig { max_steps: 3, ..c }, true);
+    assert_eq!(lines(&a, "student_loss").len(), 3);
+}
