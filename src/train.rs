@@ -56,7 +56,7 @@ impl TrainRngs {
 }
 
 /// Epoch permutation of `n` rows.
-fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+pub(crate) fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     r.set_stream(1000 + epoch);
     let mut p: Vec<usize> = (0..n).collect();

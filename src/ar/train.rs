@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointMeta, CheckpointTensors, DataInfo};
@@ -20,6 +17,7 @@ use crate::nn::ops::nll::weighted_nll;
 use crate::nn::{CausalLm, CausalLmConfig, DitConfig, DropoutRng, Ema, init::init_dit};
 use crate::optim::{AdamW, AdamWParams, global_norm, warmup_lr};
 use crate::process::ProcessKind;
+use crate::train::permutation;
 use crate::train::{StepStats, TrainRngs};
 use crate::{Error, Result};
 
@@ -180,15 +178,6 @@ pub fn ar_nll(
         tokens: count as u64,
         perplexity: nll.exp(),
     })
-}
-
-/// Epoch permutation of `n` rows: the diffusion trainer's, so both see the data in the same order.
-fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
-    let mut r = ChaCha8Rng::seed_from_u64(seed);
-    r.set_stream(1000 + epoch);
-    let mut p: Vec<usize> = (0..n).collect();
-    p.shuffle(&mut r);
-    p
 }
 
 /// A causal LM being trained: variables, EMA, optimizer, streams, counters.

@@ -189,3 +189,16 @@ pub fn load(path: &Path) -> Result<Loaded> {
         fake,
     })
 }
+
+/// The student of a distillation checkpoint with its weights, EMA, AdamW state and counters.
+pub fn restore_student(l: &Loaded) -> Result<Trainer> {
+    let dir = &l.ck.dir;
+    let mut student = Trainer::new(&l.ck.meta.config, &l.ck.meta.model)?;
+    let ema =
+        l.ck.ema
+            .as_ref()
+            .ok_or_else(|| Error::ckpt(dir, "no student EMA: cannot resume"))?;
+    student.restore(&l.ck.weights, ema, &l.ck.optim()?, "", dir)?;
+    l.state.student.apply(&mut student);
+    Ok(student)
+}

@@ -103,26 +103,11 @@ impl ForwardProcess for Masked {
     }
 
     fn log_probs(&self, logits: &Tensor, xt: &Tensor) -> Result<Tensor> {
-        let z = logits
-            .to_dtype(DType::F32)?
-            .broadcast_add(&self.mask_bias(logits.device())?)?;
-        let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
-        // Carry-over: at unmasked positions, 0 at the observed token and -1e6 elsewhere.
-        let (b, l, v) = logp.dims3()?;
+        let (b, l, v) = logits.dims3()?;
         let ids = xt.flatten_all()?.to_vec1::<u32>()?;
-        let mut keep = vec![1f32; b * l];
-        let mut carry = vec![0f32; b * l * v];
-        for (i, &x) in ids.iter().enumerate() {
-            if x != self.mask {
-                keep[i] = 0.0;
-                let row = &mut carry[i * v..(i + 1) * v];
-                row.fill(NEG_INF);
-                row[x as usize] = 0.0;
-            }
-        }
-        let keep = Tensor::from_vec(keep, (b, l, 1), logits.device())?;
-        let carry = Tensor::from_vec(carry, (b, l, v), logits.device())?;
-        Ok(logp.broadcast_mul(&keep)?.add(&carry)?)
+        Ok(self
+            .log_probs_rows(&logits.reshape((b * l, v))?, &ids)?
+            .reshape((b, l, v))?)
     }
 
     fn active_positions(&self, xt: &[u32]) -> Option<Vec<u32>> {
@@ -286,20 +271,9 @@ impl ForwardProcess for Masked {
                     .hard_loss_rows(&flat, &ids, &x0, &t_pos)?
                     .reshape((b, l))?)
             }
-            Target::Soft(g) => {
-                let w: Vec<f32> = ids
-                    .iter()
-                    .zip(&t_pos)
-                    .map(|(&x, &tt)| self.weight(x, tt))
-                    .collect();
-                let w = Tensor::from_vec(w, (b, l), xt.device())?;
-                let z = logits
-                    .to_dtype(DType::F32)?
-                    .broadcast_add(&self.mask_bias(logits.device())?)?;
-                let lse = z.log_sum_exp(D::Minus1)?;
-                let logp = z.broadcast_sub(&lse.unsqueeze(2)?)?;
-                Ok((g.mul(&logp)?.sum(D::Minus1)?.neg()? * w)?)
-            }
+            Target::Soft(g) => Ok(self
+                .soft_loss_rows(&flat, &ids, &g.reshape((b * l, v))?, &t_pos)?
+                .reshape((b, l))?),
         }
     }
 
