@@ -3,32 +3,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn idlm(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idlm"))
-        .args(args)
-        .current_dir(cwd)
-        .env("IDLM_HOME", cwd.join("cache"))
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(out: &Output) -> String {
-    assert!(!out.status.success(), "unexpected success");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{err, idlm, ok};
 
 #[test]
 fn prepare_train_sample_nll_through_the_binary() {

@@ -32,6 +32,12 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 print!("{rep}");
                 Ok(())
             }
+            DataCmd::Heldout {
+                data,
+                num,
+                shuffle_words,
+                out,
+            } => heldout(&data, num, shuffle_words, &out),
         },
         Command::Prepare(a) => prepare(a),
         Command::Train(a) => train(a),
@@ -41,6 +47,16 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval_cmd(a),
         Command::Distill(a) => super::distill::distill(a),
         Command::Reproduce(a) => super::distill::reproduce(a),
+        Command::Report(a) => {
+            let rows = idlm::report::rows_from_files(&a.results)?;
+            idlm::report::write_report(&a.out, &rows, &super::command_line())?;
+            println!(
+                "{} rows; wrote {}",
+                rows.len(),
+                a.out.join("README.md").display()
+            );
+            Ok(())
+        }
         Command::PlotMetrics(a) => {
             let h = match &a.data {
                 Some(d) => Some(DataDir::open(d)?.info.unigram_entropy_nats),
@@ -363,6 +379,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     out["source"] = json!(a.samples.display().to_string());
+    out["sample_info"] = protocol::sample_info(&a.samples)?;
     out["eval_seconds"] = json!(t0.elapsed().as_secs_f64());
     let text = serde_json::to_string_pretty(&out)?;
     match &a.out {
@@ -371,5 +388,28 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
         None => println!("{text}"),
     }
+    Ok(())
+}
+
+fn heldout(
+    data: &std::path::Path,
+    n: usize,
+    shuffle: Option<u64>,
+    out: &std::path::Path,
+) -> Result<()> {
+    let recs = idlm::eval::heldout::heldout_records(data, n, shuffle)?;
+    let method = if shuffle.is_some() {
+        "held-out text, words shuffled"
+    } else {
+        "held-out text"
+    };
+    let mut text = String::new();
+    for (i, r) in recs.iter().enumerate() {
+        let line = json!({"index": i, "text": r.text, "ids": r.ids, "method": method,
+                          "source": data.display().to_string(), "shuffle_seed": shuffle});
+        text.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("{} texts ({method}) -> {}", recs.len(), out.display());
     Ok(())
 }

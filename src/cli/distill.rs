@@ -96,7 +96,7 @@ pub fn reproduce(a: ReproduceArgs) -> Result<()> {
     idlm::eval::models::fetch_eval_models(&cache).context("fetching the evaluation models")?;
     let genppl_model =
         idlm::eval::smollm2_path(&cache).context("the reproduction evaluates with SmolLM2")?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = super::command_line();
     let t0 = std::time::Instant::now();
     let log = |m: &str| eprintln!("[{:7.1} s] {m}", t0.elapsed().as_secs_f64());
     let rows = idlm::reproduce::reproduce(

@@ -49,6 +49,29 @@ pub enum Command {
     Distill(DistillArgs),
     /// The paper's main table in miniature: data, teacher, IDLM, SDTT, samples, eval, report.
     Reproduce(ReproduceArgs),
+    /// Render a markdown table and PNG plots from `idlm eval` JSON files.
+    Report(ReportArgs),
+}
+
+/// `idlm report`
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Eval JSON files (`idlm eval --out`, or a reproduction's evals.json); `LABEL=FILE` names
+    /// the series a file's rows belong to (default: the samples' method or checkpoint run).
+    #[arg(required = true)]
+    pub results: Vec<String>,
+    /// Report directory (README.md, report.json, PNGs).
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+}
+
+/// The command line as typed, with the program named `idlm` (for reports).
+pub fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut() {
+        *first = "idlm".into();
+    }
+    args.join(" ")
 }
 
 /// `idlm reproduce`
@@ -189,6 +212,22 @@ pub enum DataCmd {
         /// Cache directory (default $IDLM_HOME or ~/.cache/idlm).
         #[arg(long)]
         cache: Option<PathBuf>,
+    },
+    /// Write held-out text of a prepared data folder as a samples JSONL (the data row of a
+    /// table; with --shuffle-words, the same words in random order), for `idlm eval`.
+    Heldout {
+        /// Prepared data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Number of texts (validation rows, disjoint from MAUVE's references).
+        #[arg(short = 'n', long, default_value_t = 64)]
+        num: usize,
+        /// Shuffle each text's words with this seed.
+        #[arg(long)]
+        shuffle_words: Option<u64>,
+        /// Output JSONL.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod entropy;
 pub mod genppl;
 pub mod gguf_tokenizer;
+pub mod heldout;
 pub mod llama;
 pub mod mauve;
 pub mod minilm;

@@ -134,6 +134,47 @@ pub fn read_samples(path: &Path) -> Result<Vec<SampleRecord>> {
     Ok(out)
 }
 
+/// What a samples file says about how it was made: the keys every line agrees on (method,
+/// process, steps, sampler, noise removal, checkpoint, ...) and the mean NFE and seconds per
+/// sample, for reports. Lines that are not JSON objects were already rejected by [`read_samples`].
+pub fn sample_info(path: &Path) -> Result<Value> {
+    const SHARED: &[&str] = &[
+        "method",
+        "process",
+        "steps",
+        "sampler",
+        "noise_removal",
+        "checkpoint",
+        "checkpoint_step",
+        "weights",
+        "temperature",
+        "top_p",
+    ];
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut info = serde_json::Map::new();
+    if let Some(first) = lines.first() {
+        for &k in SHARED {
+            if let Some(v) = first.get(k)
+                && lines.iter().all(|l| l.get(k) == Some(v))
+            {
+                info.insert(k.to_string(), v.clone());
+            }
+        }
+    }
+    for (k, out) in [("nfe", "nfe_mean"), ("seconds", "seconds_mean")] {
+        let xs: Vec<f64> = lines.iter().filter_map(|l| l.get(k)?.as_f64()).collect();
+        if !xs.is_empty() && xs.len() == lines.len() {
+            info.insert(out.into(), json!(xs.iter().sum::<f64>() / xs.len() as f64));
+        }
+    }
+    Ok(Value::Object(info))
+}
+
 /// Check `metrics` names are known.
 pub fn parse_metrics(list: &str) -> Result<Vec<String>> {
     let m: Vec<String> = list
@@ -181,6 +222,7 @@ pub fn evaluate_with(
         "seeds": samples.iter().filter_map(|s| s.seed).collect::<std::collections::BTreeSet<_>>(),
     });
     let mut params = json!({});
+    let mut timing = json!({});
     let has_ids = samples.iter().all(|s| s.ids.is_some());
     let texts: Vec<String> = samples.iter().map(|s| s.text.clone()).collect();
     let wants = |name: &str| metrics.iter().any(|m| m == name);
@@ -197,7 +239,11 @@ pub fn evaluate_with(
         let g = scorer
             .as_ref()
             .ok_or_else(|| Error::EvalModel("GenPPL model not loaded".into()))?;
+        let t0 = std::time::Instant::now();
         let r = g.score(&texts, batch, progress)?;
+        let secs = t0.elapsed().as_secs_f64();
+        timing["genppl_seconds"] = json!(secs);
+        timing["genppl_samples_per_s"] = json!(texts.len() as f64 / secs.max(1e-9));
         out["genppl"] = json!(r.genppl);
         out["genppl_tokens"] = json!(r.tokens);
         params["genppl"] = json!({
@@ -249,7 +295,12 @@ pub fn evaluate_with(
         }
         let model = MiniLm::load(&m.model_dir)?;
         let o = &m.options;
+        let t0 = std::time::Instant::now();
         let r = mauve_of_texts(&model, &texts, refs, o, m.batch, m.progress)?;
+        let secs = t0.elapsed().as_secs_f64();
+        timing["mauve_seconds"] = json!(secs);
+        // Features of samples and references; featurisation dominates MAUVE's time.
+        timing["mauve_texts_per_s"] = json!((texts.len() + refs.len()) as f64 / secs.max(1e-9));
         out["mauve"] = json!(r.mauve);
         out["mauve_frontier_integral"] = json!(r.frontier_integral);
         params["mauve"] = json!({
@@ -278,6 +329,7 @@ pub fn evaluate_with(
         out["eval_model_sha256"]["minilm"] = json!(MINILM.files[0].sha256);
     }
     out["protocol_params"] = params;
+    out["timing"] = timing;
     Ok(out)
 }
 

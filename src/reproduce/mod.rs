@@ -11,14 +11,16 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::ar::{ArSamplerOptions, lm_from_checkpoint, run_ar_training, sample_ar};
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
 use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
-use crate::eval::protocol::{MauveEval, SampleRecord, evaluate_with, read_references};
-use crate::process::Masked;
+use crate::eval::heldout::heldout_records;
+use crate::eval::protocol::{MauveEval, References, SampleRecord, evaluate_with, read_references};
+use crate::process::{Masked, ProcessKind};
 use crate::run::{TrainRunOptions, run_training};
-use crate::sample::{SamplerOptions, sample};
+use crate::sample::{Sample, SamplerOptions, sample};
 use crate::{Error, Result};
 
 /// One distilled model of the table.
@@ -55,6 +57,8 @@ pub struct Preset {
     pub student_steps: Vec<usize>,
     /// Sampler seed.
     pub seed: u64,
+    /// Train and evaluate the AR baseline (same width, depth, data and steps as the teacher).
+    pub ar_baseline: bool,
 }
 
 /// The presets `idlm reproduce` knows.
@@ -94,6 +98,7 @@ pub fn preset(name: &str) -> Result<Preset> {
             teacher_steps: vec![1024, 256, 64, 16, 8, 4],
             student_steps: vec![32, 16, 8, 4],
             seed: 1,
+            ar_baseline: true,
         }),
         _ => Err(Error::InvalidArgument(format!(
             "unknown reproduction preset '{name}': use mini"
@@ -128,34 +133,8 @@ pub struct Stage {
     pub reused: bool,
 }
 
-/// One row of the table (summary.json).
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    /// "teacher", "idlm", "sdtt", ...
-    pub method: String,
-    /// Always "mdlm" here.
-    pub process: String,
-    /// Sampler steps.
-    pub steps: usize,
-    /// Generative perplexity under SmolLM2-135M.
-    pub genppl: f64,
-    /// Mean per-sample unigram entropy (nats).
-    pub entropy: f64,
-    /// Pooled entropy.
-    pub entropy_pooled: f64,
-    /// MAUVE against held-out text.
-    pub mauve: Option<f64>,
-    /// Mean network calls per sample.
-    pub nfe: f64,
-    /// Wall-clock seconds per sample (batched sampling time / batch size).
-    pub seconds_per_sample: f64,
-    /// Number of samples.
-    pub samples: usize,
-    /// Noise removal of the sampler.
-    pub noise_removal: String,
-    /// Checkpoint sampled.
-    pub checkpoint: String,
-}
+/// One row of the table (summary.json): the shared results row.
+pub use crate::report::ResultRow as Row;
 
 /// Run every stage (reusing finished ones) and write the report.
 pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>> {
@@ -204,10 +183,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
     let teacher_dir = opts.work.join("teacher");
     let cfg = RunConfig::load(p.teacher_preset)?;
     let t0 = Instant::now();
-    let done = checkpoint::resolve(&teacher_dir)
-        .ok()
-        .and_then(|d| checkpoint::read_meta(&d).ok())
-        .map(|m| m.step);
+    let done = finished_steps(&teacher_dir);
     let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
     if !reused {
         log("training the teacher");
@@ -241,10 +217,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
         let dir = opts.work.join(s.method);
         let dc = DistillConfig::default().with_overrides(&s.overrides)?;
         let t0 = Instant::now();
-        let done = checkpoint::resolve(&dir)
-            .ok()
-            .and_then(|d| checkpoint::read_meta(&d).ok())
-            .map(|m| m.step);
+        let done = finished_steps(&dir);
         let reused = done.is_some_and(|st| st >= dc.max_steps);
         if !reused {
             log(&format!("distilling: {}", s.method));
@@ -284,22 +257,83 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
         models.push((s.method.to_string(), pick, p.student_steps.clone()));
     }
 
-    // 4-5. Sample and evaluate every (model, steps).
+    // 4. The AR baseline: same width, depth, data and step budget as the teacher.
+    let ar_dir = opts.work.join("ar");
+    if p.ar_baseline {
+        let mut cfg = cfg.clone();
+        cfg.train.process = ProcessKind::Ar;
+        let t0 = Instant::now();
+        let done = finished_steps(&ar_dir);
+        let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
+        if !reused {
+            log("training the AR baseline");
+            run_ar_training(&TrainRunOptions {
+                run_dir: ar_dir.clone(),
+                data_dir: data_dir.clone(),
+                cfg,
+                resume: done.is_some(),
+                progress: true,
+            })?;
+        }
+        stages.push(Stage {
+            name: "train ar".into(),
+            command: format!(
+                "idlm train --data {} --preset {} --process ar --out {}",
+                data_dir.display(),
+                p.teacher_preset,
+                ar_dir.display()
+            ),
+            seconds: t0.elapsed().as_secs_f64(),
+            reused,
+        });
+    }
+
+    // 5-6. Sample and evaluate every (model, steps).
     let sample_dir = opts.work.join("samples");
     fs::create_dir_all(&sample_dir).map_err(|e| Error::io("creating", &sample_dir, e))?;
     fs::create_dir_all(&opts.out).map_err(|e| Error::io("creating", &opts.out, e))?;
     let mut rows = Vec::new();
     let mut evals = Vec::new();
     // MAUVE against held-out rows of the same data, the same references for every row.
-    let minilm = crate::eval::minilm_dir(&data::cache_dir())?;
-    let references = read_references(&data_dir, p.samples)?;
+    let ctx = EvalContext {
+        minilm: crate::eval::minilm_dir(&data::cache_dir())?,
+        references: read_references(&data_dir, p.samples)?,
+        genppl_model: &opts.genppl_model,
+        data: &data,
+        sample_dir: &sample_dir,
+        seed: p.seed,
+        log,
+    };
+    // The data row: held-out text (disjoint from MAUVE's references) under the same protocol.
+    let t0 = Instant::now();
+    let recs = heldout_records(&data_dir, p.samples, None)?;
+    let spec = RowSpec {
+        method: "held-out text",
+        process: "",
+        steps: None,
+        noise_removal: String::new(),
+        checkpoint: String::new(),
+    };
+    let (row, ev) = ctx.evaluate(&spec, &recs, None, 0.0)?;
+    rows.push(row);
+    evals.push(ev);
+    stages.push(Stage {
+        name: "evaluate held-out text".into(),
+        command: format!(
+            "idlm data heldout --data {} -n {} --out heldout.jsonl && idlm eval heldout.jsonl --reference {}",
+            data_dir.display(),
+            p.samples,
+            data_dir.display()
+        ),
+        seconds: t0.elapsed().as_secs_f64(),
+        reused: false,
+    });
     for (method, ck_path, steps) in &models {
         let ck = checkpoint::load(ck_path)?;
         let model = ck.dit(true)?;
         let process = Masked::new(ck.meta.data.vocab_size, ck.meta.data.mask_id)?;
         let t_model = Instant::now();
         for &k in steps {
-            let t0 = Instant::now();
             log(&format!("sampling {method} at {k} steps"));
             let so = SamplerOptions {
                 steps: k,
@@ -307,70 +341,20 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
                 seed: p.seed,
                 ..ck.meta.config.sample.clone()
             };
+            let t0 = Instant::now();
             let samples = sample(&model, &process, p.samples, p.seq_len, &so, None)?;
-            let mut recs = Vec::with_capacity(samples.len());
-            let mut lines = String::new();
-            for s in &samples {
-                let text = data.tokenizer.decode(&s.ids)?;
-                lines.push_str(&format!(
-                    "{}\n",
-                    json!({"index": s.index, "ids": s.ids, "text": text, "steps": k, "nfe": s.nfe,
-                           "seconds": s.seconds, "seed": p.seed, "method": method})
-                ));
-                recs.push(SampleRecord {
-                    text,
-                    ids: Some(s.ids.clone()),
-                    seed: Some(p.seed),
-                });
-            }
-            let sp = sample_dir.join(format!("{method}-{k}.jsonl"));
-            fs::write(&sp, lines).map_err(|e| Error::io("writing", &sp, e))?;
-            let sample_seconds = t0.elapsed().as_secs_f64();
-            log(&format!("evaluating {method} at {k} steps"));
-            let metrics: Vec<String> = ["genppl", "entropy", "mauve"]
-                .iter()
-                .map(|m| m.to_string())
-                .collect();
-            let mauve = MauveEval {
-                model_dir: minilm.clone(),
-                references: references.clone(),
-                options: Default::default(),
-                batch: 32,
-                progress: None,
-            };
-            let mut ev = evaluate_with(
-                &recs,
-                &metrics,
-                Some(&opts.genppl_model),
-                8,
-                None,
-                Some(&mauve),
-            )?;
-            let n = samples.len().max(1) as f64;
-            let row = Row {
-                method: method.clone(),
-                process: "mdlm".into(),
-                steps: k,
-                genppl: num(&ev, "genppl")?,
-                entropy: num(&ev, "entropy")?,
-                entropy_pooled: num(&ev, "entropy_pooled")?,
-                mauve: ev.get("mauve").and_then(|m| m.as_f64()),
-                nfe: samples.iter().map(|s| s.nfe as f64).sum::<f64>() / n,
-                seconds_per_sample: samples.iter().map(|s| s.seconds).sum::<f64>() / n,
-                samples: samples.len(),
+            let spec = RowSpec {
+                method,
+                process: "mdlm",
+                steps: Some(k),
                 noise_removal: format!("{:?}", so.noise_removal).to_lowercase(),
                 checkpoint: ck.dir.display().to_string(),
             };
-            ev["method"] = json!(method);
-            ev["steps"] = json!(k);
-            ev["checkpoint"] = json!(row.checkpoint);
-            ev["sample_seconds"] = json!(sample_seconds);
-            evals.push(ev);
-            log(&format!(
-                "{method} {k} steps: GenPPL {:.1}, entropy {:.3}, NFE {:.1}, {:.3} s/sample",
-                row.genppl, row.entropy, row.nfe, row.seconds_per_sample
-            ));
+            let recs = ctx.records(&samples)?;
+            let (row, ev) =
+                ctx.evaluate(&spec, &recs, Some(&samples), t0.elapsed().as_secs_f64())?;
             rows.push(row);
+            evals.push(ev);
         }
         stages.push(Stage {
             name: format!("sample + evaluate {method}"),
@@ -381,6 +365,49 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
                 p.seed
             ),
             seconds: t_model.elapsed().as_secs_f64(),
+            reused: false,
+        });
+    }
+    if p.ar_baseline {
+        let ck = checkpoint::load(&ar_dir)?;
+        let model = lm_from_checkpoint(&ck, true)?;
+        let t0 = Instant::now();
+        log("sampling ar (KV cache, temperature 1, top-p 1)");
+        let ao = ArSamplerOptions {
+            temperature: 1.0,
+            top_p: 1.0,
+            batch_size: 32,
+            seed: p.seed,
+        };
+        let samples = sample_ar(
+            &model,
+            p.samples,
+            p.seq_len,
+            ck.meta.data.bos_id,
+            Some(ck.meta.data.mask_id),
+            &ao,
+            None,
+        )?;
+        let spec = RowSpec {
+            method: "ar",
+            process: "ar",
+            steps: Some(p.seq_len - 1),
+            noise_removal: String::new(),
+            checkpoint: ck.dir.display().to_string(),
+        };
+        let recs = ctx.records(&samples)?;
+        let (row, ev) = ctx.evaluate(&spec, &recs, Some(&samples), t0.elapsed().as_secs_f64())?;
+        rows.push(row);
+        evals.push(ev);
+        stages.push(Stage {
+            name: "sample + evaluate ar".into(),
+            command: format!(
+                "idlm sample --ckpt {} -n {} --seed {} --temperature 1 --top-p 1 && idlm eval ...",
+                ar_dir.display(),
+                p.samples,
+                p.seed
+            ),
+            seconds: t0.elapsed().as_secs_f64(),
             reused: false,
         });
     }
@@ -396,6 +423,132 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
         },
     )?;
     Ok(rows)
+}
+
+/// Which row a set of samples is.
+struct RowSpec<'a> {
+    method: &'a str,
+    process: &'a str,
+    steps: Option<usize>,
+    noise_removal: String,
+    checkpoint: String,
+}
+
+/// What every row's evaluation shares.
+struct EvalContext<'a> {
+    minilm: PathBuf,
+    references: References,
+    genppl_model: &'a Path,
+    data: &'a DataDir,
+    sample_dir: &'a Path,
+    seed: u64,
+    log: &'a dyn Fn(&str),
+}
+
+impl EvalContext<'_> {
+    /// Decode generated samples into records.
+    fn records(&self, samples: &[Sample]) -> Result<Vec<SampleRecord>> {
+        samples
+            .iter()
+            .map(|s| {
+                Ok(SampleRecord {
+                    text: self.data.tokenizer.decode(&s.ids)?,
+                    ids: Some(s.ids.clone()),
+                    seed: Some(self.seed),
+                })
+            })
+            .collect()
+    }
+
+    /// Write the samples JSONL, evaluate it under protocol v1, and make the table row. `gen`
+    /// holds the generator's per-sample costs (absent for held-out text).
+    fn evaluate(
+        &self,
+        spec: &RowSpec,
+        recs: &[SampleRecord],
+        generated: Option<&[Sample]>,
+        sample_seconds: f64,
+    ) -> Result<(Row, Value)> {
+        let method = spec.method;
+        let k = spec.steps;
+        let mut lines = String::new();
+        for (i, r) in recs.iter().enumerate() {
+            let mut line = json!({"index": i, "ids": r.ids, "text": r.text, "steps": k,
+                                  "method": method, "process": spec.process});
+            if let Some(s) = generated.and_then(|g| g.get(i)) {
+                line["nfe"] = json!(s.nfe);
+                line["seconds"] = json!(s.seconds);
+                line["seed"] = json!(self.seed);
+            }
+            lines.push_str(&format!("{line}\n"));
+        }
+        let name = match k {
+            Some(k) => format!("{method}-{k}"),
+            None => method.replace(' ', "-"),
+        };
+        let sp = self.sample_dir.join(format!("{name}.jsonl"));
+        fs::write(&sp, lines).map_err(|e| Error::io("writing", &sp, e))?;
+        (self.log)(&format!("evaluating {name}"));
+        let metrics: Vec<String> = ["genppl", "entropy", "mauve"]
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        let mauve = MauveEval {
+            model_dir: self.minilm.clone(),
+            references: self.references.clone(),
+            options: Default::default(),
+            batch: 32,
+            progress: None,
+        };
+        let mut ev = evaluate_with(
+            recs,
+            &metrics,
+            Some(self.genppl_model),
+            8,
+            None,
+            Some(&mauve),
+        )?;
+        let n = recs.len().max(1) as f64;
+        let row = Row {
+            method: method.to_string(),
+            process: spec.process.to_string(),
+            steps: k,
+            genppl: Some(num(&ev, "genppl")?),
+            entropy: Some(num(&ev, "entropy")?),
+            entropy_pooled: Some(num(&ev, "entropy_pooled")?),
+            mauve: ev.get("mauve").and_then(|m| m.as_f64()),
+            nfe: generated.map(|g| g.iter().map(|s| s.nfe as f64).sum::<f64>() / n),
+            seconds_per_sample: generated.map(|g| g.iter().map(|s| s.seconds).sum::<f64>() / n),
+            samples: recs.len(),
+            noise_removal: spec.noise_removal.clone(),
+            checkpoint: spec.checkpoint.clone(),
+        };
+        ev["method"] = json!(method);
+        ev["process"] = json!(spec.process);
+        ev["steps"] = json!(k);
+        ev["noise_removal"] = json!(spec.noise_removal);
+        ev["checkpoint"] = json!(row.checkpoint);
+        ev["nfe"] = json!(row.nfe);
+        ev["seconds_per_sample"] = json!(row.seconds_per_sample);
+        ev["sample_seconds"] = json!(sample_seconds);
+        (self.log)(&format!(
+            "{name}: GenPPL {:.1}, entropy {:.3}, MAUVE {:.3}, NFE {:.1}, {:.3} s/sample",
+            num(&ev, "genppl")?,
+            num(&ev, "entropy")?,
+            row.mauve.unwrap_or(f64::NAN),
+            row.nfe.unwrap_or(0.0),
+            row.seconds_per_sample.unwrap_or(0.0)
+        ));
+        Ok((row, ev))
+    }
+}
+
+/// The step of a run's latest checkpoint, if it has one.
+fn finished_steps(dir: &Path) -> Option<u64> {
+    checkpoint::resolve(dir)
+        .ok()
+        .and_then(|d| checkpoint::read_meta(&d).ok())
+        .map(|m| m.step)
 }
 
 fn num(v: &Value, key: &str) -> Result<f64> {

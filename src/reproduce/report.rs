@@ -7,7 +7,6 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{Preset, Row, Stage};
-use crate::plot::{LinePlot, Series, line_plot};
 use crate::{Error, Result};
 
 /// Everything a report is made from.
@@ -32,27 +31,6 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     fs::write(path, text + "\n").map_err(|e| Error::io("writing", path, e))
 }
 
-fn series(rows: &[Row], f: impl Fn(&Row) -> (f64, f64)) -> Vec<Series> {
-    let mut methods: Vec<&str> = Vec::new();
-    for r in rows {
-        if !methods.contains(&r.method.as_str()) {
-            methods.push(&r.method);
-        }
-    }
-    methods
-        .iter()
-        .map(|m| {
-            let mut points: Vec<(f64, f64)> =
-                rows.iter().filter(|r| r.method == *m).map(&f).collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series {
-                label: m.to_string(),
-                points,
-            }
-        })
-        .collect()
-}
-
 /// Write README.md, summary.json, evals.json, stages.json and the plots into `out`.
 pub fn write(out: &Path, r: &Report) -> Result<()> {
     fs::create_dir_all(out).map_err(|e| Error::io("creating", out, e))?;
@@ -66,39 +44,7 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
         &json!({"command": r.command, "preset": r.preset, "stages": r.stages,
                 "total_seconds": r.total_seconds}),
     )?;
-    line_plot(
-        &LinePlot {
-            title: "GenPPL vs sampling steps".into(),
-            x_label: "steps".into(),
-            y_label: "GenPPL (SmolLM2-135M)".into(),
-            log_x: true,
-            hlines: vec![],
-            series: series(r.rows, |x| (x.steps as f64, x.genppl)),
-        },
-        &out.join("genppl_vs_steps.png"),
-    )?;
-    line_plot(
-        &LinePlot {
-            title: "GenPPL vs entropy (each point a step count)".into(),
-            x_label: "entropy (nats)".into(),
-            y_label: "GenPPL".into(),
-            log_x: false,
-            hlines: vec![],
-            series: series(r.rows, |x| (x.entropy, x.genppl)),
-        },
-        &out.join("genppl_vs_entropy.png"),
-    )?;
-    line_plot(
-        &LinePlot {
-            title: "GenPPL vs wall-clock per sample".into(),
-            x_label: "seconds per sample".into(),
-            y_label: "GenPPL".into(),
-            log_x: true,
-            hlines: vec![],
-            series: series(r.rows, |x| (x.seconds_per_sample, x.genppl)),
-        },
-        &out.join("genppl_vs_seconds.png"),
-    )?;
+    let plots = crate::report::write_plots(out, r.rows)?;
     let mut md = String::new();
     md.push_str(&format!(
         "# Reproduction `{}`: the paper's §7.1 table in miniature\n\nMade by `{}` in {:.1} min \
@@ -114,26 +60,10 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
          per-sample unigram entropy of the generator's ids.\n\n",
         r.preset.corpus, r.preset.vocab, r.preset.seq_len, r.preset.samples, r.preset.seed
     ));
-    md.push_str("| method | steps | GenPPL | MAUVE | entropy | NFE | s / sample |\n");
-    md.push_str("|---|---|---|---|---|---|---|\n");
-    for x in r.rows {
-        md.push_str(&format!(
-            "| {} | {} | {:.1} | {} | {:.3} | {:.1} | {:.3} |\n",
-            x.method,
-            x.steps,
-            x.genppl,
-            x.mauve
-                .map(|m| format!("{m:.3}"))
-                .unwrap_or_else(|| "-".into()),
-            x.entropy,
-            x.nfe,
-            x.seconds_per_sample
-        ));
-    }
-    md.push_str(
-        "\n![GenPPL vs steps](genppl_vs_steps.png)\n![GenPPL vs entropy](genppl_vs_entropy.png)\n\
-         ![GenPPL vs seconds](genppl_vs_seconds.png)\n\n## Stages\n\n| stage | seconds | reused | command |\n|---|---|---|---|\n",
-    );
+    md.push_str(&crate::report::markdown_table(r.rows));
+    md.push('\n');
+    md.push_str(&crate::report::plot_links(&plots));
+    md.push_str("\n## Stages\n\n| stage | seconds | reused | command |\n|---|---|---|---|\n");
     for s in r.stages {
         md.push_str(&format!(
             "| {} | {:.0} | {} | `{}` |\n",

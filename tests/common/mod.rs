@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use idlm::data::{PrepareOptions, TokenizerChoice, prepare};
 
@@ -47,4 +48,31 @@ pub fn tiny_data(root: &Path, vocab: usize, seq_len: usize) -> PathBuf {
     opts.valid_fraction = 0.2;
     prepare(&opts).unwrap();
     out
+}
+
+/// Run the `idlm` binary in `cwd` with its cache (IDLM_HOME) in `cwd/cache`.
+pub fn idlm(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idlm"))
+        .args(args)
+        .current_dir(cwd)
+        .env("IDLM_HOME", cwd.join("cache"))
+        .output()
+        .unwrap()
+}
+
+/// Assert success; the stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Assert failure; the stderr.
+pub fn err(out: &Output) -> String {
+    assert!(!out.status.success(), "unexpected success");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
