@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::checkpoint::{self, DataInfo};
 use crate::config::RunConfig;
 use crate::data::DataDir;
-use crate::process::{ForwardProcess, Masked, ProcessKind};
+use crate::process::{ForwardProcess, Masked, ProcessKind, Uniform};
 use crate::train::{Trainer, nelbo};
 use crate::{Error, Result};
 
@@ -53,8 +53,18 @@ pub struct TrainSummary {
 /// The process a config names, for a data vocabulary.
 pub fn make_process(kind: ProcessKind, data: &DataDir) -> Result<Box<dyn ForwardProcess>> {
     let t = &data.info.tokenizer;
+    process_for(kind, t.model_vocab_size, t.mask_id)
+}
+
+/// The diffusion process of a kind over `vocab` model ids (`mask_id`: MDLM's absorbing state).
+pub fn process_for(
+    kind: ProcessKind,
+    vocab: usize,
+    mask_id: u32,
+) -> Result<Box<dyn ForwardProcess>> {
     match kind {
-        ProcessKind::Mdlm => Ok(Box::new(Masked::new(t.model_vocab_size, t.mask_id)?)),
+        ProcessKind::Mdlm => Ok(Box::new(Masked::new(vocab, mask_id)?)),
+        ProcessKind::Duo => Ok(Box::new(Uniform::new(vocab)?)),
         ProcessKind::Ar => Err(Error::InvalidArgument(
             "process 'ar' is the autoregressive baseline, not a diffusion process".into(),
         )),

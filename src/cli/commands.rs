@@ -183,8 +183,16 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     let model = ck.dit(!a.raw)?;
     let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
         .with_context(|| format!("tokenizer of {}", ck.dir.display()))?;
-    let process = match meta.process {
-        ProcessKind::Mdlm => Masked::new(meta.data.vocab_size, meta.data.mask_id)?,
+    let process: Box<dyn idlm::process::ForwardProcess> = match meta.process {
+        ProcessKind::Mdlm => {
+            if a.top_p.is_some() {
+                bail!("--top-p applies to Duo and AR checkpoints; MDLM samples without a nucleus");
+            }
+            Box::new(Masked::new(meta.data.vocab_size, meta.data.mask_id)?)
+        }
+        ProcessKind::Duo => Box::new(
+            idlm::process::Uniform::new(meta.data.vocab_size)?.with_top_p(a.top_p.unwrap_or(1.0))?,
+        ),
         ProcessKind::Ar => bail!("{} holds an AR model", ck.dir.display()),
     };
     let bar = ProgressBar::new(a.num as u64);
@@ -193,7 +201,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     )?);
     let progress = |done: usize, _n: usize| bar.set_position(done as u64);
     let t0 = Instant::now();
-    let samples = sample(&model, &process, a.num, len, &opts, Some(&progress))?;
+    let samples = sample(&model, process.as_ref(), a.num, len, &opts, Some(&progress))?;
     bar.finish_and_clear();
     let mut out: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::new(

@@ -1,8 +1,9 @@
 //! Forward processes behind one trait: the sampler, trainer and distillers are written once against
-//! it (design.md §2). MDLM (masked) lives in `masked.rs`; the uniform process (Duo) fits the same seam.
+//! it (design.md §2). MDLM (masked) lives in `masked.rs`, Duo (uniform) in `uniform.rs`.
 
 pub mod masked;
 pub mod schedule;
+pub mod uniform;
 
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 pub use masked::Masked;
 pub use schedule::LogLinear;
+pub use uniform::Uniform;
 
 /// Clean target of a loss: hard ids (teacher training) or a simplex (IDLM's relaxed student sample).
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +52,8 @@ impl std::str::FromStr for NoiseRemoval {
 pub enum ProcessKind {
     /// Masked (absorbing-state) diffusion, MDLM.
     Mdlm,
+    /// Uniform-state diffusion, Duo.
+    Duo,
     /// Not a diffusion process: the autoregressive baseline (a causal LM, `crate::ar`).
     Ar,
 }
