@@ -108,6 +108,34 @@ impl ToyWorld {
         Some(out)
     }
 
+    /// Exact denoiser of the uniform process (Duo, "mean" parameterisation) at signal `alpha`,
+    /// over the v + 1 states (the MASK id is an ordinary state with no data mass, like Duo's PAD):
+    /// f_l(k) = p*(x0_l = k | x_t without position l). That, not p*(x0_l | x_t), is what makes
+    /// the model's reverse rates q_t(y|f)/q_t(x_t|f) equal the true ones, since
+    /// q_t(x_t^l = y | rest) = alpha f_l(y) + (1 - alpha)/N; it minimises the UDLM NELBO.
+    /// l x (v + 1), row-major.
+    pub fn uniform_denoiser(&self, xt: &[u32], alpha: f64) -> Vec<f64> {
+        let n = self.v + 1;
+        let lik = |a: u32, b: u32| alpha * f64::from(u8::from(a == b)) + (1.0 - alpha) / n as f64;
+        let mut out = vec![0f64; self.l * n];
+        for (pos, row) in out.chunks_mut(n).enumerate() {
+            for (i, &pi) in self.p.iter().enumerate() {
+                let x0 = self.decode(i);
+                let w: f64 = pi
+                    * xt.iter()
+                        .zip(&x0)
+                        .enumerate()
+                        .filter(|(m, _)| *m != pos)
+                        .map(|(_, (&a, &b))| lik(a, b))
+                        .product::<f64>();
+                row[x0[pos] as usize] += w;
+            }
+            let z: f64 = row.iter().sum();
+            row.iter_mut().for_each(|o| *o /= z);
+        }
+        out
+    }
+
     /// Per-position marginals p*(x_l = k) (the denoiser at the all-MASK state).
     pub fn marginals(&self) -> Vec<f64> {
         let all = vec![self.mask(); self.l];
@@ -250,6 +278,48 @@ impl Denoiser for ExactDenoiser<'_> {
 
     fn time_conditioned(&self) -> bool {
         false
+    }
+
+    fn max_len(&self) -> usize {
+        self.world.l
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+}
+
+/// The exact uniform-process denoiser as a time-conditioned network: alpha = exp(-sigma).
+pub struct ExactUniformDenoiser<'a> {
+    /// The world.
+    pub world: &'a ToyWorld,
+}
+
+impl Denoiser for ExactUniformDenoiser<'_> {
+    fn logits(&self, xt: &Tensor, sigma: &Tensor, positions: Option<&[u32]>) -> Result<Tensor> {
+        let (b, l) = xt.dims2()?;
+        let w = self.world;
+        let n = w.v + 1;
+        let ids = xt.flatten_all()?.to_vec1::<u32>()?;
+        let sig = sigma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let mut out = vec![LOG_ZERO; b * l * n];
+        for r in 0..b {
+            let den = w.uniform_denoiser(&ids[r * l..(r + 1) * l], (-sig[r]).exp());
+            for (o, &p) in out[r * l * n..(r + 1) * l * n].iter_mut().zip(&den) {
+                if p > 0.0 {
+                    *o = p.ln() as f32;
+                }
+            }
+        }
+        let all = Tensor::from_vec(out, (b * l, n), &Device::Cpu)?;
+        Ok(match positions {
+            Some(p) => all.index_select(&Tensor::from_slice(p, p.len(), &Device::Cpu)?, 0)?,
+            None => all,
+        })
+    }
+
+    fn time_conditioned(&self) -> bool {
+        true
     }
 
     fn max_len(&self) -> usize {

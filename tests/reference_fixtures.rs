@@ -188,9 +188,17 @@ fn duo_nll_and_posterior_match_reference() {
             .unwrap()
     };
     let want = &f["duo_nll_per_token"];
-    assert!(d(&nll32, want) < 1e-9, "Duo NLL rel diff {}", d(&nll32, want));
+    assert!(
+        d(&nll32, want) < 1e-9,
+        "Duo NLL rel diff {}",
+        d(&nll32, want)
+    );
     // With alpha in f64 the difference is the f32 rounding of alpha, nothing more.
-    assert!(d(&nll, want) < 1e-6, "Duo NLL (f64 alpha) rel diff {}", d(&nll, want));
+    assert!(
+        d(&nll, want) < 1e-6,
+        "Duo NLL (f64 alpha) rel diff {}",
+        d(&nll, want)
+    );
     // Posterior q(x_s | x_t, f) per position, f64.
     let (ts, ss) = (times("duo_post_t"), times("duo_post_s"));
     let probs = candle_nn::ops::softmax_last_dim(&logits).unwrap();

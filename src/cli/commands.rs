@@ -191,7 +191,8 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
             Box::new(Masked::new(meta.data.vocab_size, meta.data.mask_id)?)
         }
         ProcessKind::Duo => Box::new(
-            idlm::process::Uniform::new(meta.data.vocab_size)?.with_top_p(a.top_p.unwrap_or(1.0))?,
+            idlm::process::Uniform::new(meta.data.vocab_size)?
+                .with_top_p(a.top_p.unwrap_or(1.0))?,
         ),
         ProcessKind::Ar => bail!("{} holds an AR model", ck.dir.display()),
     };

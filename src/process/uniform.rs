@@ -415,7 +415,11 @@ mod tests {
                 let gz: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 4.0 - 2.0).collect();
                 let g = softmax(&gz);
                 let x0 = rng.random_range(0..n);
-                let xt = if case % 2 == 0 { x0 } else { rng.random_range(0..n) };
+                let xt = if case % 2 == 0 {
+                    x0
+                } else {
+                    rng.random_range(0..n)
+                };
                 let t: f64 = 1e-3 + rng.random::<f64>() * 0.998;
                 let s = p.signal(t);
                 let logits = Tensor::from_vec(z.clone(), (1, n), &dev).unwrap();
