@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::DitConfig;
 use crate::process::ProcessKind;
+use crate::process::curriculum::DuoConfig;
 use crate::sample::SamplerOptions;
 use crate::{Error, Result};
 
@@ -100,6 +101,9 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// Sampler defaults stored with the checkpoint.
     pub sample: SamplerOptions,
+    /// Duo's Gaussian curriculum (used only with `train.process = "duo"`).
+    #[serde(default)]
+    pub duo: DuoConfig,
 }
 
 /// Built-in presets: (name, TOML).

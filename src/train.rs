@@ -15,8 +15,9 @@ use crate::config::RunConfig;
 use crate::data::PackedTokens;
 use crate::nn::{Dit, DitConfig, DitInput, DropoutRng, Ema, init::init_dit};
 use crate::optim::{AdamW, AdamWParams, global_norm, warmup_lr};
-use crate::process::ForwardProcess;
+use crate::process::curriculum::DuoCurriculum;
 use crate::process::schedule::antithetic_times;
+use crate::process::{ForwardProcess, ProcessKind};
 use crate::{Error, Result};
 
 /// The random streams of a run, one per purpose, plus the position in the data order.
@@ -103,6 +104,8 @@ pub struct Trainer {
     /// Seconds spent training (across resumes).
     pub train_seconds: f64,
     perm: Vec<usize>,
+    /// Duo's Gaussian curriculum, when the config asks for one.
+    curriculum: Option<DuoCurriculum>,
 }
 
 impl Trainer {
@@ -128,7 +131,14 @@ impl Trainer {
                 weight_decay: t.weight_decay,
             },
         );
+        let curriculum = if cfg.train.process == ProcessKind::Duo && cfg.duo.curriculum_end > 0 {
+            let dir = crate::data::cache_dir().join("duality");
+            Some(DuoCurriculum::new(&cfg.duo, dit_cfg.vocab_size, &dir)?)
+        } else {
+            None
+        };
         Ok(Self {
+            curriculum,
             cfg: cfg.clone(),
             dit_cfg: dit_cfg.clone(),
             varmap,
@@ -263,6 +273,10 @@ impl Trainer {
         let (b, l) = (t.batch_size, data.row_len());
         // Strata cover the whole accumulated batch; each micro-batch takes a contiguous run.
         let times = antithetic_times(b * t.grad_accum, &mut self.rngs.time);
+        let tau = self.curriculum.as_ref().and_then(|c| c.tau(self.step + 1));
+        if let Some(tau) = tau {
+            return self.curriculum_step(data, &times, tau);
+        }
         let mut batches = Vec::with_capacity(t.grad_accum);
         for micro in 0..t.grad_accum {
             let x0 = self.next_rows(data, b)?;
@@ -280,6 +294,41 @@ impl Trainer {
             let mut drop = DropoutRng { p, rng };
             batch_loss(model, process, x0, xt, b, l, tt, Some(&mut drop))
         })
+    }
+
+    /// A training step of Duo's curriculum: Gaussian-latent corruption, soft inputs at `tau`.
+    fn curriculum_step(
+        &mut self,
+        data: &PackedTokens,
+        times: &[f64],
+        tau: f64,
+    ) -> Result<StepStats> {
+        let t = self.cfg.train.clone();
+        let (b, l) = (t.batch_size, data.row_len());
+        let dev = self.model.device().clone();
+        let mut batches = Vec::with_capacity(t.grad_accum);
+        for micro in 0..t.grad_accum {
+            let x0 = self.next_rows(data, b)?;
+            let tt = &times[micro * b..(micro + 1) * b];
+            let c = self
+                .curriculum
+                .as_ref()
+                .ok_or_else(|| Error::Config("no Duo curriculum configured".into()))?;
+            let relaxed = c.corrupt(&x0, l, tt, tau, &mut self.rngs.noise, &dev)?;
+            batches.push((x0, relaxed));
+        }
+        let p = self.dit_cfg.dropout;
+        let curriculum = self.curriculum.take();
+        let out = match &curriculum {
+            Some(c) => self.optimize((b * l * t.grad_accum) as u64, |model, micro, rng| {
+                let (x0, relaxed) = &batches[micro];
+                let mut drop = DropoutRng { p, rng };
+                c.batch_loss(model, x0, relaxed, Some(&mut drop))
+            }),
+            None => Err(Error::Config("no Duo curriculum configured".into())),
+        };
+        self.curriculum = curriculum;
+        out
     }
 
     /// One optimizer step whose loss comes from `loss(model, micro_batch, dropout_rng)` for each

@@ -144,7 +144,12 @@ fn ar_train_sample_eval_nll_through_the_binary() {
     assert!(e.contains("length"), "{e}");
     ok(&train("dit", &["--max-steps", "2"]));
     let e = err(&idlm(&["sample", "--ckpt", "dit", "--top-p", "0.9"], dir));
-    assert!(e.contains("apply to AR checkpoints"), "{e}");
+    assert!(e.contains("MDLM model"), "{e}");
+    let e = err(&idlm(
+        &["sample", "--ckpt", "dit", "--temperature", "0.9"],
+        dir,
+    ));
+    assert!(e.contains("applies to AR checkpoints"), "{e}");
     let e = err(&idlm(
         &[
             "train",

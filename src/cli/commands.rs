@@ -151,9 +151,9 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     if ck.meta.process == ProcessKind::Ar {
         return super::ar::sample(a, &ck);
     }
-    if a.temperature.is_some() || a.top_p.is_some() {
+    if a.temperature.is_some() {
         bail!(
-            "--temperature and --top-p apply to AR checkpoints; {} holds a diffusion model",
+            "--temperature applies to AR checkpoints; {} holds a diffusion model",
             ck.dir.display()
         );
     }
@@ -186,7 +186,10 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     let process: Box<dyn idlm::process::ForwardProcess> = match meta.process {
         ProcessKind::Mdlm => {
             if a.top_p.is_some() {
-                bail!("--top-p applies to Duo and AR checkpoints; MDLM samples without a nucleus");
+                bail!(
+                    "--top-p applies to Duo and AR checkpoints; {} holds an MDLM model",
+                    ck.dir.display()
+                );
             }
             Box::new(Masked::new(meta.data.vocab_size, meta.data.mask_id)?)
         }

@@ -273,7 +273,7 @@ pub struct TrainArgs {
     /// Config overrides, e.g. --set train.lr=3e-4 (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
-    /// Shorthand for --set train.process=P: mdlm, or ar for the autoregressive baseline.
+    /// Shorthand for --set train.process=P: mdlm, duo, or ar for the autoregressive baseline.
     #[arg(long)]
     pub process: Option<String>,
     /// Shorthand for --set train.max_steps=N.
@@ -323,7 +323,7 @@ pub struct SampleArgs {
     /// AR checkpoints: softmax temperature (0 = greedy; default 1).
     #[arg(long)]
     pub temperature: Option<f64>,
-    /// AR checkpoints: nucleus (top-p) mass in (0, 1] (default 1 = no truncation).
+    /// AR and Duo checkpoints: nucleus (top-p) mass in (0, 1] (default 1 = no truncation).
     #[arg(long)]
     pub top_p: Option<f64>,
     /// Output JSONL (default: stdout).

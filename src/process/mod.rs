@@ -1,6 +1,8 @@
 //! Forward processes behind one trait: the sampler, trainer and distillers are written once against
 //! it (design.md §2). MDLM (masked) lives in `masked.rs`, Duo (uniform) in `uniform.rs`.
 
+pub mod curriculum;
+pub mod duality;
 pub mod masked;
 pub mod schedule;
 pub mod uniform;

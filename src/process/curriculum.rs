@@ -1,0 +1,319 @@
+//! Duo's training curriculum (algorithms.md §3.5): the Gaussian latent w = alpha~ e_x0 + sigma~ xi
+//! over one-hot vectors, seen by the network as softmax(w / tau), with the loss at the hard token
+//! argmax w and the discrete signal alpha_t = T(gamma_t) of the duality (§3.3).
+
+use candle_core::Tensor;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use super::ForwardProcess;
+use super::duality::{DualityTable, alpha_tilde, sigma_tilde, t_of_gamma};
+use super::uniform::{Signal, Uniform};
+use crate::nn::{Dit, DitInput, DropoutRng};
+use crate::{Error, Result};
+
+/// Curriculum settings (`[duo]` of a run config); the defaults are the reference OWT recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DuoConfig {
+    /// First step of the tau schedule.
+    pub curriculum_start: u64,
+    /// Last curriculum step; later steps (and validation) use the plain NELBO. 0: no curriculum.
+    pub curriculum_end: u64,
+    /// log10 tau at and before `curriculum_start`.
+    pub tau_log10_start: f64,
+    /// log10 tau at `curriculum_end`.
+    pub tau_log10_end: f64,
+    /// Discrete signal at gamma_min. The reference fixes gamma in [-3.55, -1.85] for GPT-2's
+    /// N = 50257, where T gives alpha 0.9455 .. 0.0493; the window is kept in alpha so that it
+    /// carries over to other vocabularies (gamma found by bisection on T for the model's N).
+    pub alpha_max: f64,
+    /// Discrete signal at gamma_max.
+    pub alpha_min: f64,
+    /// Points of the T(gamma) table (linear interpolation; 1e5 keeps alpha within 3e-10).
+    pub table_points: usize,
+}
+
+impl Default for DuoConfig {
+    fn default() -> Self {
+        Self {
+            curriculum_start: 0,
+            curriculum_end: 0,
+            tau_log10_start: -3.0,
+            tau_log10_end: -3.0,
+            alpha_max: 0.9455,
+            alpha_min: 0.0493,
+            table_points: super::duality::DEFAULT_NUM_POINTS,
+        }
+    }
+}
+
+/// gamma with T(gamma) = alpha for vocabulary `n`, by bisection (T falls with gamma).
+pub fn gamma_for_alpha(n: usize, alpha: f64) -> Result<f64> {
+    if !(alpha > 0.0 && alpha < 1.0) {
+        return Err(Error::Config(format!(
+            "duo: a signal of {alpha} has no gamma; alpha must be in (0, 1)"
+        )));
+    }
+    let (mut lo, mut hi) = (-30.0f64, 30.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if t_of_gamma(n, mid) > alpha {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(0.5 * (lo + hi))
+}
+
+/// A batch corrupted through the Gaussian latent.
+pub struct Relaxed {
+    /// w / tau, (B, L, V): the network input (softmaxed inside the embedding).
+    pub input: Tensor,
+    /// argmax w per position, (B x L): where the loss is evaluated.
+    pub xt: Vec<u32>,
+    /// alpha_t = T(gamma_t) and its time derivative, per row.
+    pub signals: Vec<Signal>,
+    /// sigma = -log alpha_t per row, the time-conditioning input.
+    pub sigma: Vec<f32>,
+}
+
+/// The curriculum for one vocabulary.
+pub struct DuoCurriculum {
+    cfg: DuoConfig,
+    table: DualityTable,
+    process: Uniform,
+}
+
+impl DuoCurriculum {
+    /// Build (or read from `cache_dir`) the T(gamma) table of the window for vocabulary `n`.
+    pub fn new(cfg: &DuoConfig, n: usize, cache_dir: &std::path::Path) -> Result<Self> {
+        if cfg.alpha_max <= cfg.alpha_min {
+            return Err(Error::Config(format!(
+                "duo.alpha_max ({}) must exceed duo.alpha_min ({})",
+                cfg.alpha_max, cfg.alpha_min
+            )));
+        }
+        if cfg.curriculum_end > 0 && cfg.curriculum_end < cfg.curriculum_start {
+            return Err(Error::Config(
+                "duo.curriculum_end must not come before duo.curriculum_start".into(),
+            ));
+        }
+        let g_min = gamma_for_alpha(n, cfg.alpha_max)?;
+        let g_max = gamma_for_alpha(n, cfg.alpha_min)?;
+        let table = DualityTable::load_or_build(cache_dir, n, g_min, g_max, cfg.table_points)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            table,
+            process: Uniform::new(n)?,
+        })
+    }
+
+    /// The gamma window [gamma_min, gamma_max].
+    pub fn gamma_range(&self) -> (f64, f64) {
+        self.table.gamma_range()
+    }
+
+    /// tau at optimizer step `step`, or None once the curriculum is over (plain NELBO).
+    pub fn tau(&self, step: u64) -> Option<f64> {
+        let c = &self.cfg;
+        if c.curriculum_end == 0 || step > c.curriculum_end {
+            return None;
+        }
+        let span = (c.curriculum_end - c.curriculum_start).max(1) as f64;
+        let frac = (step.saturating_sub(c.curriculum_start) as f64 / span).clamp(0.0, 1.0);
+        Some(10f64.powf(c.tau_log10_start + frac * (c.tau_log10_end - c.tau_log10_start)))
+    }
+
+    /// gamma_t = gamma_min + t (gamma_max - gamma_min), alpha_t = T(gamma_t), and alpha'_t as the
+    /// reference computes it: a forward difference of T in gamma with step 1e-3, times the
+    /// window width.
+    pub fn signal(&self, t: f64) -> (f64, Signal) {
+        let (g0, g1) = self.gamma_range();
+        let g = g0 + t * (g1 - g0);
+        let alpha = self.table.alpha(g);
+        let dalpha = (g1 - g0) * (self.table.alpha(g + 1e-3) - alpha) / 1e-3;
+        (g, Signal { alpha, dalpha })
+    }
+
+    /// Corrupt rows `x0` (B x L) at times `t` (one per row) through the Gaussian latent.
+    pub fn corrupt(
+        &self,
+        x0: &[u32],
+        l: usize,
+        t: &[f64],
+        tau: f64,
+        rng: &mut ChaCha8Rng,
+        dev: &candle_core::Device,
+    ) -> Result<Relaxed> {
+        let b = t.len();
+        let v = self.process.vocab_size();
+        if x0.len() != b * l {
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens for {b} rows of {l}",
+                x0.len()
+            )));
+        }
+        let mut input = vec![0f32; b * l * v];
+        let mut xt = vec![0u32; b * l];
+        let mut signals = Vec::with_capacity(b);
+        let mut sigma = Vec::with_capacity(b);
+        for (r, &tr) in t.iter().enumerate() {
+            let (g, s) = self.signal(tr);
+            let (a, sd) = (alpha_tilde(g), sigma_tilde(g));
+            let inv_tau = 1.0 / tau;
+            for pos in 0..l {
+                let i = r * l + pos;
+                let row = &mut input[i * v..(i + 1) * v];
+                let mut best = (0usize, f64::NEG_INFINITY);
+                for (k, o) in row.iter_mut().enumerate() {
+                    let z: f64 = StandardNormal.sample(rng);
+                    let w = sd * z + if k == x0[i] as usize { a } else { 0.0 };
+                    if w > best.1 {
+                        best = (k, w);
+                    }
+                    *o = (w * inv_tau) as f32;
+                }
+                xt[i] = best.0 as u32;
+            }
+            signals.push(s);
+            sigma.push(-(s.alpha.ln()) as f32);
+        }
+        Ok(Relaxed {
+            input: Tensor::from_vec(input, (b, l, v), dev)?,
+            xt,
+            signals,
+            sigma,
+        })
+    }
+
+    /// Mean NELBO integrand over the batch's tokens for a relaxed batch: the network sees the
+    /// soft input, the loss is the hard-target integrand at argmax w with the T(gamma) signal.
+    pub fn batch_loss(
+        &self,
+        model: &Dit,
+        x0: &[u32],
+        batch: &Relaxed,
+        dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, l, _) = batch.input.dims3()?;
+        let dev = model.device().clone();
+        let sigma = Tensor::from_slice(&batch.sigma, b, &dev)?;
+        let feats = model.features(DitInput::Soft(&batch.input), &sigma, dropout)?;
+        let d = feats.dim(2)?;
+        let logits = model.head(&feats.reshape((b * l, d))?)?;
+        let v = logits.dim(1)?;
+        let mut g = vec![0f32; b * l * v];
+        for (i, &x) in x0.iter().enumerate() {
+            g[i * v + x as usize] = 1.0;
+        }
+        let g = Tensor::from_vec(g, (b * l, v), &dev)?;
+        let sig: Vec<Signal> = (0..b * l).map(|i| batch.signals[i / l]).collect();
+        let loss = self.process.integrand_rows(&logits, &batch.xt, &g, &sig)?;
+        Ok((loss.sum_all()? / (b * l) as f64)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::duality::dt_dgamma;
+    use candle_core::Device;
+    use rand::SeedableRng;
+
+    fn curriculum(n: usize, start: u64, end: u64) -> (tempfile::TempDir, DuoCurriculum) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DuoConfig {
+            curriculum_start: start,
+            curriculum_end: end,
+            tau_log10_start: -1.0,
+            tau_log10_end: -3.0,
+            table_points: 4000,
+            ..Default::default()
+        };
+        let c = DuoCurriculum::new(&cfg, n, dir.path()).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn gamma_window_and_tau_schedule() {
+        let (_d, c) = curriculum(50258, 10, 20);
+        let (g0, g1) = c.gamma_range();
+        // The reference's window for GPT-2, recovered from its alpha ends.
+        assert!(
+            (g0 + 3.55).abs() < 2e-3 && (g1 + 1.85).abs() < 2e-3,
+            "{g0} {g1}"
+        );
+        assert!((t_of_gamma(50258, g0) - 0.9455).abs() < 1e-9);
+        assert_eq!(c.tau(5), Some(0.1));
+        assert_eq!(c.tau(10), Some(0.1));
+        assert!((c.tau(15).unwrap() - 0.01).abs() < 1e-12);
+        assert!((c.tau(20).unwrap() - 1e-3).abs() < 1e-15);
+        assert_eq!(c.tau(21), None);
+        assert!(gamma_for_alpha(8, 1.5).is_err());
+        let bad = DuoConfig {
+            alpha_max: 0.1,
+            alpha_min: 0.5,
+            ..Default::default()
+        };
+        assert!(DuoCurriculum::new(&bad, 8, std::path::Path::new("/nonexistent")).is_err());
+    }
+
+    #[test]
+    fn signal_derivative_is_the_reference_forward_difference() {
+        let (_d, c) = curriculum(512, 0, 10);
+        let (g0, g1) = c.gamma_range();
+        for t in [0.1, 0.5, 0.9] {
+            let (g, s) = c.signal(t);
+            assert!((g - (g0 + t * (g1 - g0))).abs() < 1e-12);
+            assert!((s.alpha - t_of_gamma(512, g)).abs() < 1e-7);
+            // A forward difference of step 1e-3: within O(1e-3) of the analytic derivative.
+            let exact = (g1 - g0) * dt_dgamma(512, g);
+            assert!(
+                (s.dalpha - exact).abs() < 2e-3 * exact.abs() + 1e-6,
+                "{} vs {exact}",
+                s.dalpha
+            );
+            assert!(s.dalpha < 0.0);
+        }
+    }
+
+    #[test]
+    fn argmax_of_the_latent_is_the_uniform_process() {
+        // The duality: P(argmax w = x0) = alpha + (1 - alpha)/N with alpha = T(gamma_t).
+        let n = 16;
+        let (_d, c) = curriculum(n, 0, 10);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (rows, l) = (8, 500);
+        let x0: Vec<u32> = (0..rows * l).map(|i| (i % n) as u32).collect();
+        for t in [0.2, 0.6] {
+            let times = vec![t; rows];
+            let r = c
+                .corrupt(&x0, l, &times, 1e-3, &mut rng, &Device::Cpu)
+                .unwrap();
+            let kept = r.xt.iter().zip(&x0).filter(|(a, b)| a == b).count() as f64;
+            let total = (rows * l) as f64;
+            let a = r.signals[0].alpha;
+            let p = a + (1.0 - a) / n as f64;
+            let se = (p * (1.0 - p) / total).sqrt();
+            assert!(
+                (kept / total - p).abs() < 4.0 * se,
+                "{} vs {p}",
+                kept / total
+            );
+            assert!((r.sigma[0] as f64 + a.ln()).abs() < 1e-6);
+            // The input is w / tau: its argmax is x_t.
+            let inp = r.input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in 0..20 {
+                let row = &inp[i * n..(i + 1) * n];
+                assert_eq!(crate::process::argmax(row) as u32, r.xt[i]);
+            }
+        }
+        assert!(
+            c.corrupt(&x0, 7, &[0.5], 1.0, &mut rng, &Device::Cpu)
+                .is_err()
+        );
+    }
+}
