@@ -112,6 +112,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("small", include_str!("../configs/small.toml")),
     ("base", include_str!("../configs/base.toml")),
     ("mini", include_str!("../configs/mini.toml")),
+    ("mini-duo", include_str!("../configs/mini-duo.toml")),
 ];
 
 impl RunConfig {

@@ -107,6 +107,14 @@ pub fn line_plot(plot: &LinePlot, path: &Path) -> Result<()> {
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
                     });
+                // Markers, so a series of one point (the AR row, say) is visible too.
+                chart
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .map(|&(x, y)| Circle::new((x, y), 4, c.filled())),
+                    )
+                    .map_err(err)?;
             }
             for (label, y) in &plot.hlines {
                 let style = BLACK.mix(0.5).stroke_width(1);

@@ -60,17 +60,6 @@ fn distill(run: &Path, teacher: &Path, c: DistillConfig, resume: bool) {
     .unwrap();
 }
 
-fn lines(run: &Path, key: &str) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            Some((v["step"].as_u64()?, v.get(key)?.as_f64()?))
-        })
-        .collect()
-}
-
 #[test]
 fn idlm_and_sdtt_resume_with_identical_losses() {
     idlm::runtime::tune_malloc();
@@ -82,16 +71,22 @@ fn idlm_and_sdtt_resume_with_identical_losses() {
         let b = tmp.path().join(format!("{method:?}-b"));
         distill(&b, &t, cfg(method, 2), false);
         distill(&b, &t, cfg(method, 6), true);
-        let (la, lb) = (lines(&a, key), lines(&b, key));
+        let (la, lb) = (common::metric_lines(&a, key), common::metric_lines(&b, key));
         assert_eq!(la.len(), 6, "{la:?}");
         assert_eq!(la, lb, "{method:?}");
         if method == Method::Idlm {
             // The fake's first update runs at warmup lr 0: student = fake = teacher, so the
             // first student gradient is exactly zero.
-            assert_eq!(lines(&a, "student_grad_norm")[0].1, 0.0);
-            assert_eq!(lines(&a, "fake_loss"), lines(&b, "fake_loss"));
+            assert_eq!(common::metric_lines(&a, "student_grad_norm")[0].1, 0.0);
+            assert_eq!(
+                common::metric_lines(&a, "fake_loss"),
+                common::metric_lines(&b, "fake_loss")
+            );
         } else {
-            let rounds: Vec<f64> = lines(&a, "round").iter().map(|x| x.1).collect();
+            let rounds: Vec<f64> = common::metric_lines(&a, "round")
+                .iter()
+                .map(|x| x.1)
+                .collect();
             assert_eq!(rounds, vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
         }
         // The student checkpoint samples like a teacher's.
@@ -166,8 +161,8 @@ fn naive_ablation_has_no_fake_and_still_trains_the_student() {
         .unwrap();
     assert!(first["fake_loss"].is_null(), "{first}");
     assert!(first["student_loss"].as_f64().unwrap() > 0.0);
-    assert!(lines(&a, "student_grad_norm")[1].1 > 0.0);
+    assert!(common::metric_lines(&a, "student_grad_norm")[1].1 > 0.0);
     // Resume works without a fake file.
     distill(&a, &t, DistillConfig { max_steps: 3, ..c }, true);
-    assert_eq!(lines(&a, "student_loss").len(), 3);
+    assert_eq!(common::metric_lines(&a, "student_loss").len(), 3);
 }

@@ -11,8 +11,10 @@ use crate::{Error, Result};
 pub enum Method {
     /// Inverse distillation (algorithms.md §4).
     Idlm,
-    /// Self-distillation through time (algorithms.md §5.2).
+    /// Self-distillation through time (algorithms.md §5.2), for masked teachers.
     Sdtt,
+    /// Discrete consistency distillation (algorithms.md §3.7), for uniform (Duo) teachers.
+    Dcd,
 }
 
 impl std::str::FromStr for Method {
@@ -21,11 +23,9 @@ impl std::str::FromStr for Method {
         match s {
             "idlm" => Ok(Self::Idlm),
             "sdtt" => Ok(Self::Sdtt),
-            "dcd" => Err(Error::InvalidArgument(
-                "--method dcd needs a uniform-state (Duo) teacher, which is not built yet".into(),
-            )),
+            "dcd" => Ok(Self::Dcd),
             _ => Err(Error::InvalidArgument(format!(
-                "unknown method '{s}': use idlm or sdtt"
+                "unknown method '{s}': use idlm, sdtt (masked teachers) or dcd (Duo teachers)"
             ))),
         }
     }
@@ -114,6 +114,33 @@ pub struct DistillConfig {
     pub sdtt_teacher_steps: usize,
     /// SDTT: student updates per round (the step size doubles and the teacher is refreshed).
     pub sdtt_round_steps: u64,
+    /// DCD: T of the round-0 step dt = 1 / T (the reference's distil_owt.sh: 512).
+    #[serde(default = "default_dcd_base_steps")]
+    pub dcd_base_steps: usize,
+    /// DCD: student updates per round (dt doubles, the teacher becomes the student's raw weights).
+    #[serde(default = "default_dcd_round_steps")]
+    pub dcd_round_steps: u64,
+    /// DCD: discrete signal at the low end of the gamma window. The reference uses gamma in
+    /// [-4, -1] for GPT-2 (N = 50257), where T gives alpha 0.9986941 .. 0.0061863; the window is
+    /// carried to other vocabularies in alpha, as the curriculum's is.
+    #[serde(default = "default_dcd_alpha_max")]
+    pub dcd_alpha_max: f64,
+    /// DCD: discrete signal at the high end of the gamma window.
+    #[serde(default = "default_dcd_alpha_min")]
+    pub dcd_alpha_min: f64,
+}
+
+fn default_dcd_base_steps() -> usize {
+    512
+}
+fn default_dcd_round_steps() -> u64 {
+    100
+}
+fn default_dcd_alpha_max() -> f64 {
+    0.998_694_1
+}
+fn default_dcd_alpha_min() -> f64 {
+    0.006_186_3
 }
 
 impl Default for DistillConfig {
@@ -146,6 +173,10 @@ impl Default for DistillConfig {
             sdtt_base_steps: 1024,
             sdtt_teacher_steps: 2,
             sdtt_round_steps: 100,
+            dcd_base_steps: default_dcd_base_steps(),
+            dcd_round_steps: default_dcd_round_steps(),
+            dcd_alpha_max: default_dcd_alpha_max(),
+            dcd_alpha_min: default_dcd_alpha_min(),
         }
     }
 }
@@ -206,6 +237,14 @@ impl DistillConfig {
                 "sdtt_base_steps must be at least 2, sdtt_teacher_steps and sdtt_round_steps at least 1",
             );
         }
+        if self.dcd_base_steps < 1 || self.dcd_round_steps == 0 {
+            return bad("dcd_base_steps and dcd_round_steps must be at least 1");
+        }
+        if !(0.0 < self.dcd_alpha_min && self.dcd_alpha_min < self.dcd_alpha_max)
+            || self.dcd_alpha_max >= 1.0
+        {
+            return bad("dcd alpha window: need 0 < dcd_alpha_min < dcd_alpha_max < 1");
+        }
         Ok(())
     }
 
@@ -248,6 +287,12 @@ mod tests {
         assert_eq!(o.lr, 0.5);
         assert!(c.with_overrides(&["nope=1".into()]).is_err());
         assert!(c.with_overrides(&["lr=-1".into()]).is_err());
-        assert!("dcd".parse::<Method>().is_err());
+        assert_eq!("dcd".parse::<Method>().unwrap(), Method::Dcd);
+        assert!("dmd".parse::<Method>().is_err());
+        // Configs saved before DCD existed still load, with its defaults.
+        let mut t = toml::Table::try_from(&c).unwrap();
+        t.remove("dcd_base_steps");
+        let old = DistillConfig::from_toml(&toml::to_string(&t).unwrap(), "old").unwrap();
+        assert_eq!(old.dcd_base_steps, 512);
     }
 }

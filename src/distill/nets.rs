@@ -104,6 +104,22 @@ pub fn active(process: &dyn ForwardProcess, xt: &[u32]) -> Vec<u32> {
         .unwrap_or_else(|| (0..xt.len() as u32).collect())
 }
 
+/// A frozen copy of a student's current raw weights and the network built from them (the next
+/// round's teacher in SDTT and DCD). A copy: the student's tensors share storage with its
+/// variables, which the next updates overwrite in place.
+pub fn snapshot(
+    student: &crate::train::Trainer,
+) -> Result<(std::collections::HashMap<String, Tensor>, Dit)> {
+    let w: std::collections::HashMap<String, Tensor> = student
+        .weights()
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.detach().copy()?)))
+        .collect::<Result<_>>()?;
+    let net =
+        crate::checkpoint::dit_from_tensors(&w, &student.dit_cfg, std::path::Path::new("student"))?;
+    Ok((w, net))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! A distillation run: the loop around IDLM or SDTT with progress bar, JSONL metrics, periodic
+//! A distillation run: the loop around IDLM, SDTT or DCD with progress bar, JSONL metrics, periodic
 //! few-step validation (GenPPL and entropy), the best checkpoint kept, and exact resume.
 
 use std::fs;
@@ -9,7 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::config::{DistillConfig, Method};
+use super::dcd::Dcd;
 use super::idlm::Idlm;
+use super::nets::DistillRngs;
+use super::rounds::RoundNets;
 use super::sdtt::Sdtt;
 use super::state::{self, DistillState, NetState};
 use crate::checkpoint::{self, dit_from_tensors};
@@ -57,6 +60,7 @@ pub struct DistillSummary {
 enum Runner {
     Idlm(Box<IdlmRun>),
     Sdtt(Box<Sdtt>),
+    Dcd(Box<Dcd>),
 }
 
 struct IdlmRun {
@@ -69,14 +73,16 @@ impl Runner {
     fn step(&self) -> u64 {
         match self {
             Runner::Idlm(r) => r.idlm.student.step,
-            Runner::Sdtt(s) => s.student.step,
+            Runner::Sdtt(s) => s.nets.student.step,
+            Runner::Dcd(d) => d.nets.student.step,
         }
     }
 
     fn student(&self) -> &crate::train::Trainer {
         match self {
             Runner::Idlm(r) => &r.idlm.student,
-            Runner::Sdtt(s) => &s.student,
+            Runner::Sdtt(s) => &s.nets.student,
+            Runner::Dcd(d) => &d.nets.student,
         }
     }
 
@@ -111,6 +117,18 @@ impl Runner {
                 let v = serde_json::to_value(st).map_err(|e| Error::Config(e.to_string()))?;
                 Ok((v, msg))
             }
+            Runner::Dcd(d) => {
+                let st = d.step(data)?;
+                if !st.loss.is_finite() {
+                    return Err(Error::NonFinite {
+                        what: "distillation loss",
+                        step: st.step,
+                    });
+                }
+                let msg = format!("round {} | KL {:.4}", st.round, st.loss);
+                let v = serde_json::to_value(st).map_err(|e| Error::Config(e.to_string()))?;
+                Ok((v, msg))
+            }
         }
     }
 }
@@ -118,7 +136,7 @@ impl Runner {
 /// Distil (or resume distilling) a teacher.
 pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
     let run_dir = &opts.run_dir;
-    let (mut runner, mut st, data) = if opts.resume {
+    let (mut runner, mut st, data, kind) = if opts.resume {
         let l = state::load(run_dir)?;
         let mut st = l.state.clone();
         st.config = opts.cfg.clone();
@@ -145,8 +163,13 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
                 s.cfg = opts.cfg.clone();
                 Runner::Sdtt(Box::new(s))
             }
+            Method::Dcd => {
+                let mut d = Dcd::from_loaded(&l)?;
+                d.cfg = opts.cfg.clone();
+                Runner::Dcd(Box::new(d))
+            }
         };
-        (runner, st, data)
+        (runner, st, data, l.ck.meta.process)
     } else {
         if run_dir.join("checkpoints").join("latest").exists() {
             return Err(Error::InvalidArgument(format!(
@@ -155,12 +178,7 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
             )));
         }
         let ck = checkpoint::load(&opts.teacher)?;
-        if ck.meta.process != ProcessKind::Mdlm {
-            return Err(Error::ckpt(
-                &ck.dir,
-                "IDLM and SDTT distil masked (MDLM) teachers; this is another process",
-            ));
-        }
+        check_method_fits(opts.cfg.method, ck.meta.process, &ck.dir)?;
         if ck.meta.distill.is_some() {
             tracing::info!("the teacher is itself a distilled student: distilling it further");
         }
@@ -189,6 +207,13 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
                 &w,
                 &ck.dir,
             )?)),
+            Method::Dcd => Runner::Dcd(Box::new(Dcd::new(
+                &opts.cfg,
+                &ck.meta.config,
+                &ck.meta.model,
+                &w,
+                &ck.dir,
+            )?)),
         };
         let st = DistillState {
             config: opts.cfg.clone(),
@@ -201,14 +226,14 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
             best_genppl: None,
             seconds: 0.0,
         };
-        (runner, st, data)
+        (runner, st, data, ck.meta.process)
     };
     fs::create_dir_all(run_dir).map_err(|e| Error::io("creating", run_dir, e))?;
     let cfg = st.config.clone();
     let cfg_path = run_dir.join("distill.toml");
     fs::write(&cfg_path, cfg.to_toml()?).map_err(|e| Error::io("writing", &cfg_path, e))?;
     let metrics = run_dir.join("metrics.jsonl");
-    let process = make_process(ProcessKind::Mdlm, &data)?;
+    let process = make_process(kind, &data)?;
     let info = data_info(&data);
     let tok_json = data.tokenizer.to_json().to_string();
     let scorer = match &opts.genppl_model {
@@ -236,6 +261,20 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
         best = PathBuf::new();
     }
 
+    let save_rounds = |nets: &RoundNets, rngs: &DistillRngs, st: &mut DistillState| {
+        st.round = nets.round;
+        st.rngs = rngs.clone();
+        state::save(
+            run_dir,
+            &nets.student,
+            None,
+            &nets.teacher_weights,
+            st,
+            &info,
+            &tok_json,
+            cfg.keep_checkpoints,
+        )
+    };
     let save = |runner: &Runner, st: &mut DistillState| -> Result<PathBuf> {
         st.student = NetState::of(runner.student());
         match runner {
@@ -254,20 +293,8 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
                     cfg.keep_checkpoints,
                 )
             }
-            Runner::Sdtt(s) => {
-                st.round = s.round;
-                st.rngs = s.rngs.clone();
-                state::save(
-                    run_dir,
-                    &s.student,
-                    None,
-                    &s.teacher_weights,
-                    st,
-                    &info,
-                    &tok_json,
-                    cfg.keep_checkpoints,
-                )
-            }
+            Runner::Sdtt(s) => save_rounds(&s.nets, &s.rngs, st),
+            Runner::Dcd(d) => save_rounds(&d.nets, &d.rngs, st),
         }
     };
 
@@ -347,6 +374,23 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
         },
         seconds: st.seconds,
     })
+}
+
+/// Refuse a method that does not apply to the teacher's process.
+fn check_method_fits(method: Method, kind: ProcessKind, dir: &Path) -> Result<()> {
+    let msg = match (method, kind) {
+        (Method::Idlm | Method::Sdtt, ProcessKind::Mdlm) | (Method::Dcd, ProcessKind::Duo) => {
+            return Ok(());
+        }
+        (Method::Sdtt, _) => "SDTT distils masked (MDLM) teachers; use --method dcd for Duo",
+        (Method::Dcd, _) => "DCD distils uniform-state (Duo) teachers; use --method sdtt for MDLM",
+        (Method::Idlm, ProcessKind::Duo) => {
+            "IDLM for Duo teachers (the Gaussian reparameterisation of §4.3) is not built yet; \
+             this build distils Duo teachers with --method dcd"
+        }
+        (_, ProcessKind::Ar) => "this checkpoint holds an AR model, not a diffusion teacher",
+    };
+    Err(Error::ckpt(dir, msg))
 }
 
 /// Few-step samples of the student's EMA on a fixed seed: (GenPPL if a scorer is given, entropy).

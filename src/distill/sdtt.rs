@@ -5,52 +5,30 @@
 use std::collections::HashMap;
 
 use candle_core::{D, Device, Tensor};
-use serde::Serialize;
 
 use super::config::DistillConfig;
 use super::nets::{DistillRngs, active, corrupt, logits_at};
-use crate::checkpoint::dit_from_tensors;
+use super::rounds::{RoundNets, RoundStats};
+use crate::Result;
 use crate::config::RunConfig;
 use crate::data::PackedTokens;
 use crate::nn::{Dit, DitConfig, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::schedule::antithetic_times;
 use crate::sample::Denoiser;
-use crate::train::Trainer;
-use crate::{Error, Result};
 
 /// The sampling floor of SDTT's step grid (`sampling_eps` = 1e-5).
 const SDTT_EPS: f64 = 1e-5;
 
-/// What one SDTT update measured.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct SdttStats {
-    /// Student updates done.
-    pub step: u64,
-    /// Round (the step size is `dt0 * 2^round`).
-    pub round: u64,
-    /// Step size of the teacher's steps.
-    pub dt: f64,
-    /// KL(student || teacher) per sequence.
-    pub loss: f64,
-    /// Gradient norm.
-    pub grad_norm: f64,
-    /// Learning rate.
-    pub lr: f64,
-}
+/// What one update measured.
+pub type SdttStats = RoundStats;
 
 /// The state of an SDTT run.
 pub struct Sdtt {
     /// Settings.
     pub cfg: DistillConfig,
-    /// The student.
-    pub student: Trainer,
-    /// The current (frozen) teacher.
-    pub teacher: Dit,
-    /// Its weights (saved in checkpoints: they change every round).
-    pub teacher_weights: HashMap<String, Tensor>,
-    /// Current round.
-    pub round: u64,
+    /// Student, teacher and round.
+    pub nets: RoundNets,
     /// Times and noise.
     pub rngs: DistillRngs,
 }
@@ -64,45 +42,25 @@ impl Sdtt {
         weights: &HashMap<String, Tensor>,
         origin: &std::path::Path,
     ) -> Result<Self> {
-        cfg.validate()?;
-        let mut dit = dit_cfg.clone();
-        dit.dropout = cfg.dropout;
-        let student =
-            Trainer::from_weights(&cfg.network_config(teacher_cfg), &dit, weights, origin)?;
         Ok(Self {
             cfg: cfg.clone(),
-            teacher: dit_from_tensors(weights, &dit, origin)?,
-            teacher_weights: weights.clone(),
-            student,
-            round: 0,
+            nets: RoundNets::new(cfg, teacher_cfg, dit_cfg, weights, origin)?,
             rngs: DistillRngs::new(cfg.seed),
         })
     }
 
     /// Resume from a distillation checkpoint.
     pub fn from_loaded(l: &super::state::Loaded) -> Result<Self> {
-        let dir = &l.ck.dir;
-        let dit = l.ck.meta.model.clone();
-        let mut student = Trainer::new(&l.ck.meta.config, &dit)?;
-        let ema =
-            l.ck.ema
-                .as_ref()
-                .ok_or_else(|| Error::ckpt(dir, "no student EMA: cannot resume"))?;
-        student.restore(&l.ck.weights, ema, &l.ck.optim()?, "", dir)?;
-        l.state.student.apply(&mut student);
         Ok(Self {
             cfg: l.state.config.clone(),
-            teacher: dit_from_tensors(&l.teacher, &dit, dir)?,
-            teacher_weights: l.teacher.clone(),
-            student,
-            round: l.state.round,
+            nets: RoundNets::from_loaded(l)?,
             rngs: l.state.rngs.clone(),
         })
     }
 
     /// The teacher's step size in the current round.
     pub fn dt(&self) -> f64 {
-        (1.0 - SDTT_EPS) / self.cfg.sdtt_base_steps as f64 * 2f64.powi(self.round as i32)
+        (1.0 - SDTT_EPS) / self.cfg.sdtt_base_steps as f64 * 2f64.powi(self.nets.round as i32)
     }
 
     /// Student steps per unit time that the current round distils into (1 / (k dt)).
@@ -118,11 +76,11 @@ impl Sdtt {
         let dt = self.dt();
         let mut jobs = Vec::with_capacity(acc);
         for m in 0..acc {
-            let x0 = self.student.next_rows(data, b)?;
+            let x0 = self.nets.student.next_rows(data, b)?;
             let t = times[m * b..(m + 1) * b].to_vec();
             let xt = corrupt(process, &x0, l, &t, &mut self.rngs.noise);
             let target = teacher_targets(
-                &self.teacher,
+                &self.nets.teacher,
                 process,
                 &self.cfg,
                 &xt,
@@ -135,6 +93,7 @@ impl Sdtt {
         }
         let p = self.cfg.dropout;
         let st = self
+            .nets
             .student
             .optimize((b * l * acc) as u64, |model, micro, rng| {
                 let (xt, t, target) = &jobs[micro];
@@ -149,25 +108,10 @@ impl Sdtt {
                 let kl = lq.exp()?.mul(&(&lq - tgt)?)?.sum(D::Minus1)?;
                 Ok((kl.sum_all()? / b as f64)?)
             })?;
-        let round = self.round;
-        if self.student.step.is_multiple_of(self.cfg.sdtt_round_steps) {
-            self.round += 1;
-            // A copy: the student's tensors share storage with its variables, which the next
-            // updates overwrite in place.
-            self.teacher_weights = self
-                .student
-                .weights()
-                .into_iter()
-                .map(|(k, v)| Ok((k, v.detach().copy()?)))
-                .collect::<Result<_>>()?;
-            self.teacher = dit_from_tensors(
-                &self.teacher_weights,
-                &self.student.dit_cfg,
-                std::path::Path::new("student"),
-            )?;
-        }
+        let round = self.nets.round;
+        self.nets.end_update(self.cfg.sdtt_round_steps)?;
         Ok(SdttStats {
-            step: self.student.step,
+            step: self.nets.student.step,
             round,
             dt,
             loss: st.loss,

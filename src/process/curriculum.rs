@@ -80,6 +80,18 @@ pub struct Relaxed {
     pub sigma: Vec<f32>,
 }
 
+/// Hard states at two times of one Gaussian trajectory (DCD's shared xi).
+pub struct LatentPair {
+    /// argmax w_t per position (B x L).
+    pub xt: Vec<u32>,
+    /// argmax w_s per position (B x L).
+    pub xs: Vec<u32>,
+    /// -log T(gamma_t) per row.
+    pub sigma_t: Vec<f32>,
+    /// -log T(gamma_s) per row.
+    pub sigma_s: Vec<f32>,
+}
+
 /// The curriculum for one vocabulary.
 pub struct DuoCurriculum {
     cfg: DuoConfig,
@@ -187,6 +199,61 @@ impl DuoCurriculum {
             signals,
             sigma,
         })
+    }
+
+    /// DCD's pair (algorithms.md §3.7): w_t = alpha~_t x0 + sigma~_t xi and w_s = alpha~_s x0 +
+    /// sigma~_s xi with one shared xi per position, taken to their hard argmax tokens.
+    pub fn pair(
+        &self,
+        x0: &[u32],
+        l: usize,
+        t: &[f64],
+        s: &[f64],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<LatentPair> {
+        let b = t.len();
+        let v = self.process.vocab_size();
+        if x0.len() != b * l || s.len() != b {
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens and {} / {} times for {b} rows of {l}",
+                x0.len(),
+                t.len(),
+                s.len()
+            )));
+        }
+        let mut out = LatentPair {
+            xt: vec![0; b * l],
+            xs: vec![0; b * l],
+            sigma_t: Vec::with_capacity(b),
+            sigma_s: Vec::with_capacity(b),
+        };
+        for r in 0..b {
+            let (gt, st) = self.signal(t[r]);
+            let (gs, ss) = self.signal(s[r]);
+            let (at, sdt) = (alpha_tilde(gt), sigma_tilde(gt));
+            let (as_, sds) = (alpha_tilde(gs), sigma_tilde(gs));
+            for pos in 0..l {
+                let i = r * l + pos;
+                let (mut bt, mut bs) = ((0usize, f64::NEG_INFINITY), (0usize, f64::NEG_INFINITY));
+                for k in 0..v {
+                    let z: f64 = StandardNormal.sample(rng);
+                    let hit = k == x0[i] as usize;
+                    let wt = sdt * z + if hit { at } else { 0.0 };
+                    let ws = sds * z + if hit { as_ } else { 0.0 };
+                    if wt > bt.1 {
+                        bt = (k, wt);
+                    }
+                    if ws > bs.1 {
+                        bs = (k, ws);
+                    }
+                }
+                out.xt[i] = bt.0 as u32;
+                out.xs[i] = bs.0 as u32;
+            }
+            out.sigma_t.push(-(st.alpha.ln()) as f32);
+            out.sigma_s.push(-(ss.alpha.ln()) as f32);
+        }
+        Ok(out)
     }
 
     /// Mean NELBO integrand over the batch's tokens for a relaxed batch: the network sees the

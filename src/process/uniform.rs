@@ -95,7 +95,8 @@ impl Uniform {
         let oma = col(&|s| 1.0 - s.alpha)?;
         let g = g.to_dtype(dt)?;
         // x_bar = N q_t(.|x0) and x_bar_theta = N q_t(.|f): both sum to N over the vocabulary.
-        let f = candle_nn::ops::softmax_last_dim(logits)?;
+        // Composed (differentiable) softmax: candle's fused softmax_last_dim has no backward.
+        let f = candle_nn::ops::log_softmax(logits, D::Minus1)?.exp()?;
         let xbt = f.broadcast_mul(&na)?.broadcast_add(&oma)?;
         let xb = g.broadcast_mul(&na)?.broadcast_add(&oma)?;
         let idx = Tensor::from_slice(xt, (m, 1), dev)?;
@@ -449,6 +450,67 @@ mod tests {
                 assert!((hl - hard).abs() <= 1e-12 * hard.abs().max(1.0));
             }
         }
+    }
+
+    #[test]
+    fn integrand_gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let (m, n) = (3, 6);
+        let p = Uniform::new(n).unwrap();
+        let z: Vec<f64> = (0..m * n)
+            .map(|_| rng.random::<f64>() * 4.0 - 2.0)
+            .collect();
+        let gz: Vec<f64> = (0..m * n)
+            .map(|_| rng.random::<f64>() * 4.0 - 2.0)
+            .collect();
+        let xt = [1u32, 4, 0];
+        let sig: Vec<Signal> = [0.2, 0.5, 0.9].iter().map(|&t| p.signal(t)).collect();
+        type Grads = Option<(Vec<f64>, Vec<f64>)>;
+        let total = |z: &[f64], gz: &[f64]| -> (f64, Grads) {
+            let zv = candle_core::Var::from_vec(z.to_vec(), (m, n), &dev).unwrap();
+            let gv = candle_core::Var::from_vec(gz.to_vec(), (m, n), &dev).unwrap();
+            let g = candle_nn::ops::softmax(gv.as_tensor(), D::Minus1).unwrap();
+            let l = p
+                .integrand_rows(zv.as_tensor(), &xt, &g, &sig)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = l.backward().unwrap();
+            let flat = |v: &candle_core::Var| {
+                grads
+                    .get(v.as_tensor())
+                    .map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+            };
+            let both = flat(&zv).zip(flat(&gv));
+            (l.to_scalar::<f64>().unwrap(), both)
+        };
+        let (_, grads) = total(&z, &gz);
+        let (dz, dg) = grads.expect("gradients reach both the logits and the target");
+        let h = 1e-6;
+        for i in 0..m * n {
+            for (which, grad) in [(0, &dz), (1, &dg)] {
+                let (mut a, mut b) = (z.clone(), gz.clone());
+                let (mut a2, mut b2) = (z.clone(), gz.clone());
+                if which == 0 {
+                    a[i] += h;
+                    a2[i] -= h;
+                } else {
+                    b[i] += h;
+                    b2[i] -= h;
+                }
+                let fd = (total(&a, &b).0 - total(&a2, &b2).0) / (2.0 * h);
+                assert!(
+                    (fd - grad[i]).abs() < 1e-6 * fd.abs().max(1.0),
+                    "input {which} entry {i}: autograd {} vs finite difference {fd}",
+                    grad[i]
+                );
+            }
+        }
+        assert!(
+            dz.iter().any(|g| g.abs() > 1e-3),
+            "a gradient that is not all zero"
+        );
     }
 
     #[test]

@@ -76,3 +76,15 @@ pub fn err(out: &Output) -> String {
     assert!(!out.status.success(), "unexpected success");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// `(step, value)` of every metrics.jsonl line in `run` that has `key`.
+pub fn metric_lines(run: &Path, key: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((v["step"].as_u64()?, v.get(key)?.as_f64()?))
+        })
+        .collect()
+}
