@@ -54,6 +54,17 @@ pub enum TimeCoupling {
     Shared,
 }
 
+/// How G enters the re-noised input of IDLM-Duo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DuoGradient {
+    /// w = alpha~ G + sigma~ xi with gradient through the networks' inputs (the method).
+    #[default]
+    Pathwise,
+    /// The DMD-like ablation w = alpha~ sg(G) + sigma~ xi: G reaches the loss only as its target.
+    StopGradient,
+}
+
 /// Everything a distillation run needs besides the teacher and the data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +139,9 @@ pub struct DistillConfig {
     /// DCD: discrete signal at the high end of the gamma window.
     #[serde(default = "default_dcd_alpha_min")]
     pub dcd_alpha_min: f64,
+    /// IDLM-Duo: how G enters the re-noised input (`pathwise`, or the `stopgradient` ablation).
+    #[serde(default)]
+    pub duo_gradient: DuoGradient,
 }
 
 fn default_dcd_base_steps() -> usize {
@@ -177,6 +191,7 @@ impl Default for DistillConfig {
             dcd_round_steps: default_dcd_round_steps(),
             dcd_alpha_max: default_dcd_alpha_max(),
             dcd_alpha_min: default_dcd_alpha_min(),
+            duo_gradient: DuoGradient::Pathwise,
         }
     }
 }

@@ -5,13 +5,14 @@
 pub mod config;
 pub mod dcd;
 pub mod idlm;
+pub mod idlm_duo;
 pub mod nets;
 pub mod rounds;
 pub mod run;
 pub mod sdtt;
 pub mod state;
 
-pub use config::{DistillConfig, GeneratorLoss, Method, TimeCoupling};
+pub use config::{DistillConfig, DuoGradient, GeneratorLoss, Method, TimeCoupling};
 pub use dcd::{Dcd, DcdStats};
 pub use idlm::{Idlm, IdlmStats};
 pub use run::{DistillRunOptions, DistillSummary, run_distill};

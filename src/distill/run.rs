@@ -16,10 +16,12 @@ use super::rounds::RoundNets;
 use super::sdtt::Sdtt;
 use super::state::{self, DistillState, NetState};
 use crate::checkpoint::{self, dit_from_tensors};
+use crate::config::RunConfig;
 use crate::data::DataDir;
 use crate::eval::entropy::entropy_stats;
 use crate::eval::genppl::GenPpl;
 use crate::nn::Dit;
+use crate::process::curriculum::DuoCurriculum;
 use crate::process::{ForwardProcess, ProcessKind};
 use crate::run::{append_jsonl, check_data_matches, data_info, make_process, truncate_metrics};
 use crate::sample::{SamplerOptions, sample};
@@ -67,6 +69,22 @@ struct IdlmRun {
     idlm: Idlm,
     teacher: Dit,
     teacher_weights: std::collections::HashMap<String, candle_core::Tensor>,
+    /// Duo teachers: the Gaussian latent of the teacher's window and its temperature tau.
+    latent: Option<(DuoCurriculum, f64)>,
+}
+
+/// The Gaussian latent IDLM uses with a Duo teacher: the teacher's own gamma window and final tau.
+fn duo_latent(
+    kind: ProcessKind,
+    cfg: &RunConfig,
+    vocab: usize,
+) -> Result<Option<(DuoCurriculum, f64)>> {
+    if kind != ProcessKind::Duo {
+        return Ok(None);
+    }
+    let dir = crate::data::cache_dir().join("duality");
+    let tau = 10f64.powf(cfg.duo.tau_log10_end);
+    Ok(Some((DuoCurriculum::new(&cfg.duo, vocab, &dir)?, tau)))
 }
 
 impl Runner {
@@ -95,7 +113,13 @@ impl Runner {
         match self {
             Runner::Idlm(r) => {
                 let i = &mut r.idlm;
-                let s = i.step(&r.teacher, process, data)?;
+                let s = match &r.latent {
+                    Some((lat, tau)) => {
+                        let mode = i.cfg.duo_gradient;
+                        i.step_duo(&r.teacher, lat, *tau, mode, data)?
+                    }
+                    None => i.step(&r.teacher, process, data)?,
+                };
                 for (what, v) in [("fake loss", s.fake_loss), ("student loss", s.student_loss)] {
                     if v.is_nan() && what == "fake loss" && i.fake.is_none() {
                         continue;
@@ -152,10 +176,12 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
                 let mut i = Idlm::from_loaded(&l)?;
                 i.cfg = opts.cfg.clone();
                 let t = dit_from_tensors(&l.teacher, &l.ck.meta.model, &l.ck.dir)?;
+                let m = &l.ck.meta;
                 Runner::Idlm(Box::new(IdlmRun {
                     idlm: i,
                     teacher: t,
                     teacher_weights: l.teacher.clone(),
+                    latent: duo_latent(m.process, &m.config, m.model.vocab_size)?,
                 }))
             }
             Method::Sdtt => {
@@ -194,10 +220,12 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
             Method::Idlm => {
                 let i = Idlm::new(&opts.cfg, &ck.meta.config, &ck.meta.model, &w, &ck.dir)?;
                 let t = dit_from_tensors(&w, &ck.meta.model, &ck.dir)?;
+                let m = &ck.meta;
                 Runner::Idlm(Box::new(IdlmRun {
                     idlm: i,
                     teacher: t,
                     teacher_weights: w,
+                    latent: duo_latent(m.process, &m.config, m.model.vocab_size)?,
                 }))
             }
             Method::Sdtt => Runner::Sdtt(Box::new(Sdtt::new(
@@ -379,15 +407,12 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
 /// Refuse a method that does not apply to the teacher's process.
 fn check_method_fits(method: Method, kind: ProcessKind, dir: &Path) -> Result<()> {
     let msg = match (method, kind) {
-        (Method::Idlm | Method::Sdtt, ProcessKind::Mdlm) | (Method::Dcd, ProcessKind::Duo) => {
+        (Method::Idlm | Method::Sdtt, ProcessKind::Mdlm)
+        | (Method::Idlm | Method::Dcd, ProcessKind::Duo) => {
             return Ok(());
         }
         (Method::Sdtt, _) => "SDTT distils masked (MDLM) teachers; use --method dcd for Duo",
         (Method::Dcd, _) => "DCD distils uniform-state (Duo) teachers; use --method sdtt for MDLM",
-        (Method::Idlm, ProcessKind::Duo) => {
-            "IDLM for Duo teachers (the Gaussian reparameterisation of §4.3) is not built yet; \
-             this build distils Duo teachers with --method dcd"
-        }
         (_, ProcessKind::Ar) => "this checkpoint holds an AR model, not a diffusion teacher",
     };
     Err(Error::ckpt(dir, msg))

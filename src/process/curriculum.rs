@@ -123,6 +123,11 @@ impl DuoCurriculum {
         })
     }
 
+    /// The uniform process whose integrand the curriculum's losses use.
+    pub fn process(&self) -> &Uniform {
+        &self.process
+    }
+
     /// The gamma window [gamma_min, gamma_max].
     pub fn gamma_range(&self) -> (f64, f64) {
         self.table.gamma_range()
