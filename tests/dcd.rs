@@ -6,31 +6,22 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use idlm::checkpoint;
-use idlm::config::RunConfig;
-use idlm::distill::{DistillConfig, DistillRunOptions, Method, run_distill};
+use idlm::distill::{DistillConfig, Method};
 use idlm::process::ProcessKind;
 use idlm::process::duality::t_of_gamma;
-use idlm::run::{TrainRunOptions, run_training};
 
 fn teacher(root: &Path, data: &Path, process: &str) -> PathBuf {
     let run = root.join(format!("teacher-{process}"));
-    let cfg = RunConfig::load("tiny")
-        .unwrap()
-        .with_overrides(&[
+    common::train_tiny(
+        &run,
+        data,
+        &[
             format!("train.process=\"{process}\""),
             "train.max_steps=4".into(),
             "train.eval_every=0".into(),
             "model.time_conditioning=true".into(),
-        ])
-        .unwrap();
-    run_training(&TrainRunOptions {
-        run_dir: run.clone(),
-        data_dir: data.to_path_buf(),
-        cfg,
-        resume: false,
-        progress: false,
-    })
-    .unwrap();
+        ],
+    );
     run
 }
 
@@ -54,19 +45,6 @@ fn cfg(max_steps: u64) -> DistillConfig {
     }
 }
 
-fn distill(run: &Path, teacher: &Path, c: DistillConfig, resume: bool) -> idlm::Result<()> {
-    run_distill(&DistillRunOptions {
-        run_dir: run.to_path_buf(),
-        teacher: teacher.to_path_buf(),
-        data_dir: None,
-        cfg: c,
-        resume,
-        progress: false,
-        genppl_model: None,
-    })
-    .map(|_| ())
-}
-
 #[test]
 fn dcd_alpha_window_is_the_reference_gamma_window() {
     // distillation.yaml: gamma in [-4, -1] for GPT-2's N = 50257.
@@ -83,10 +61,10 @@ fn dcd_resumes_exactly_advances_rounds_and_refuses_wrong_teachers() {
     let data = common::tiny_data(tmp.path(), 300, 32);
     let t = teacher(tmp.path(), &data, "duo");
     let a = tmp.path().join("a");
-    distill(&a, &t, cfg(6), false).unwrap();
+    common::distill(&a, &t, cfg(6), false).unwrap();
     let b = tmp.path().join("b");
-    distill(&b, &t, cfg(2), false).unwrap();
-    distill(&b, &t, cfg(6), true).unwrap();
+    common::distill(&b, &t, cfg(2), false).unwrap();
+    common::distill(&b, &t, cfg(6), true).unwrap();
     let (la, lb) = (
         common::metric_lines(&a, "loss"),
         common::metric_lines(&b, "loss"),
@@ -122,22 +100,17 @@ fn dcd_resumes_exactly_advances_rounds_and_refuses_wrong_teachers() {
         tmp.path(),
     );
     common::ok(&o);
-    // SDTT and (for now) IDLM refuse a Duo teacher; DCD refuses a masked one. Nothing written.
-    for (m, want) in [
-        (Method::Sdtt, "SDTT distils masked"),
-        (Method::Idlm, "not built yet"),
-    ] {
-        let c = DistillConfig {
-            method: m,
-            ..cfg(2)
-        };
-        let out = tmp.path().join(format!("x-{m:?}"));
-        let e = distill(&out, &t, c, false).unwrap_err().to_string();
-        assert!(e.contains(want), "{e}");
-        assert!(!out.join("checkpoints").exists());
-    }
+    // SDTT refuses a Duo teacher, DCD a masked one; nothing is written.
+    let c = DistillConfig {
+        method: Method::Sdtt,
+        ..cfg(2)
+    };
+    let out = tmp.path().join("x");
+    let e = common::distill(&out, &t, c, false).unwrap_err().to_string();
+    assert!(e.contains("SDTT distils masked"), "{e}");
+    assert!(!out.join("checkpoints").exists());
     let tm = teacher(tmp.path(), &data, "mdlm");
-    let e = distill(&tmp.path().join("y"), &tm, cfg(2), false)
+    let e = common::distill(&tmp.path().join("y"), &tm, cfg(2), false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("DCD distils uniform-state"), "{e}");

@@ -8,15 +8,13 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use idlm::config::RunConfig;
 use idlm::distill::idlm_duo::duo_generator_loss;
-use idlm::distill::{DistillConfig, DistillRunOptions, DuoGradient, Method, run_distill};
+use idlm::distill::{DistillConfig, DuoGradient, Method};
 use idlm::nn::init::init_dit;
 use idlm::nn::{Dit, DitConfig};
 use idlm::process::curriculum::{DuoConfig, DuoCurriculum};
 use idlm::process::duality::{alpha_tilde, sigma_tilde};
 use idlm::process::uniform::Signal;
-use idlm::run::{TrainRunOptions, run_training};
 use rand::{Rng, SeedableRng};
 
 const V: usize = 7;
@@ -168,25 +166,18 @@ fn teacher_equal_to_fake_gives_zero_loss_and_gradient() {
 
 fn duo_teacher(root: &Path, data: &Path) -> std::path::PathBuf {
     let run = root.join("teacher");
-    let cfg = RunConfig::load("tiny")
-        .unwrap()
-        .with_overrides(&[
+    common::train_tiny(
+        &run,
+        data,
+        &[
             "train.process=\"duo\"".into(),
             "train.max_steps=3".into(),
             "train.eval_every=0".into(),
             "model.time_conditioning=true".into(),
             "duo.curriculum_end=2".into(),
             "duo.table_points=2000".into(),
-        ])
-        .unwrap();
-    run_training(&TrainRunOptions {
-        run_dir: run.clone(),
-        data_dir: data.to_path_buf(),
-        cfg,
-        resume: false,
-        progress: false,
-    })
-    .unwrap();
+        ],
+    );
     run
 }
 
@@ -209,19 +200,6 @@ fn cfg(max_steps: u64, gradient: DuoGradient) -> DistillConfig {
     }
 }
 
-fn distill(run: &Path, teacher: &Path, c: DistillConfig, resume: bool) {
-    run_distill(&DistillRunOptions {
-        run_dir: run.to_path_buf(),
-        teacher: teacher.to_path_buf(),
-        data_dir: None,
-        cfg: c,
-        resume,
-        progress: false,
-        genppl_model: None,
-    })
-    .unwrap();
-}
-
 #[test]
 fn idlm_duo_distillation_resumes_exactly() {
     idlm::runtime::tune_malloc();
@@ -230,10 +208,10 @@ fn idlm_duo_distillation_resumes_exactly() {
     let data = common::tiny_data(tmp.path(), 300, 32);
     let t = duo_teacher(tmp.path(), &data);
     let a = tmp.path().join("a");
-    distill(&a, &t, cfg(4, DuoGradient::Pathwise), false);
+    common::distill(&a, &t, cfg(4, DuoGradient::Pathwise), false).unwrap();
     let b = tmp.path().join("b");
-    distill(&b, &t, cfg(2, DuoGradient::Pathwise), false);
-    distill(&b, &t, cfg(4, DuoGradient::Pathwise), true);
+    common::distill(&b, &t, cfg(2, DuoGradient::Pathwise), false).unwrap();
+    common::distill(&b, &t, cfg(4, DuoGradient::Pathwise), true).unwrap();
     for key in ["student_loss", "fake_loss", "student_grad_norm"] {
         let (la, lb) = (common::metric_lines(&a, key), common::metric_lines(&b, key));
         assert_eq!(la.len(), 4, "{key}");
@@ -246,6 +224,6 @@ fn idlm_duo_distillation_resumes_exactly() {
     assert!(gn[2..].iter().all(|(_, g)| *g > 0.0), "{gn:?}");
     // The stop-gradient ablation runs too.
     let c = tmp.path().join("c");
-    distill(&c, &t, cfg(2, DuoGradient::StopGradient), false);
+    common::distill(&c, &t, cfg(2, DuoGradient::StopGradient), false).unwrap();
     assert_eq!(common::metric_lines(&c, "student_loss").len(), 2);
 }

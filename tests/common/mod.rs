@@ -88,3 +88,38 @@ pub fn metric_lines(run: &Path, key: &str) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// Train a `tiny`-preset run in `run` on `data` with config overrides (no progress bar).
+pub fn train_tiny(run: &Path, data: &Path, overrides: &[String]) {
+    let cfg = idlm::config::RunConfig::load("tiny")
+        .unwrap()
+        .with_overrides(overrides)
+        .unwrap();
+    idlm::run::run_training(&idlm::run::TrainRunOptions {
+        run_dir: run.to_path_buf(),
+        data_dir: data.to_path_buf(),
+        cfg,
+        resume: false,
+        progress: false,
+    })
+    .unwrap();
+}
+
+/// Run (or resume) a distillation in `run` from `teacher`, without validation GenPPL.
+pub fn distill(
+    run: &Path,
+    teacher: &Path,
+    cfg: idlm::distill::DistillConfig,
+    resume: bool,
+) -> idlm::Result<()> {
+    idlm::distill::run_distill(&idlm::distill::DistillRunOptions {
+        run_dir: run.to_path_buf(),
+        teacher: teacher.to_path_buf(),
+        data_dir: None,
+        cfg,
+        resume,
+        progress: false,
+        genppl_model: None,
+    })
+    .map(|_| ())
+}
