@@ -77,7 +77,7 @@ pub fn command_line() -> String {
 /// `idlm reproduce`
 #[derive(clap::Args, Debug)]
 pub struct ReproduceArgs {
-    /// Preset: mini.
+    /// Preset: mini (MDLM, §7.1) or mini-duo (Duo, §7.2-7.3).
     #[arg(long, default_value = "mini")]
     pub preset: String,
     /// Working directory for data, runs and samples (default runs/<preset>).

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::ar::process_name;
 use crate::ar::{ArSamplerOptions, lm_from_checkpoint, run_ar_training, sample_ar};
 use crate::checkpoint;
 use crate::config::RunConfig;
@@ -18,7 +19,8 @@ use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
 use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
 use crate::eval::heldout::heldout_records;
 use crate::eval::protocol::{MauveEval, References, SampleRecord, evaluate_with, read_references};
-use crate::process::{Masked, ProcessKind};
+use crate::process::{NoiseRemoval, ProcessKind};
+use crate::run::process_for;
 use crate::run::{TrainRunOptions, run_training};
 use crate::sample::{Sample, SamplerOptions, sample};
 use crate::{Error, Result};
@@ -28,6 +30,8 @@ use crate::{Error, Result};
 pub struct StudentSpec {
     /// Row label in the table (`method` of summary.json).
     pub method: &'static str,
+    /// What it distils: "teacher", or an earlier student's `method` (IDLM-DCD distils DCD).
+    pub from: &'static str,
     /// `idlm distill` overrides (`key=value`).
     pub overrides: Vec<String>,
 }
@@ -37,6 +41,8 @@ pub struct StudentSpec {
 pub struct Preset {
     /// Name.
     pub name: &'static str,
+    /// What it reproduces (the report's title).
+    pub title: &'static str,
     /// Corpus name for `idlm prepare`.
     pub corpus: &'static str,
     /// BPE vocabulary.
@@ -57,6 +63,10 @@ pub struct Preset {
     pub student_steps: Vec<usize>,
     /// Sampler seed.
     pub seed: u64,
+    /// The teacher's forward process.
+    pub process: ProcessKind,
+    /// Noise removals every diffusion row is sampled with (Duo tables report both).
+    pub noise_removals: Vec<NoiseRemoval>,
     /// Train and evaluate the AR baseline (same width, depth, data and steps as the teacher).
     pub ar_baseline: bool,
 }
@@ -66,6 +76,7 @@ pub fn preset(name: &str) -> Result<Preset> {
     match name {
         "mini" => Ok(Preset {
             name: "mini",
+            title: "the paper's §7.1 table (masked diffusion) in miniature",
             corpus: "english",
             vocab: 512,
             seq_len: 256,
@@ -74,6 +85,7 @@ pub fn preset(name: &str) -> Result<Preset> {
             students: vec![
                 StudentSpec {
                     method: "idlm",
+                    from: "teacher",
                     overrides: vec![
                         "method=\"idlm\"".into(),
                         "max_steps=300".into(),
@@ -84,6 +96,7 @@ pub fn preset(name: &str) -> Result<Preset> {
                 },
                 StudentSpec {
                     method: "sdtt",
+                    from: "teacher",
                     overrides: vec![
                         "method=\"sdtt\"".into(),
                         "lr=1e-4".into(),
@@ -98,10 +111,60 @@ pub fn preset(name: &str) -> Result<Preset> {
             teacher_steps: vec![1024, 256, 64, 16, 8, 4],
             student_steps: vec![32, 16, 8, 4],
             seed: 1,
+            process: ProcessKind::Mdlm,
+            noise_removals: vec![NoiseRemoval::Ancestral],
             ar_baseline: true,
         }),
+        // §7.2-7.3 in miniature: a Duo teacher on the same data, Duo-DCD (5 rounds from dt =
+        // 1/512, as distil_owt.sh), IDLM-Duo and IDLM-DCD, greedy-tail and ancestral.
+        "mini-duo" => {
+            let idlm = |from: &'static str, method: &'static str| StudentSpec {
+                method,
+                from,
+                overrides: vec![
+                    "method=\"idlm\"".into(),
+                    "max_steps=300".into(),
+                    "lr=1e-5".into(),
+                    "val_every=50".into(),
+                    "ckpt_every=50".into(),
+                ],
+            };
+            Ok(Preset {
+                name: "mini-duo",
+                title: "the paper's §7.2-7.3 tables (uniform-state diffusion) in miniature",
+                corpus: "english",
+                vocab: 512,
+                seq_len: 256,
+                valid_fraction: 0.05,
+                teacher_preset: "mini-duo",
+                students: vec![
+                    StudentSpec {
+                        method: "dcd",
+                        from: "teacher",
+                        overrides: vec![
+                            "method=\"dcd\"".into(),
+                            "lr=1e-4".into(),
+                            "dcd_base_steps=512".into(),
+                            "dcd_round_steps=60".into(),
+                            "max_steps=300".into(),
+                            "val_every=60".into(),
+                            "ckpt_every=60".into(),
+                        ],
+                    },
+                    idlm("teacher", "idlm"),
+                    idlm("dcd", "idlm-dcd"),
+                ],
+                samples: 64,
+                teacher_steps: vec![1024, 64, 16, 8, 4],
+                student_steps: vec![32, 16, 8, 4],
+                seed: 1,
+                process: ProcessKind::Duo,
+                noise_removals: vec![NoiseRemoval::Greedy, NoiseRemoval::Ancestral],
+                ar_baseline: false,
+            })
+        }
         _ => Err(Error::InvalidArgument(format!(
-            "unknown reproduction preset '{name}': use mini"
+            "unknown reproduction preset '{name}': use mini or mini-duo"
         ))),
     }
 }
@@ -215,6 +278,21 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
     )];
     for s in &p.students {
         let dir = opts.work.join(s.method);
+        // The checkpoint it distils: the teacher, or an earlier student's selected checkpoint.
+        let source = if s.from == "teacher" {
+            teacher_dir.clone()
+        } else {
+            models
+                .iter()
+                .find(|m| m.0 == s.from)
+                .map(|m| m.1.clone())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{} distils '{}', which comes later",
+                        s.method, s.from
+                    ))
+                })?
+        };
         let dc = DistillConfig::default().with_overrides(&s.overrides)?;
         let t0 = Instant::now();
         let done = finished_steps(&dir);
@@ -224,7 +302,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
             let resume = done.is_some();
             run_distill(&DistillRunOptions {
                 run_dir: dir.clone(),
-                teacher: teacher_dir.clone(),
+                teacher: source.clone(),
                 data_dir: Some(data_dir.clone()),
                 cfg: dc.clone(),
                 resume,
@@ -236,7 +314,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
             name: format!("distill {}", s.method),
             command: format!(
                 "idlm distill --teacher {} --out {} {}",
-                teacher_dir.display(),
+                source.display(),
                 dir.display(),
                 s.overrides
                     .iter()
@@ -311,6 +389,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
         method: "held-out text",
         process: "",
         steps: None,
+        tag: String::new(),
         noise_removal: String::new(),
         checkpoint: String::new(),
     };
@@ -331,30 +410,45 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
     for (method, ck_path, steps) in &models {
         let ck = checkpoint::load(ck_path)?;
         let model = ck.dit(true)?;
-        let process = Masked::new(ck.meta.data.vocab_size, ck.meta.data.mask_id)?;
+        let process = process_for(
+            ck.meta.process,
+            ck.meta.data.vocab_size,
+            ck.meta.data.mask_id,
+        )?;
+        let pname = process_name(ck.meta.process);
         let t_model = Instant::now();
-        for &k in steps {
-            log(&format!("sampling {method} at {k} steps"));
-            let so = SamplerOptions {
-                steps: k,
-                batch_size: 32,
-                seed: p.seed,
-                ..ck.meta.config.sample.clone()
-            };
-            let t0 = Instant::now();
-            let samples = sample(&model, &process, p.samples, p.seq_len, &so, None)?;
-            let spec = RowSpec {
-                method,
-                process: "mdlm",
-                steps: Some(k),
-                noise_removal: format!("{:?}", so.noise_removal).to_lowercase(),
-                checkpoint: ck.dir.display().to_string(),
-            };
-            let recs = ctx.records(&samples)?;
-            let (row, ev) =
-                ctx.evaluate(&spec, &recs, Some(&samples), t0.elapsed().as_secs_f64())?;
-            rows.push(row);
-            evals.push(ev);
+        for &nr in &p.noise_removals {
+            for &k in steps {
+                let nr_name = format!("{nr:?}").to_lowercase();
+                log(&format!("sampling {method} at {k} steps ({nr_name})"));
+                let so = SamplerOptions {
+                    steps: k,
+                    batch_size: 32,
+                    seed: p.seed,
+                    noise_removal: nr,
+                    ..ck.meta.config.sample.clone()
+                };
+                let t0 = Instant::now();
+                let samples = sample(&model, process.as_ref(), p.samples, p.seq_len, &so, None)?;
+                let spec = RowSpec {
+                    method,
+                    process: &pname,
+                    steps: Some(k),
+                    // File names carry the noise removal only where a table has both.
+                    tag: if p.noise_removals.len() > 1 {
+                        format!("-{nr_name}")
+                    } else {
+                        String::new()
+                    },
+                    noise_removal: nr_name,
+                    checkpoint: ck.dir.display().to_string(),
+                };
+                let recs = ctx.records(&samples)?;
+                let (row, ev) =
+                    ctx.evaluate(&spec, &recs, Some(&samples), t0.elapsed().as_secs_f64())?;
+                rows.push(row);
+                evals.push(ev);
+            }
         }
         stages.push(Stage {
             name: format!("sample + evaluate {method}"),
@@ -392,6 +486,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
             method: "ar",
             process: "ar",
             steps: Some(p.seq_len - 1),
+            tag: String::new(),
             noise_removal: String::new(),
             checkpoint: ck.dir.display().to_string(),
         };
@@ -430,6 +525,8 @@ struct RowSpec<'a> {
     method: &'a str,
     process: &'a str,
     steps: Option<usize>,
+    /// Suffix of the samples file name.
+    tag: String,
     noise_removal: String,
     checkpoint: String,
 }
@@ -483,7 +580,7 @@ impl EvalContext<'_> {
             lines.push_str(&format!("{line}\n"));
         }
         let name = match k {
-            Some(k) => format!("{method}-{k}"),
+            Some(k) => format!("{method}-{k}{}", spec.tag),
             None => method.replace(' ', "-"),
         };
         let sp = self.sample_dir.join(format!("{name}.jsonl"));
@@ -563,4 +660,33 @@ pub fn report_files(out: &Path) -> Vec<PathBuf> {
         .iter()
         .map(|f| out.join(f))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_consistent() {
+        for name in ["mini", "mini-duo"] {
+            let p = preset(name).unwrap();
+            let cfg = RunConfig::load(p.teacher_preset).unwrap();
+            assert_eq!(cfg.train.process, p.process, "{name}");
+            let mut seen = vec!["teacher"];
+            for s in &p.students {
+                let dc = DistillConfig::default()
+                    .with_overrides(&s.overrides)
+                    .unwrap();
+                assert!(
+                    seen.contains(&s.from),
+                    "{name}: {} distils {}",
+                    s.method,
+                    s.from
+                );
+                assert!(dc.max_steps > 0);
+                seen.push(s.method);
+            }
+        }
+        assert!(preset("maxi").is_err());
+    }
 }

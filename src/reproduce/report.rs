@@ -47,10 +47,11 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
     let plots = crate::report::write_plots(out, r.rows)?;
     let mut md = String::new();
     md.push_str(&format!(
-        "# Reproduction `{}`: the paper's §7.1 table in miniature\n\nMade by `{}` in {:.1} min \
+        "# Reproduction `{}`: {}\n\nMade by `{}` in {:.1} min \
          on this machine. Every number below is in `summary.json` (one object per row) and \
          `evals.json` (the full protocol block of each evaluation).\n\n",
         r.preset.name,
+        r.preset.title,
         r.command,
         r.total_seconds / 60.0
     ));
