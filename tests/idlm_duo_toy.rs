@@ -159,7 +159,7 @@ fn p_theta(
     let m = 4096;
     let mut rng = ChaCha8Rng::seed_from_u64(77);
     let x0: Vec<u32> = (0..m)
-        .flat_map(|i| data.row(i % data.n_rows() as usize).unwrap())
+        .flat_map(|i| data.row(i % data.n_rows()).unwrap())
         .collect();
     let t: Vec<f64> = (0..m)
         .map(|i| (i as f64 + rng.random::<f64>()) / m as f64)
