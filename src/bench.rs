@@ -84,6 +84,8 @@ pub struct BenchReport {
     pub forward_peak_fraction: f64,
     /// Tokens per second of AR KV-cache decoding (causal LM of the same width and depth).
     pub ar_kv_tokens_per_s: f64,
+    /// One IDLM alternation against one teacher step: time and peak memory.
+    pub idlm: crate::bench_idlm::IdlmBench,
 }
 
 /// Best-of-3 GFLOP/s of a 2048^3 f32 GEMM with all threads.
@@ -224,6 +226,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
+    let idlm = crate::bench_idlm::idlm_bench(o, &tr)?;
     let model = tr.ema_model()?;
     let (inp, _, ts) = make_batch(&mut rng, o);
     let x = Tensor::from_slice(&inp, (b, l), &dev)?;
@@ -269,6 +272,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         forward_ms: median(fwd),
         sampler16_tokens_per_s: sampler16,
         ar_kv_tokens_per_s: ar_kv_tokens_per_s(o)?,
+        idlm,
     })
 }
 

@@ -2,6 +2,7 @@
 
 pub mod ar;
 pub mod bench;
+pub mod bench_idlm;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -323,6 +323,22 @@ fn bench(a: BenchArgs) -> Result<()> {
         "AR KV-cache decoding (same width, depth, length, batch) {:.0} tokens/s",
         r.ar_kv_tokens_per_s
     );
+    let mib = |x: Option<f64>| {
+        x.map(|v| format!("{v:.0} MiB"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "IDLM alternation {:.1} ms = {:.2}x a teacher step ({:.1} ms) | peak memory {} vs teacher step {} ({} of 3x)",
+        r.idlm.idlm_alternation_ms,
+        r.idlm.idlm_alternation_per_teacher_step,
+        r.idlm.teacher_step_ms,
+        mib(r.idlm.idlm_alternation_peak_mib),
+        mib(r.idlm.teacher_step_peak_mib),
+        r.idlm
+            .idlm_peak_per_3_teacher_steps
+            .map(|x| format!("{:.0}%", 100.0 * x))
+            .unwrap_or_else(|| "-".into())
+    );
     if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", p.display()))?;
