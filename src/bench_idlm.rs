@@ -108,8 +108,12 @@ pub fn idlm_bench(o: &BenchOptions, teacher: &Trainer) -> Result<IdlmBench> {
     let out = (|| {
         let data = random_rows(o, rows, &path)?;
         let process = Masked::new(o.vocab, (o.vocab - 1) as u32)?;
+        // The teacher step at the benchmark's batch, like the alternation's two updates.
+        let mut cfg = teacher.cfg.clone();
+        cfg.train.batch_size = o.batch;
+        cfg.train.grad_accum = 1;
         let mut tr = Trainer::from_weights(
-            &teacher.cfg,
+            &cfg,
             &teacher.dit_cfg,
             &teacher.weights(),
             std::path::Path::new("bench"),
