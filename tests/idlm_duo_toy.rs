@@ -4,9 +4,11 @@
 //! denoiser of p* and the minimiser the exact denoiser of p_theta (both the leave-one-out
 //! denoisers of the mean parameterisation), is computed by enumeration and must fall.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use idlm::config::RunConfig;
-use idlm::data::{PackedHeader, PackedTokens, PackedWriter};
+use idlm::data::PackedTokens;
 use idlm::distill::{DistillConfig, DuoGradient, Idlm};
 use idlm::nn::{Dit, DitInput};
 use idlm::process::curriculum::{DuoConfig, DuoCurriculum};
@@ -18,33 +20,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const TAU: f64 = 1e-3;
-
-fn packed(world: &ToyWorld, n: usize, path: &std::path::Path) -> PackedTokens {
-    let header = PackedHeader::new(
-        (world.v + 1) as u32,
-        world.mask(),
-        0,
-        0,
-        world.l as u32,
-        [0u8; 32],
-    );
-    let mut w = PackedWriter::create(path, header).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for _ in 0..n {
-        let u: f64 = rng.random();
-        let (mut acc, mut pick) = (0.0, world.p.len() - 1);
-        for (i, p) in world.p.iter().enumerate() {
-            acc += p;
-            if u < acc {
-                pick = i;
-                break;
-            }
-        }
-        w.push_row(&world.decode(pick)).unwrap();
-    }
-    w.finish().unwrap();
-    PackedTokens::open(path).unwrap()
-}
 
 fn duo_cfg() -> RunConfig {
     RunConfig::load("tiny")
@@ -195,7 +170,7 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
     let world = ToyWorld::two_by_two();
     let (n, l) = (world.v + 1, world.l);
     let dir = tempfile::tempdir().unwrap();
-    let data = packed(&world, 16384, &dir.path().join("train.bin"));
+    let data = common::toy_packed(&world, 16384, &dir.path().join("train.bin"));
     let cfg = duo_cfg();
     let latent = DuoCurriculum::new(
         &DuoConfig {

@@ -1,43 +1,15 @@
 //! IDLM in the exact toy world of toy-world.md: a tiny DiT student distilled from the exact
 //! teacher, with p_theta, the objective J and the K-step sampler distributions computed exactly.
 
+mod common;
+
 use idlm::config::RunConfig;
-use idlm::data::{PackedHeader, PackedTokens, PackedWriter};
+use idlm::data::PackedTokens;
 use idlm::distill::{DistillConfig, Idlm, TimeCoupling};
 use idlm::process::{LogLinear, Masked};
 use idlm::toy::{ExactDenoiser, ToyWorld};
 use idlm::toy_idlm::{entropy, k_step_distribution, kl, objective, p_theta, tabulate};
 use idlm::train::Trainer;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-fn packed(world: &ToyWorld, n: usize, path: &std::path::Path) -> PackedTokens {
-    let header = PackedHeader::new(
-        (world.v + 1) as u32,
-        world.mask(),
-        0,
-        0,
-        world.l as u32,
-        [0u8; 32],
-    );
-    let mut w = PackedWriter::create(path, header).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for _ in 0..n {
-        let u: f64 = rng.random();
-        let mut acc = 0.0;
-        let mut pick = world.p.len() - 1;
-        for (i, p) in world.p.iter().enumerate() {
-            acc += p;
-            if u < acc {
-                pick = i;
-                break;
-            }
-        }
-        w.push_row(&world.decode(pick)).unwrap();
-    }
-    w.finish().unwrap();
-    PackedTokens::open(path).unwrap()
-}
 
 fn tiny_cfg() -> RunConfig {
     RunConfig::load("tiny")
@@ -161,7 +133,7 @@ fn idlm_from_the_exact_teacher_lowers_the_exact_objective_and_sharpens_few_step_
     idlm::runtime::tune_malloc();
     let world = ToyWorld::two_by_two();
     let dir = tempfile::tempdir().unwrap();
-    let data = packed(&world, 16384, &dir.path().join("train.bin"));
+    let data = common::toy_packed(&world, 16384, &dir.path().join("train.bin"));
     let init = pretrained(&world, &data);
     let s = LogLinear::default();
     let out = distill(&world, &data, &init, TimeCoupling::Independent, STEPS);

@@ -129,18 +129,20 @@ pub trait ForwardProcess: Send + Sync {
 }
 
 /// Categorical draw by an f64 exponential race (Gumbel-max): argmax_v p_v / E_v with
-/// E_v = 1e-10 - log(U_v + 1e-10); accepts unnormalised p; entries with p = 0 never win.
-pub fn race_f64(p: &[f32], rng: &mut ChaCha8Rng) -> usize {
+/// E_v = 1e-10 - log(U_v + 1e-10), in f64 whatever the type of p (f32 tables, Duo's f64
+/// posterior); accepts unnormalised p; entries with p = 0 never win.
+pub fn race_f64<T: Copy + Into<f64>>(p: &[T], rng: &mut ChaCha8Rng) -> usize {
     use rand::Rng;
     let mut best = 0usize;
     let mut best_score = f64::NEG_INFINITY;
     for (v, &pv) in p.iter().enumerate() {
+        let pv: f64 = pv.into();
         if pv <= 0.0 {
             continue;
         }
         let u: f64 = rng.random();
         let e = 1e-10 - (u + 1e-10).ln();
-        let score = pv as f64 / e;
+        let score = pv / e;
         if score > best_score {
             best_score = score;
             best = v;

@@ -179,27 +179,9 @@ impl Uniform {
         for (l, x) in xt.iter_mut().enumerate() {
             let f = self.nucleus(&probs[l * v..(l + 1) * v]);
             let p = self.posterior(&f, *x, at, as_);
-            *x = race_f64_exact(&p, rng) as u32;
+            *x = super::race_f64(&p, rng) as u32;
         }
     }
-}
-
-/// The exponential race of [`super::race_f64`] over f64 probabilities (Duo samples in f64).
-pub fn race_f64_exact(p: &[f64], rng: &mut ChaCha8Rng) -> usize {
-    let mut best = 0usize;
-    let mut best_score = f64::NEG_INFINITY;
-    for (v, &pv) in p.iter().enumerate() {
-        if pv <= 0.0 {
-            continue;
-        }
-        let u: f64 = rng.random();
-        let score = pv / (1e-10 - (u + 1e-10).ln());
-        if score > best_score {
-            best_score = score;
-            best = v;
-        }
-    }
-    best
 }
 
 impl ForwardProcess for Uniform {

@@ -123,3 +123,36 @@ pub fn distill(
     })
     .map(|_| ())
 }
+
+/// Rows drawn from a toy world's p* in a packed file (seeded).
+pub fn toy_packed(
+    world: &idlm::toy::ToyWorld,
+    n: usize,
+    path: &std::path::Path,
+) -> idlm::data::PackedTokens {
+    let header = idlm::data::PackedHeader::new(
+        (world.v + 1) as u32,
+        world.mask(),
+        0,
+        0,
+        world.l as u32,
+        [0u8; 32],
+    );
+    let mut w = idlm::data::PackedWriter::create(path, header).unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    for _ in 0..n {
+        let u: f64 = rand::Rng::random(&mut rng);
+        let mut acc = 0.0;
+        let mut pick = world.p.len() - 1;
+        for (i, p) in world.p.iter().enumerate() {
+            acc += p;
+            if u < acc {
+                pick = i;
+                break;
+            }
+        }
+        w.push_row(&world.decode(pick)).unwrap();
+    }
+    w.finish().unwrap();
+    idlm::data::PackedTokens::open(path).unwrap()
+}
