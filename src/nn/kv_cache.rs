@@ -4,26 +4,7 @@
 use rayon::prelude::*;
 
 use super::ops::attention::RotaryAttention;
-use super::ops::fast_exp;
-
-/// Dot product with eight running sums, so the loop vectorises (an in-order sum cannot).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+use super::ops::lanes::{dot, softmax_in_place};
 
 /// Keys and values of one layer, laid out (B, H, capacity, dh) so each (sequence, head) is one
 /// contiguous block that a task owns.
@@ -122,15 +103,8 @@ impl KvCache {
                     .chunks_exact(dh)
                     .map(|k| dot(&q, k))
                     .collect();
-                let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
-                let mut sum = 0f32;
-                for x in s.iter_mut() {
-                    *x = fast_exp(*x * scale - m);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for (p, v) in s.iter().zip(vc.chunks_exact(dh)) {
-                    let w = p * inv;
+                softmax_in_place(&mut s, scale);
+                for (&w, v) in s.iter().zip(vc.chunks_exact(dh)) {
                     for (oj, vj) in o.iter_mut().zip(v) {
                         *oj += w * vj;
                     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, fast_exp, gemm_strided};
+use super::{f32_data, gemm_strided, lanes};
 
 /// Single-threaded GEMM: attention runs one task per (batch, head) already.
 #[allow(clippy::too_many_arguments)]
@@ -134,14 +134,7 @@ impl RotaryAttention {
             let n = if self.causal { i + 1 } else { l };
             let (row, masked) = row.split_at_mut(n);
             masked.fill(0.0);
-            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
-            let mut s = 0f32;
-            for v in row.iter_mut() {
-                *v = fast_exp(*v * scale - m);
-                s += *v;
-            }
-            let inv = 1.0 / s;
-            row.iter_mut().for_each(|v| *v *= inv);
+            lanes::softmax_in_place(row, scale);
         }
         [p, q, k]
     }
@@ -249,7 +242,7 @@ impl CustomOp2 for RotaryAttentionBwd {
                 let mut ds = vec![0f32; l * l];
                 matmul(l, l, dh, &mut ds, false, gb, d, 1, v, 1, 3 * d);
                 for (dr, pr) in ds.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
-                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                    let dot = lanes::dot(dr, pr);
                     for (dv, &pv) in dr.iter_mut().zip(pr) {
                         *dv = pv * (*dv - dot) * scale;
                     }

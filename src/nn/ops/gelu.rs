@@ -1,9 +1,8 @@
 //! tanh-approximated GELU with a fused backward (candle's spends its time in libm).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{f32_data, fast_exp};
+use super::{f32_data, fast_exp, par_new};
 
 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
 const A: f32 = 0.044_715;
@@ -35,10 +34,15 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
+        // SAFETY: chunk i of the output is zipped with chunk i of x, of the same length.
+        let y = unsafe {
+            par_new(x.len(), CHUNK, |i, y| {
+                let x = &x[i * CHUNK..i * CHUNK + y.len()];
+                y.iter_mut().zip(x).for_each(|(y, &x)| {
+                    y.write(gelu(x));
+                })
+            })
+        };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -63,14 +67,15 @@ impl CustomOp2 for GeluBwd {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, self.name())?;
         let g = f32_data(s2, l2, self.name())?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (x, g))| {
-                for i in 0..d.len() {
-                    d[i] = g[i] * gelu_grad(x[i]);
+        // SAFETY: every element of each chunk is written.
+        let dx = unsafe {
+            par_new(x.len(), CHUNK, |c, d| {
+                let r = c * CHUNK..c * CHUNK + d.len();
+                for ((d, &x), &g) in d.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
+                    d.write(g * gelu_grad(x));
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, rows_per_task};
+use super::{f32_data, lanes, par_new, rows_per_task};
 use crate::nn::layers::LN_EPS;
 
 struct LayerNorm;
@@ -12,8 +12,8 @@ struct LayerNorm;
 #[inline(always)]
 fn stats(x: &[f32]) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lanes::sum(x) / n;
+    let var = lanes::sum_sq_dev(x, mean) / n;
     (mean, 1.0 / (var + LN_EPS as f32).sqrt())
 }
 
@@ -33,17 +33,21 @@ impl CustomOp2 for LayerNorm {
         let w = f32_data(s2, l2, self.name())?;
         let d = w.len();
         let rows = rows_per_task(d);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * rows)
-            .zip(x.par_chunks(d * rows))
-            .for_each(|(y, x)| {
+        if d == 0 || !x.len().is_multiple_of(d) {
+            candle_core::bail!("{}: input width is not the weight's {d}", self.name())
+        }
+        // SAFETY: chunks are whole rows of d (x.len() a multiple of d), each element written.
+        let y = unsafe {
+            par_new(x.len(), d * rows, |c, y| {
+                let x = &x[c * d * rows..c * d * rows + y.len()];
                 for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     let (m, r) = stats(x);
                     for i in 0..d {
-                        y[i] = (x[i] - m) * r * w[i];
+                        y[i].write((x[i] - m) * r * w[i]);
                     }
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -4,14 +4,18 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod lanes;
 pub mod layer_norm;
 pub mod linear;
 pub mod modulate;
 pub mod nll;
 pub mod softmax;
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout};
+use rayon::prelude::*;
 
 /// The contiguous f32 data of a CPU tensor argument.
 pub(crate) fn f32_data<'a>(
@@ -61,6 +65,124 @@ pub(crate) fn gemm_strided(
     parallel: bool,
 ) {
     assert!(c.len() >= m * n);
+    // SAFETY: c holds m x n initialised elements.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            accumulate,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            parallel,
+        )
+    }
+}
+
+/// C = A B into fresh memory: no zero pass first (glibc's calloc zeroes recycled memory, a
+/// whole extra write over buffers as large as the logits).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) -> Vec<f32> {
+    let mut c = Vec::new();
+    gemm_append(&mut c, m, n, k, a, a_rs, a_cs, b, b_rs, b_cs);
+    c
+}
+
+/// Append C = A B (m x n, row-major) to `c` without zeroing the new elements first.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_append(
+    c: &mut Vec<f32>,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    let len = c.len();
+    if k == 0 {
+        c.resize(len + m * n, 0.0);
+        return;
+    }
+    c.reserve(m * n);
+    // SAFETY: after `reserve` the m x n elements past `len` are allocated; with accumulate =
+    // false (gemm's read_dst) and k > 0 the kernel writes every one of them and reads none, so
+    // they are all initialised when the length is extended over them.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            c.as_mut_ptr().add(len),
+            false,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            true,
+        );
+        c.set_len(len + m * n);
+    }
+}
+
+/// A new vector of `n` f32 written in parallel chunks of `chunk` elements (the last may be
+/// shorter) by `fill(chunk_index, chunk)`, without the zero pass `vec![0.0; n]` makes first.
+///
+/// # Safety
+/// `fill` must write every element of each chunk it is given.
+pub(crate) unsafe fn par_new<F>(n: usize, chunk: usize, fill: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+{
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: the caller's `fill` initialised all n elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The GEMM behind both: C is m x n dense row-major at `c`.
+///
+/// # Safety
+/// `c` must be valid for m x n writes, and for reads when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    parallel: bool,
+) {
     assert!(m == 0 || k == 0 || (m - 1) * a_rs + (k - 1) * a_cs < a.len());
     assert!(k == 0 || n == 0 || (k - 1) * b_rs + (n - 1) * b_cs < b.len());
     let threads = rayon::current_num_threads();
@@ -69,13 +191,13 @@ pub(crate) fn gemm_strided(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above bound every index the kernel reads or writes.
+    // SAFETY: the asserts above bound every index the kernel reads; the caller vouches for c.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             accumulate,

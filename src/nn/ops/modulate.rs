@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_data;
+use super::{f32_data, par_new};
 
 fn bld(x: &Layout, v: &Layout, name: &str) -> candle_core::Result<(usize, usize, usize)> {
     let (b, l, d) = x.shape().dims3()?;
@@ -40,18 +40,18 @@ impl CustomOp3 for Modulate {
         let shift = f32_data(s2, l2, self.name())?;
         let scale = f32_data(s3, l3, self.name())?;
         let (_, l, d) = bld(l1, l2, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(l * d)
-            .zip(x.par_chunks(l * d))
-            .enumerate()
-            .for_each(|(bi, (y, x))| {
+        // SAFETY: chunk bi is sequence bi, l whole rows of d, each element written.
+        let y = unsafe {
+            par_new(x.len(), l * d, |bi, y| {
+                let x = &x[bi * l * d..bi * l * d + y.len()];
                 let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
                 for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     for j in 0..d {
-                        y[j] = x[j] * (1.0 + sc[j]) + sh[j];
+                        y[j].write(x[j] * (1.0 + sc[j]) + sh[j]);
                     }
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -153,11 +153,14 @@ impl CustomOp3 for GatedResidual {
         let h = f32_data(s2, l2, self.name())?;
         let gate = f32_data(s3, l3, self.name())?;
         let (_, l, d) = bld(l1, l3, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(l * d)
-            .zip(x.par_chunks(l * d).zip(h.par_chunks(l * d)))
-            .enumerate()
-            .for_each(|(bi, (y, (x, h)))| {
+        if h.len() != x.len() {
+            candle_core::bail!("{}: branch and residual differ in size", self.name())
+        }
+        // SAFETY: chunk bi is sequence bi, l whole rows of d, each element written.
+        let y = unsafe {
+            par_new(x.len(), l * d, |bi, y| {
+                let r = bi * l * d..bi * l * d + y.len();
+                let (x, h) = (&x[r.clone()], &h[r]);
                 let gt = &gate[bi * d..(bi + 1) * d];
                 for ((y, x), h) in y
                     .chunks_exact_mut(d)
@@ -165,10 +168,11 @@ impl CustomOp3 for GatedResidual {
                     .zip(h.chunks_exact(d))
                 {
                     for j in 0..d {
-                        y[j] = x[j] + gt[j] * h[j];
+                        y[j].write(x[j] + gt[j] * h[j]);
                     }
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, fast_exp, rows_per_task, u32_data};
+use super::{f32_data, fast_exp, lanes, par_new, rows_per_task, u32_data};
 
 /// Weighted NLL of hard targets over rows of logits.
 #[derive(Clone, Copy)]
@@ -14,22 +14,15 @@ struct WeightedNll {
     exclude: Option<usize>,
 }
 
-/// (max, log-sum-exp) of a row without the excluded column.
+/// log-sum-exp of a row without the excluded column.
 #[inline(always)]
 fn row_lse(z: &[f32], exclude: Option<usize>) -> f32 {
-    let mut m = f32::NEG_INFINITY;
-    for (v, &x) in z.iter().enumerate() {
-        if Some(v) != exclude && x > m {
-            m = x;
-        }
-    }
-    let mut s = 0f32;
-    for (v, &x) in z.iter().enumerate() {
-        if Some(v) != exclude {
-            s += fast_exp(x - m);
-        }
-    }
-    m + s.ln()
+    let (a, b) = match exclude {
+        Some(e) if e < z.len() => (&z[..e], &z[e + 1..]),
+        _ => (z, &z[..0]),
+    };
+    let m = lanes::max(a).max(lanes::max(b));
+    m + (lanes::sum_exp(a, 1.0, m) + lanes::sum_exp(b, 1.0, m)).ln()
 }
 
 impl CustomOp3 for WeightedNll {
@@ -50,6 +43,15 @@ impl CustomOp3 for WeightedNll {
         let tgt = u32_data(s2, l2, self.name())?;
         let w = f32_data(s3, l3, self.name())?;
         let v = *l1.dims().last().unwrap_or(&1);
+        if v == 0 || z.len() != tgt.len() * v || w.len() != tgt.len() {
+            candle_core::bail!("{}: logits, targets and weights disagree", self.name())
+        }
+        if let Some(&bad) = tgt.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!(
+                "{}: target {bad} outside the vocabulary of {v}",
+                self.name()
+            )
+        }
         let mut out = vec![0f32; tgt.len()];
         let rows = rows_per_task(v);
         out.par_chunks_mut(rows)
@@ -111,25 +113,46 @@ impl CustomOp3 for WeightedNllBwd {
         let gw = f32_data(s3, l3, self.name())?;
         let v = *l1.dims().last().unwrap_or(&1);
         let rows = rows_per_task(v);
-        let mut dz = vec![0f32; z.len()];
-        dz.par_chunks_mut(v * rows)
-            .zip(z.par_chunks(v * rows))
-            .zip(tgt.par_chunks(rows).zip(gw.par_chunks(rows)))
-            .for_each(|((d, z), (t, gw))| {
+        if v == 0 || z.len() != tgt.len() * v || gw.len() != tgt.len() {
+            candle_core::bail!("{}: logits, targets and weights disagree", self.name())
+        }
+        if let Some(&bad) = tgt.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!(
+                "{}: target {bad} outside the vocabulary of {v}",
+                self.name()
+            )
+        }
+        let exclude = self.exclude.filter(|&e| e < v);
+        // SAFETY: each chunk is whole rows (v * rows elements, z.len() a multiple of v), and
+        // every element of every row is written below.
+        let dz = unsafe {
+            par_new(z.len(), v * rows, |c, d| {
+                let r0 = c * rows;
+                let z = &z[r0 * v..r0 * v + d.len()];
                 for (i, (d, z)) in d.chunks_exact_mut(v).zip(z.chunks_exact(v)).enumerate() {
-                    if gw[i] == 0.0 {
+                    let (gw, t) = (gw[r0 + i], tgt[r0 + i] as usize);
+                    if gw == 0.0 {
+                        d.iter_mut().for_each(|d| {
+                            d.write(0.0);
+                        });
                         continue;
                     }
-                    let lse = row_lse(z, self.exclude);
-                    for j in 0..v {
-                        d[j] = gw[i] * fast_exp(z[j] - lse);
+                    let lse = row_lse(z, exclude);
+                    for (d, &z) in d.iter_mut().zip(z) {
+                        d.write(gw * fast_exp(z - lse));
                     }
-                    if let Some(e) = self.exclude {
-                        d[e] = 0.0;
+                    if let Some(e) = exclude {
+                        d[e].write(0.0);
                     }
-                    d[t[i] as usize] -= gw[i];
+                    let p_t = if exclude == Some(t) {
+                        0.0
+                    } else {
+                        gw * fast_exp(z[t] - lse)
+                    };
+                    d[t].write(p_t - gw);
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(dz), l1.shape().clone()))
     }
 }
@@ -213,6 +236,49 @@ mod tests {
                 .unwrap();
             assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         }
+    }
+
+    #[test]
+    fn many_rows_across_tasks_match_composed() {
+        // 40 rows of 2000: several parallel tasks, zero-weight rows inside them.
+        let (m, v) = (40usize, 2000usize);
+        let dev = Device::Cpu;
+        let z = Var::from_tensor(&Tensor::randn(0f32, 3.0, (m, v), &dev).unwrap()).unwrap();
+        let t: Vec<u32> = (0..m).map(|i| ((i * 997) % (v - 1)) as u32).collect();
+        let w: Vec<f32> = (0..m)
+            .map(|i| {
+                if i % 7 == 3 {
+                    0.0
+                } else {
+                    1.0 + i as f32 / 10.0
+                }
+            })
+            .collect();
+        let (t, w) = (Tensor::new(t, &dev).unwrap(), Tensor::new(w, &dev).unwrap());
+        let r = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
+        for exclude in [None, Some(v - 1)] {
+            let a = weighted_nll(z.as_tensor(), &t, &w, exclude).unwrap();
+            let b = weighted_nll_composed(z.as_tensor(), &t, &w, exclude).unwrap();
+            let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-3);
+            let ga = (a * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (b * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (
+                ga.get(z.as_tensor()).unwrap(),
+                gb.get(z.as_tensor()).unwrap(),
+            );
+            let d = (ga - gb).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{exclude:?}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_targets_are_an_error() {
+        let z = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
+        let t = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
+        let w = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
+        let e = weighted_nll(&z, &t, &w, None).unwrap_err().to_string();
+        assert!(e.contains("target 5 outside the vocabulary of 5"), "{e}");
     }
 
     #[test]

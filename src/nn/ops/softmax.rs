@@ -4,26 +4,17 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, fast_exp, rows_per_task};
+use super::{f32_data, lanes, par_new, rows_per_task};
 
 struct Softmax;
 
-fn softmax_rows(x: &[f32], y: &mut [f32], n: usize) {
+fn softmax_rows(y: &mut [f32], n: usize) {
     let rows = rows_per_task(n);
-    y.par_chunks_mut(n * rows)
-        .zip(x.par_chunks(n * rows))
-        .for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut s = 0f32;
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = fast_exp(x - m);
-                    s += *y;
-                }
-                let inv = 1.0 / s;
-                y.iter_mut().for_each(|v| *v *= inv);
-            }
-        });
+    y.par_chunks_mut(n * rows).for_each(|y| {
+        for y in y.chunks_exact_mut(n) {
+            lanes::softmax_in_place(y, 1.0);
+        }
+    });
 }
 
 impl CustomOp1 for Softmax {
@@ -34,8 +25,8 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, self.name())?;
         let n = *l.dims().last().unwrap_or(&1);
-        let mut y = vec![0f32; x.len()];
-        softmax_rows(x, &mut y, n);
+        let mut y = x.to_vec();
+        softmax_rows(&mut y, n);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -62,22 +53,27 @@ impl CustomOp2 for SoftmaxBwd {
         let g = f32_data(s2, l2, self.name())?;
         let n = *l1.dims().last().unwrap_or(&1);
         let rows = rows_per_task(n);
-        let mut dx = vec![0f32; y.len()];
+        if n == 0 || !y.len().is_multiple_of(n) || g.len() != y.len() {
+            candle_core::bail!("{}: gradient and output disagree", self.name())
+        }
         // dx = y * (g - sum(g * y)) row by row.
-        dx.par_chunks_mut(n * rows)
-            .zip(y.par_chunks(n * rows).zip(g.par_chunks(n * rows)))
-            .for_each(|(d, (y, g))| {
+        // SAFETY: chunks are whole rows of n (y.len() a multiple of n), each element written.
+        let dx = unsafe {
+            par_new(y.len(), n * rows, |c, d| {
+                let r = c * n * rows..c * n * rows + d.len();
+                let (y, g) = (&y[r.clone()], &g[r]);
                 for ((d, y), g) in d
                     .chunks_exact_mut(n)
                     .zip(y.chunks_exact(n))
                     .zip(g.chunks_exact(n))
                 {
-                    let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                    let dot = lanes::dot(y, g);
                     for i in 0..n {
-                        d[i] = y[i] * (g[i] - dot);
+                        d[i].write(y[i] * (g[i] - dot));
                     }
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
