@@ -25,6 +25,17 @@ fn row_lse(z: &[f32], exclude: Option<usize>) -> f32 {
     m + (lanes::sum_exp(a, 1.0, m) + lanes::sum_exp(b, 1.0, m)).ln()
 }
 
+/// Logits (M, V), M targets inside the vocabulary and M weights.
+fn check_rows(z: &[f32], tgt: &[u32], w: &[f32], v: usize, op: &str) -> candle_core::Result<()> {
+    if v == 0 || z.len() != tgt.len() * v || w.len() != tgt.len() {
+        candle_core::bail!("{op}: logits, targets and weights disagree")
+    }
+    if let Some(&bad) = tgt.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("{op}: target {bad} outside the vocabulary of {v}")
+    }
+    Ok(())
+}
+
 impl CustomOp3 for WeightedNll {
     fn name(&self) -> &'static str {
         "weighted-nll"
@@ -43,15 +54,7 @@ impl CustomOp3 for WeightedNll {
         let tgt = u32_data(s2, l2, self.name())?;
         let w = f32_data(s3, l3, self.name())?;
         let v = *l1.dims().last().unwrap_or(&1);
-        if v == 0 || z.len() != tgt.len() * v || w.len() != tgt.len() {
-            candle_core::bail!("{}: logits, targets and weights disagree", self.name())
-        }
-        if let Some(&bad) = tgt.iter().find(|&&t| t as usize >= v) {
-            candle_core::bail!(
-                "{}: target {bad} outside the vocabulary of {v}",
-                self.name()
-            )
-        }
+        check_rows(z, tgt, w, v, self.name())?;
         let mut out = vec![0f32; tgt.len()];
         let rows = rows_per_task(v);
         out.par_chunks_mut(rows)
@@ -113,15 +116,7 @@ impl CustomOp3 for WeightedNllBwd {
         let gw = f32_data(s3, l3, self.name())?;
         let v = *l1.dims().last().unwrap_or(&1);
         let rows = rows_per_task(v);
-        if v == 0 || z.len() != tgt.len() * v || gw.len() != tgt.len() {
-            candle_core::bail!("{}: logits, targets and weights disagree", self.name())
-        }
-        if let Some(&bad) = tgt.iter().find(|&&t| t as usize >= v) {
-            candle_core::bail!(
-                "{}: target {bad} outside the vocabulary of {v}",
-                self.name()
-            )
-        }
+        check_rows(z, tgt, gw, v, self.name())?;
         let exclude = self.exclude.filter(|&e| e < v);
         // SAFETY: each chunk is whole rows (v * rows elements, z.len() a multiple of v), and
         // every element of every row is written below.
