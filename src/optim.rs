@@ -208,6 +208,7 @@ mod tests {
     }
 
     /// AdamW written with tensor ops, the oracle of the in-place kernel.
+    #[allow(clippy::too_many_arguments)]
     fn composed_step(
         w: &Tensor,
         m: &Tensor,
