@@ -19,10 +19,10 @@ def torch(mode):
     return float(re.search(r"median ([0-9.]+)", out).group(1))
 
 
-def idlm():
+def idlm(*extra):
     path = "bench/.last_idlm.json"
     subprocess.run(["target/release/idlm", "--threads", threads, "bench", "--iters", "3",
-                    "--json", path], check=True, capture_output=True)
+                    "--json", path, *extra], check=True, capture_output=True)
     with open(path) as f:
         return json.load(f)
 
@@ -48,7 +48,12 @@ res = {
     "torch_train_step_ms": med(runs["torch_train"]),
     "torch_forward_ms": med(runs["torch_infer"]),
     "sampler16_tokens_per_s": med([x["sampler16_tokens_per_s"] for x in runs["idlm"]]),
+    "sampler1024_cached_tokens_per_s": med([x["sampler1024_cached_tokens_per_s"] for x in runs["idlm"]]),
     "ar_kv_tokens_per_s": med([x["ar_kv_tokens_per_s"] for x in runs["idlm"]]),
+    "idlm_alternation_ms": med([x["idlm"]["idlm_alternation_ms"] for x in runs["idlm"]]),
+    "idlm_teacher_step_ms": med([x["idlm"]["teacher_step_ms"] for x in runs["idlm"]]),
+    "idlm_alternation_peak_mib": med([x["idlm"]["idlm_alternation_peak_mib"] or 0 for x in runs["idlm"]]),
+    "idlm_teacher_step_peak_mib": med([x["idlm"]["teacher_step_peak_mib"] or 0 for x in runs["idlm"]]),
     "gemm_peak_gflops": med([x["gemm_peak_gflops"] for x in runs["idlm"]]),
     "idlm_train_step_peak_fraction": med([x["train_step_peak_fraction"] for x in runs["idlm"]]),
     "idlm_forward_peak_fraction": med([x["forward_peak_fraction"] for x in runs["idlm"]]),
@@ -56,8 +61,16 @@ res = {
 }
 res["train_ratio"] = res["idlm_train_step_ms"] / res["torch_train_step_ms"]
 res["forward_ratio"] = res["idlm_forward_ms"] / res["torch_forward_ms"]
+res["sampler16_over_ar_kv"] = res["sampler16_tokens_per_s"] / res["ar_kv_tokens_per_s"]
 print(f"train step: idlm {res['idlm_train_step_ms']:.0f} ms vs torch {res['torch_train_step_ms']:.0f} ms "
       f"= {res['train_ratio']:.2f}x | forward {res['idlm_forward_ms']:.0f} vs {res['torch_forward_ms']:.0f} ms "
       f"= {res['forward_ratio']:.2f}x")
+# The reproduction's model size (configs mini: BPE 512, d 128, 4 blocks, 4 heads, rows of 256),
+# ours only: the PyTorch mirror is fixed to the benchmark DiT.
+res["mini"] = idlm("--vocab", "512", "--hidden", "128", "--blocks", "4", "--heads", "4",
+                   "--len", "256", "--batch", "32")
+print(f"mini size: train {res['mini']['train_step_ms']:.0f} ms, MDLM {res['mini']['mdlm_train_step_ms']:.0f} ms, "
+      f"forward {res['mini']['forward_ms']:.0f} ms, sampler16 {res['mini']['sampler16_tokens_per_s']:.0f} tok/s, "
+      f"AR KV {res['mini']['ar_kv_tokens_per_s']:.0f} tok/s")
 with open("bench/results.json", "w") as f:
     json.dump(res, f, indent=1)

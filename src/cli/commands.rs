@@ -302,7 +302,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let r = idlm::bench::run_bench(&o)?;
     println!(
-        "threads {} | train step {:.1} ms (CE on all positions; forward+loss {:.1}, backward {:.1}, optimizer {:.1}) | MDLM train step {:.1} ms | forward {:.1} ms | sampler 16 steps {:.0} tokens/s",
+        "threads {} | train step {:.1} ms (CE on all positions; forward+loss {:.1}, backward {:.1}, optimizer {:.1}) | MDLM train step {:.1} ms | forward {:.1} ms | sampler 16 steps {:.0} tokens/s | 1024 steps (cached) {:.0} tokens/s",
         r.threads,
         r.train_step_ms,
         r.phase_forward_loss_ms,
@@ -310,7 +310,8 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.phase_optimizer_ms,
         r.mdlm_train_step_ms,
         r.forward_ms,
-        r.sampler16_tokens_per_s
+        r.sampler16_tokens_per_s,
+        r.sampler1024_cached_tokens_per_s
     );
     println!(
         "GEMM peak {:.1} GFLOP/s | train step {:.1} GFLOP = {:.0}% of peak | forward {:.0}% of peak",
