@@ -4,14 +4,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::Result;
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::nn::DitInput;
-use crate::nn::ops::nll::weighted_nll;
+use crate::nn::ops::head_nll::NllRows;
 use crate::process::{Masked, NoiseRemoval};
 use crate::sample::{SamplerOptions, sample};
 use crate::train::{Trainer, batch_loss};
@@ -146,6 +146,15 @@ fn make_batch(rng: &mut Lcg, o: &BenchOptions) -> (Vec<u32>, Vec<u32>, Vec<f64>)
     (inp, tgt, ts)
 }
 
+/// Plain cross-entropy on every position (the PyTorch mirror's loss).
+fn ce_rows(tgt: &[u32]) -> NllRows {
+    NllRows {
+        targets: tgt.to_vec(),
+        weights: vec![1.0; tgt.len()],
+        exclude: None,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -183,10 +192,10 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
             let sigma: Vec<f32> = ts.iter().map(|&t| process_sigma(t)).collect();
             let feats =
                 model.features(DitInput::Ids(&x), &Tensor::from_vec(sigma, b, &dev)?, None)?;
-            let logits = model.head(&feats.reshape((b * l, o.hidden))?)?;
-            let ones = Tensor::ones(b * l, DType::F32, &dev)?;
-            let y = Tensor::from_slice(&tgt, b * l, &dev)?;
-            Ok(weighted_nll(&logits, &y, &ones, None)?.mean_all()?)
+            let rows = ce_rows(&tgt);
+            Ok(model
+                .head_nll(&feats.reshape((b * l, o.hidden))?, &rows)?
+                .mean_all()?)
         })?;
         if i >= o.warmup {
             full.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -203,10 +212,10 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         let feats =
             tr.model
                 .features(DitInput::Ids(&x), &Tensor::from_vec(sigma, b, &dev)?, None)?;
-        let logits = tr.model.head(&feats.reshape((b * l, o.hidden))?)?;
-        let ones = Tensor::ones(b * l, DType::F32, &dev)?;
-        let y = Tensor::from_slice(&tgt, b * l, &dev)?;
-        let loss = weighted_nll(&logits, &y, &ones, None)?.mean_all()?;
+        let loss = tr
+            .model
+            .head_nll(&feats.reshape((b * l, o.hidden))?, &ce_rows(&tgt))?
+            .mean_all()?;
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;

@@ -167,9 +167,28 @@ impl InplaceOp2 for InPlace<'_> {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads {
-        total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += match sum_sq_cpu(g) {
+            Some(s) => s,
+            None => g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+        };
     }
     Ok(total.sqrt())
+}
+
+/// Sum of squares of a contiguous CPU f32 tensor read in place (no squared copy), by parallel
+/// chunks summed in f64; None for anything else.
+fn sum_sq_cpu(g: &Tensor) -> Option<f64> {
+    let (storage, layout) = g.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+        return None;
+    };
+    let (a, b) = layout.contiguous_offsets()?;
+    Some(
+        v[a..b]
+            .par_chunks(1 << 15)
+            .map(|c| crate::nn::ops::lanes::dot(c, c) as f64)
+            .sum(),
+    )
 }
 
 /// Constant learning rate after a linear warmup, as `get_constant_schedule_with_warmup`:
@@ -186,6 +205,25 @@ pub fn warmup_lr(base: f64, warmup: u64, completed_steps: u64) -> f64 {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn global_norm_reads_contiguous_and_strided_gradients() {
+        let dev = Device::Cpu;
+        let a: Vec<f32> = (0..70_000)
+            .map(|i| ((i % 97) as f32 - 48.0) / 13.0)
+            .collect();
+        let want: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() * 2.0 + 30.0;
+        let big = Tensor::from_vec(a.clone(), 70_000, &dev).unwrap();
+        // A transposed view takes the composed path; a narrowed one the in-place path.
+        let t = Tensor::from_vec(a, (700, 100), &dev).unwrap().t().unwrap();
+        let small = Tensor::new(&[1f32, 2.0, 3.0, 4.0, 0.0, 0.0], &dev).unwrap();
+        let n = global_norm(&[big, t, small.narrow(0, 0, 4).unwrap()]).unwrap();
+        assert!(
+            (n - want.sqrt()).abs() < 1e-4 * want.sqrt(),
+            "{n} vs {}",
+            want.sqrt()
+        );
+    }
 
     #[test]
     fn adamw_matches_a_hand_computed_step() {

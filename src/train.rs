@@ -555,12 +555,14 @@ pub fn active_losses(
     } else {
         flat.index_select(&Tensor::from_slice(&pos, pos.len(), &dev)?, 0)?
     };
-    let logits = model.head(&sel)?;
     let rows: Vec<usize> = pos.iter().map(|&p| p as usize / l).collect();
     let xs: Vec<u32> = pos.iter().map(|&p| xt[p as usize]).collect();
     let ys: Vec<u32> = pos.iter().map(|&p| x0[p as usize]).collect();
     let ts: Vec<f64> = rows.iter().map(|&r| t[r]).collect();
-    let loss = process.hard_loss_rows(&logits, &xs, &ys, &ts)?;
+    let loss = match process.hard_loss_as_nll(&xs, &ys, &ts) {
+        Some(nll) => model.head_nll(&sel, &nll)?,
+        None => process.hard_loss_rows(&model.head(&sel)?, &xs, &ys, &ts)?,
+    };
     Ok(Some((loss, rows)))
 }
 

@@ -1,6 +1,7 @@
 //! The DiT backbone of MDLM / Duo / IDLM (algorithms.md §2.4), with parameter names in the public
 //! `backbone.*` layout (§8) so public checkpoints load by name.
 
+use crate::nn::ops::head_nll::NllRows;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -280,6 +281,12 @@ impl Dit {
     /// The output projection: logits (..., V) from final features (..., D).
     pub fn head(&self, features: &Tensor) -> Result<Tensor> {
         self.linear.forward(features)
+    }
+
+    /// Per-row weighted NLL of the output projection of features (M, D): [`Self::head`] and the
+    /// loss fused, so training never holds more than one logits-sized buffer.
+    pub fn head_nll(&self, features: &Tensor, rows: &NllRows) -> Result<Tensor> {
+        self.linear.nll(features, rows)
     }
 
     /// Final features (B, L, D): everything but the output projection, so a loss that needs only

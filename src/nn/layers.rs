@@ -3,6 +3,7 @@
 use candle_core::{D, Tensor};
 use candle_nn::VarBuilder;
 
+use super::ops::head_nll::NllRows;
 use crate::Result;
 
 /// LayerNorm epsilon of the reference (`F.layer_norm` default).
@@ -24,6 +25,19 @@ impl Linear {
             None
         };
         Ok(Self { weight, bias })
+    }
+
+    /// Per-row weighted NLL of this layer's output for features (M, D): the projection and the
+    /// loss in one node with one logits-sized buffer (CPU f32 with a bias; composed otherwise).
+    pub fn nll(&self, x: &Tensor, rows: &NllRows) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => Ok(super::ops::head_nll::head_nll(x, &self.weight, b, rows)?),
+            None => Ok(super::ops::head_nll::head_nll_composed_no_bias(
+                x,
+                &self.weight,
+                rows,
+            )?),
+        }
     }
 
     /// Apply to the last dimension of `x` (fused single-node kernel on CPU).

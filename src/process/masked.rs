@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, Target, argmax, race_f64};
 use crate::nn::ops::fast_exp;
+use crate::nn::ops::head_nll::NllRows;
 use crate::nn::ops::nll::weighted_nll;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -55,6 +56,20 @@ impl Masked {
             (-s.dalpha(t) / (1.0 - s.alpha(t))) as f32
         } else {
             0.0
+        }
+    }
+
+    /// The NELBO integrand as a weighted NLL: weight -alpha'/(1 - alpha) at masked positions,
+    /// 0 elsewhere (SUBS gives log p = 0 there), and the MASK column out of the softmax.
+    fn nll_rows(&self, xt: &[u32], x0: &[u32], t: &[f64]) -> NllRows {
+        NllRows {
+            targets: x0.to_vec(),
+            weights: xt
+                .iter()
+                .zip(t)
+                .map(|(&x, &tt)| self.weight(x, tt))
+                .collect(),
+            exclude: Some(self.mask as usize),
         }
     }
 
@@ -165,21 +180,20 @@ impl ForwardProcess for Masked {
                 t.len()
             )));
         }
+        let rows = self.nll_rows(xt, x0, t);
         let dev = logits.device();
-        let w: Vec<f32> = xt
-            .iter()
-            .zip(t)
-            .map(|(&x, &tt)| self.weight(x, tt))
-            .collect();
-        let w = Tensor::from_vec(w, m, dev)?;
-        let tgt = Tensor::from_slice(x0, m, dev)?;
-        // Only masked positions carry weight: SUBS gives log p = 0 at unmasked ones.
+        let w = Tensor::from_vec(rows.weights, m, dev)?;
+        let tgt = Tensor::from_vec(rows.targets, m, dev)?;
         Ok(weighted_nll(
             &logits.to_dtype(DType::F32)?,
             &tgt,
             &w,
-            Some(self.mask as usize),
+            rows.exclude,
         )?)
+    }
+
+    fn hard_loss_as_nll(&self, xt: &[u32], x0: &[u32], t: &[f64]) -> Option<NllRows> {
+        (x0.len() == xt.len() && t.len() == xt.len()).then(|| self.nll_rows(xt, x0, t))
     }
 
     fn soft_loss_rows(&self, logits: &Tensor, xt: &[u32], g: &Tensor, t: &[f64]) -> Result<Tensor> {

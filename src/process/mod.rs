@@ -7,6 +7,7 @@ pub mod masked;
 pub mod schedule;
 pub mod uniform;
 
+use crate::nn::ops::head_nll::NllRows;
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,11 @@ pub trait ForwardProcess: Send + Sync {
     /// NELBO integrand at selected positions: logits (M, V), and per position its noisy token,
     /// clean target and time. Returns (M,).
     fn hard_loss_rows(&self, logits: &Tensor, xt: &[u32], x0: &[u32], t: &[f64]) -> Result<Tensor>;
+    /// The same integrand as a weighted NLL of the raw logits when it is one (MDLM), so a loss can
+    /// fuse it with the output projection; None when it is not (Duo).
+    fn hard_loss_as_nll(&self, _xt: &[u32], _x0: &[u32], _t: &[f64]) -> Option<NllRows> {
+        None
+    }
     /// NELBO integrand at selected positions against a soft (simplex) clean target `g` (M, V):
     /// IDLM's relaxed student sample. Differentiable in `g` and in `logits`. Returns (M,).
     fn soft_loss_rows(&self, logits: &Tensor, xt: &[u32], g: &Tensor, t: &[f64]) -> Result<Tensor>;

@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{f32_data, gemm_strided, lanes};
+use super::{f32_data, gemm_strided, lanes, par_fill};
 
 /// Single-threaded GEMM: attention runs one task per (batch, head) already.
 #[allow(clippy::too_many_arguments)]
@@ -164,9 +163,10 @@ impl CustomOp1 for RotaryAttention {
         let x = f32_data(s, lay, self.name())?;
         let (b, l, d, dh) = self.check(lay, self.name())?;
         let h = self.n_heads;
-        let heads: Vec<Vec<f32>> = (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
+        // SAFETY: task (bi, hd) writes head hd's dh columns of sequence bi's l rows: together
+        // every element once.
+        let out = unsafe {
+            par_fill(b * l * d, b * h, |bh, out| {
                 let (bi, hd) = (bh / h, bh % h);
                 let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
                 let [p, _, _] = self.probs(xb, l, d, hd, dh);
@@ -184,17 +184,11 @@ impl CustomOp1 for RotaryAttention {
                     3 * d,
                     1,
                 );
-                o
+                for (i, o) in o.chunks_exact(dh).enumerate() {
+                    out.put((bi * l + i) * d + hd * dh, o);
+                }
             })
-            .collect();
-        let mut out = vec![0f32; b * l * d];
-        for (bh, o) in heads.iter().enumerate() {
-            let (bi, hd) = (bh / h, bh % h);
-            for i in 0..l {
-                let dst = (bi * l + i) * d + hd * dh;
-                out[dst..dst + dh].copy_from_slice(&o[i * dh..(i + 1) * dh]);
-            }
-        }
+        };
         Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
     }
 
@@ -226,10 +220,10 @@ impl CustomOp2 for RotaryAttentionBwd {
         let (b, l, d, dh) = op.check(l1, self.name())?;
         let h = op.n_heads;
         let scale = 1.0 / (dh as f32).sqrt();
-        // Per (batch, head): dq, dk, dv as dense L x dh blocks.
-        let grads: Vec<[Vec<f32>; 3]> = (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
+        // SAFETY: task (bi, hd) writes head hd's q, k and v columns of sequence bi's l rows:
+        // together every element of dx once.
+        let dx = unsafe {
+            par_fill(b * l * 3 * d, b * h, |bh, out| {
                 let (bi, hd) = (bh / h, bh % h);
                 let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
                 let gb = &go[bi * l * d + hd * dh..];
@@ -247,25 +241,23 @@ impl CustomOp2 for RotaryAttentionBwd {
                         *dv = pv * (*dv - dot) * scale;
                     }
                 }
-                // dq_rot = dS k_rot, dk_rot = dS^T q_rot
+                // dq_rot = dS k_rot, dk_rot = dS^T q_rot, each rotated back.
+                let mut dr = vec![0f32; l * dh];
                 let mut dq = vec![0f32; l * dh];
-                matmul(l, dh, l, &mut dq, false, &ds, l, 1, &k, dh, 1);
+                matmul(l, dh, l, &mut dr, false, &ds, l, 1, &k, dh, 1);
+                op.unrotate_into(&dr, l, dh, &mut dq, dh, 0);
                 let mut dk = vec![0f32; l * dh];
-                matmul(l, dh, l, &mut dk, false, &ds, 1, l, &q, dh, 1);
-                [dq, dk, dv]
+                matmul(l, dh, l, &mut dr, false, &ds, 1, l, &q, dh, 1);
+                op.unrotate_into(&dr, l, dh, &mut dk, dh, 0);
+                for i in 0..l {
+                    let o = (bi * l + i) * 3 * d + hd * dh;
+                    let r = i * dh..(i + 1) * dh;
+                    out.put(o, &dq[r.clone()]);
+                    out.put(o + d, &dk[r.clone()]);
+                    out.put(o + 2 * d, &dv[r]);
+                }
             })
-            .collect();
-        let mut dx = vec![0f32; b * l * 3 * d];
-        for (bh, [dq, dk, dv]) in grads.iter().enumerate() {
-            let (bi, hd) = (bh / h, bh % h);
-            let dst = &mut dx[bi * l * 3 * d..(bi + 1) * l * 3 * d];
-            op.unrotate_into(dq, l, dh, dst, 3 * d, hd * dh);
-            op.unrotate_into(dk, l, dh, dst, 3 * d, d + hd * dh);
-            for i in 0..l {
-                let o = i * 3 * d + 2 * d + hd * dh;
-                dst[o..o + dh].copy_from_slice(&dv[i * dh..(i + 1) * dh]);
-            }
-        }
+        };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -89,9 +89,8 @@ impl CustomOp3 for LayerNormBwd {
         let g = f32_data(s3, l3, self.name())?;
         let d = w.len();
         let rows = rows_per_task(d);
-        let mut out = vec![0f32; x.len() + d];
-        let (dx, dw_out) = out.split_at_mut(x.len());
-        let partial: Vec<Vec<f32>> = dx
+        let mut out: Vec<f32> = Vec::with_capacity(x.len() + d);
+        let partial: Vec<Vec<f32>> = out.spare_capacity_mut()[..x.len()]
             .par_chunks_mut(d * rows)
             .zip(x.par_chunks(d * rows).zip(g.par_chunks(d * rows)))
             .map(|(dx, (x, g))| {
@@ -113,17 +112,21 @@ impl CustomOp3 for LayerNormBwd {
                     }
                     let (m1, m2) = (s1 / d as f32, s2 / d as f32);
                     for i in 0..d {
-                        dx[i] = r * (g[i] * w[i] - m1 - xhat[i] * m2);
+                        dx[i].write(r * (g[i] * w[i] - m1 - xhat[i] * m2));
                     }
                 }
                 dw
             })
             .collect();
+        // SAFETY: the chunks above cover dx (x.len() elements, whole rows) and wrote each.
+        unsafe { out.set_len(x.len()) };
+        let mut dw = vec![0f32; d];
         for p in partial {
-            for (o, v) in dw_out.iter_mut().zip(p) {
+            for (o, v) in dw.iter_mut().zip(p) {
                 *o += v;
             }
         }
+        out.extend_from_slice(&dw);
         Ok((CpuStorage::F32(out), Shape::from(x.len() + d)))
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod head_nll;
 pub mod lanes;
 pub mod layer_norm;
 pub mod linear;
@@ -160,6 +161,64 @@ where
         .enumerate()
         .for_each(|(i, c)| fill(i, c));
     // SAFETY: the caller's `fill` initialised all n elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// An output buffer that parallel tasks fill at disjoint places (see [`par_fill`]).
+pub(crate) struct Disjoint {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks only write through `Disjoint`, each at places no other task touches (the
+// contract of `par_fill` and of the methods below).
+unsafe impl Send for Disjoint {}
+// SAFETY: as above.
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    /// The elements `start..start + n`, to be written.
+    ///
+    /// # Safety
+    /// No other task touches these elements while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, start: usize, n: usize) -> &mut [MaybeUninit<f32>] {
+        assert!(start + n <= self.len, "disjoint write out of bounds");
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start).cast(), n) }
+    }
+
+    /// Copy `src` to the elements from `start`.
+    ///
+    /// # Safety
+    /// No other task touches these elements meanwhile.
+    pub(crate) unsafe fn put(&self, start: usize, src: &[f32]) {
+        assert!(
+            start + src.len() <= self.len,
+            "disjoint write out of bounds"
+        );
+        // SAFETY: in bounds (checked); exclusive by the caller's contract; src is another buffer.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(start), src.len()) }
+    }
+}
+
+/// A new vector of `n` f32 filled by `fill(task, out)` for tasks 0..`tasks` in parallel, without
+/// a zero pass: for outputs whose parts are scattered (heads inside rows, several regions).
+///
+/// # Safety
+/// The tasks together must write every element, and no two tasks the same element.
+pub(crate) unsafe fn par_fill<F>(n: usize, tasks: usize, fill: F) -> Vec<f32>
+where
+    F: Fn(usize, &Disjoint) + Sync + Send,
+{
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    let out = Disjoint {
+        ptr: v.as_mut_ptr(),
+        len: n,
+    };
+    (0..tasks).into_par_iter().for_each(|i| fill(i, &out));
+    // SAFETY: the caller's tasks initialised all n elements.
     unsafe { v.set_len(n) };
     v
 }

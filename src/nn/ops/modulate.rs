@@ -3,9 +3,8 @@
 //! whose backward reduces over the length with extra full-size passes.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{f32_data, par_new};
+use super::{f32_data, par_fill, par_new};
 
 fn bld(x: &Layout, v: &Layout, name: &str) -> candle_core::Result<(usize, usize, usize)> {
     let (b, l, d) = x.shape().dims3()?;
@@ -95,13 +94,15 @@ impl CustomOp3 for ModulateBwd {
         let scale = f32_data(s2, l2, self.name())?;
         let g = f32_data(s3, l3, self.name())?;
         let (b, l, d) = bld(l1, l2, self.name())?;
-        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b)
-            .into_par_iter()
-            .map(|bi| {
+        let n = b * l * d + 2 * b * d;
+        // SAFETY: task bi writes sequence bi's dx rows and its dshift / dscale entries, all of
+        // them and nothing else.
+        let buf = unsafe {
+            par_fill(n, b, |bi, out| {
                 let sc = &scale[bi * d..(bi + 1) * d];
                 let xs = &x[bi * l * d..(bi + 1) * l * d];
                 let gs = &g[bi * l * d..(bi + 1) * l * d];
-                let mut dx = vec![0f32; l * d];
+                let dx = out.slice(bi * l * d, l * d);
                 let (mut dsh, mut dsc) = (vec![0f32; d], vec![0f32; d]);
                 for ((dx, x), g) in dx
                     .chunks_exact_mut(d)
@@ -109,25 +110,15 @@ impl CustomOp3 for ModulateBwd {
                     .zip(gs.chunks_exact(d))
                 {
                     for j in 0..d {
-                        dx[j] = g[j] * (1.0 + sc[j]);
+                        dx[j].write(g[j] * (1.0 + sc[j]));
                         dsh[j] += g[j];
                         dsc[j] += g[j] * x[j];
                     }
                 }
-                (dx, dsh, dsc)
+                out.put(b * l * d + bi * d, &dsh);
+                out.put(b * l * d + b * d + bi * d, &dsc);
             })
-            .collect();
-        let mut buf = Vec::with_capacity(b * l * d + 2 * b * d);
-        for p in &parts {
-            buf.extend_from_slice(&p.0);
-        }
-        for p in &parts {
-            buf.extend_from_slice(&p.1);
-        }
-        for p in &parts {
-            buf.extend_from_slice(&p.2);
-        }
-        let n = buf.len();
+        };
         Ok((CpuStorage::F32(buf), Shape::from(n)))
     }
 }
@@ -216,13 +207,15 @@ impl CustomOp3 for GatedResidualBwd {
         let gate = f32_data(s2, l2, self.name())?;
         let g = f32_data(s3, l3, self.name())?;
         let (b, l, d) = bld(l1, l2, self.name())?;
-        let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..b)
-            .into_par_iter()
-            .map(|bi| {
+        let n = b * l * d + b * d;
+        // SAFETY: task bi writes sequence bi's dh rows and its dgate entries, all of them and
+        // nothing else.
+        let buf = unsafe {
+            par_fill(n, b, |bi, out| {
                 let gt = &gate[bi * d..(bi + 1) * d];
                 let hs = &h[bi * l * d..(bi + 1) * l * d];
                 let gs = &g[bi * l * d..(bi + 1) * l * d];
-                let mut dh = vec![0f32; l * d];
+                let dh = out.slice(bi * l * d, l * d);
                 let mut dg = vec![0f32; d];
                 for ((dh, h), g) in dh
                     .chunks_exact_mut(d)
@@ -230,21 +223,13 @@ impl CustomOp3 for GatedResidualBwd {
                     .zip(gs.chunks_exact(d))
                 {
                     for j in 0..d {
-                        dh[j] = g[j] * gt[j];
+                        dh[j].write(g[j] * gt[j]);
                         dg[j] += g[j] * h[j];
                     }
                 }
-                (dh, dg)
+                out.put(b * l * d + bi * d, &dg);
             })
-            .collect();
-        let mut buf = Vec::with_capacity(b * l * d + b * d);
-        for p in &parts {
-            buf.extend_from_slice(&p.0);
-        }
-        for p in &parts {
-            buf.extend_from_slice(&p.1);
-        }
-        let n = buf.len();
+        };
         Ok((CpuStorage::F32(buf), Shape::from(n)))
     }
 }

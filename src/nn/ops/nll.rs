@@ -16,7 +16,7 @@ struct WeightedNll {
 
 /// log-sum-exp of a row without the excluded column.
 #[inline(always)]
-fn row_lse(z: &[f32], exclude: Option<usize>) -> f32 {
+pub(super) fn row_lse(z: &[f32], exclude: Option<usize>) -> f32 {
     let (a, b) = match exclude {
         Some(e) if e < z.len() => (&z[..e], &z[e + 1..]),
         _ => (z, &z[..0]),
@@ -27,8 +27,20 @@ fn row_lse(z: &[f32], exclude: Option<usize>) -> f32 {
 
 /// Logits (M, V), M targets inside the vocabulary and M weights.
 fn check_rows(z: &[f32], tgt: &[u32], w: &[f32], v: usize, op: &str) -> candle_core::Result<()> {
-    if v == 0 || z.len() != tgt.len() * v || w.len() != tgt.len() {
+    if z.len() != tgt.len() * v {
         candle_core::bail!("{op}: logits, targets and weights disagree")
+    }
+    check_targets(tgt, w, v, op)
+}
+
+/// M targets inside a vocabulary of v, and M weights.
+pub(super) fn check_targets(tgt: &[u32], w: &[f32], v: usize, op: &str) -> candle_core::Result<()> {
+    if v == 0 || w.len() != tgt.len() {
+        candle_core::bail!(
+            "{op}: {} targets and {} weights disagree",
+            tgt.len(),
+            w.len()
+        )
     }
     if let Some(&bad) = tgt.iter().find(|&&t| t as usize >= v) {
         candle_core::bail!("{op}: target {bad} outside the vocabulary of {v}")

@@ -1,0 +1,394 @@
+//! The output projection fused with the weighted NLL: `w_i (lse_{v != exclude}(z_i) - z_i[t_i])`
+//! for `z = x W^T + b`. The logits live in one buffer, kept by the op between forward and
+//! backward; the backward turns that buffer into dz in place and runs the two GEMMs from it. So a
+//! training step holds exactly one logits-sized buffer, and candle never zero-fills and adds one
+//! (its backprop does both for every gradient it stores, which at vocabulary size is the cost).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::nll::{check_targets, row_lse, weighted_nll};
+use super::{f32_data, fast_exp, gemm_append, gemm_new, rows_per_task};
+
+/// Targets, per-row weights and the excluded column of a weighted NLL over M rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NllRows {
+    /// The clean token of each row.
+    pub targets: Vec<u32>,
+    /// The NELBO weight of each row (0: the row costs nothing).
+    pub weights: Vec<f32>,
+    /// A column that is never a valid clean token (MDLM's MASK), left out of the softmax.
+    pub exclude: Option<usize>,
+}
+
+/// The logits of the last forward and their row log-sum-exps.
+struct Saved {
+    z: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+/// Forward: per-row loss; keeps the logits for the backward.
+struct HeadNll {
+    rows: Arc<NllRows>,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+/// (rows, width, vocabulary) of x (M, D), W (V, D), b (V).
+fn dims(
+    x: &Layout,
+    w: &Layout,
+    b: &Layout,
+    op: &str,
+) -> candle_core::Result<(usize, usize, usize)> {
+    let (m, k) = x.shape().dims2()?;
+    let (v, k2) = w.shape().dims2()?;
+    if k != k2 || b.shape().elem_count() != v {
+        candle_core::bail!(
+            "{op}: features {:?}, weight {:?} and bias {:?} disagree",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        )
+    }
+    Ok((m, k, v))
+}
+
+/// z = x W^T + b and each row's log-sum-exp, the bias added while the row is in cache.
+fn logits(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    v: usize,
+    ex: Option<usize>,
+) -> Saved {
+    let mut z = gemm_new(m, v, k, x, k, 1, w, 1, k);
+    let rows = rows_per_task(v);
+    let mut lse = vec![0f32; m];
+    z.par_chunks_mut(v * rows)
+        .zip(lse.par_chunks_mut(rows))
+        .for_each(|(z, lse)| {
+            for (z, lse) in z.chunks_exact_mut(v).zip(lse) {
+                z.iter_mut().zip(b).for_each(|(z, b)| *z += b);
+                *lse = row_lse(z, ex);
+            }
+        });
+    Saved { z, lse }
+}
+
+impl CustomOp3 for HeadNll {
+    fn name(&self) -> &'static str {
+        "head-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            f32_data(s1, l1, self.name())?,
+            f32_data(s2, l2, self.name())?,
+            f32_data(s3, l3, self.name())?,
+        );
+        let (m, k, v) = dims(l1, l2, l3, self.name())?;
+        let r = &self.rows;
+        if r.targets.len() != m {
+            candle_core::bail!(
+                "{}: {m} feature rows, {} targets",
+                self.name(),
+                r.targets.len()
+            )
+        }
+        check_targets(&r.targets, &r.weights, v, self.name())?;
+        let ex = r.exclude.filter(|&e| e < v);
+        let s = logits(x, w, b, m, k, v, ex);
+        let out: Vec<f32> = (0..m)
+            .map(|i| {
+                let wi = r.weights[i];
+                if wi == 0.0 {
+                    0.0
+                } else {
+                    wi * (s.lse[i] - s.z[i * v + r.targets[i] as usize])
+                }
+            })
+            .collect();
+        *self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("head-nll: poisoned".into()))? = Some(s);
+        Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, k) = x.dims2()?;
+        let v = w.dim(0)?;
+        let gw: Vec<f32> = g
+            .to_vec1::<f32>()?
+            .iter()
+            .zip(&self.rows.weights)
+            .map(|(g, w)| g * w)
+            .collect();
+        let bwd = HeadNllBwd {
+            rows: self.rows.clone(),
+            saved: self.saved.clone(),
+            gw,
+        };
+        let buf = x.apply_op3_no_bwd(w, b, &bwd)?;
+        Ok((
+            Some(buf.narrow(0, 0, m * k)?.reshape((m, k))?),
+            Some(buf.narrow(0, m * k, v * k)?.reshape((v, k))?),
+            Some(buf.narrow(0, m * k + v * k, v)?.reshape(b.shape())?),
+        ))
+    }
+}
+
+/// Backward: [dx | dW | db] from the kept logits (recomputed if a second backward needs them).
+struct HeadNllBwd {
+    rows: Arc<NllRows>,
+    saved: Arc<Mutex<Option<Saved>>>,
+    /// Incoming gradient times the row weight.
+    gw: Vec<f32>,
+}
+
+impl CustomOp3 for HeadNllBwd {
+    fn name(&self) -> &'static str {
+        "head-nll-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            f32_data(s1, l1, self.name())?,
+            f32_data(s2, l2, self.name())?,
+            f32_data(s3, l3, self.name())?,
+        );
+        let (m, k, v) = dims(l1, l2, l3, self.name())?;
+        let ex = self.rows.exclude.filter(|&e| e < v);
+        let kept = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("head-nll: poisoned".into()))?
+            .take();
+        let Saved { mut z, lse } = match kept {
+            Some(s) if s.z.len() == m * v => s,
+            _ => logits(x, w, b, m, k, v, ex),
+        };
+        let (tgt, gw) = (&self.rows.targets, &self.gw);
+        // dz = gw (softmax without the excluded column - onehot(target)), in place.
+        let rows = rows_per_task(v);
+        z.par_chunks_mut(v * rows).enumerate().for_each(|(c, z)| {
+            for (i, z) in z.chunks_exact_mut(v).enumerate() {
+                let r = c * rows + i;
+                let (gw, t) = (gw[r], tgt[r] as usize);
+                if gw == 0.0 {
+                    z.fill(0.0);
+                    continue;
+                }
+                let lse = lse[r];
+                z.iter_mut().for_each(|z| *z = gw * fast_exp(*z - lse));
+                if let Some(e) = ex {
+                    z[e] = 0.0;
+                }
+                z[t] -= gw;
+            }
+        });
+        let mut buf = Vec::with_capacity(m * k + v * k + v);
+        gemm_append(&mut buf, m, k, v, &z, v, 1, w, k, 1);
+        gemm_append(&mut buf, v, k, m, &z, 1, v, x, k, 1);
+        // db: column sums of dz, per task then added.
+        let chunk = (m / (4 * rayon::current_num_threads()).max(1)).max(64);
+        let parts: Vec<Vec<f32>> = z
+            .par_chunks(v * chunk)
+            .map(|c| {
+                let mut s = vec![0f32; v];
+                for r in c.chunks_exact(v) {
+                    s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+                }
+                s
+            })
+            .collect();
+        drop(z);
+        let mut db = vec![0f32; v];
+        for p in parts {
+            db.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        buf.extend_from_slice(&db);
+        let n = buf.len();
+        Ok((CpuStorage::F32(buf), Shape::from(n)))
+    }
+}
+
+/// Per-row weighted NLL of `x W^T + b` for features x (M, D): one node and one logits-sized
+/// buffer on CPU f32; the composed projection and [`weighted_nll`] elsewhere (its oracle).
+pub fn head_nll(x: &Tensor, w: &Tensor, b: &Tensor, rows: &NllRows) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
+        x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            HeadNll {
+                rows: Arc::new(rows.clone()),
+                saved: Arc::new(Mutex::new(None)),
+            },
+        )
+    } else {
+        head_nll_composed(x, w, b, rows)
+    }
+}
+
+/// The composed version: [`super::linear::linear_composed`] then the composed weighted NLL.
+pub fn head_nll_composed(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    rows: &NllRows,
+) -> candle_core::Result<Tensor> {
+    let z = super::linear::linear_composed(x, w, Some(b))?;
+    let dev = x.device();
+    let t = Tensor::from_slice(&rows.targets, rows.targets.len(), dev)?;
+    let wt = Tensor::from_slice(&rows.weights, rows.weights.len(), dev)?;
+    super::nll::weighted_nll_composed(&z, &t, &wt, rows.exclude)
+}
+
+/// The composed version for a projection without bias.
+pub fn head_nll_composed_no_bias(
+    x: &Tensor,
+    w: &Tensor,
+    rows: &NllRows,
+) -> candle_core::Result<Tensor> {
+    let z = super::linear::linear(x, w, None)?;
+    let dev = x.device();
+    let t = Tensor::from_slice(&rows.targets, rows.targets.len(), dev)?;
+    let wt = Tensor::from_slice(&rows.weights, rows.weights.len(), dev)?;
+    weighted_nll(&z, &t, &wt, rows.exclude)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Loss and all three gradients against the composed linear + NLL, at a size with several
+    /// row tasks and the threaded GEMMs, with zero-weight rows and an excluded column.
+    #[test]
+    fn matches_composed_loss_and_gradients() {
+        let dev = Device::Cpu;
+        for (m, k, v) in [(7usize, 5usize, 11usize), (70, 48, 1500)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, k), &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, v, &dev).unwrap()).unwrap();
+            let r = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
+            for exclude in [None, Some(v - 1)] {
+                let rows = NllRows {
+                    targets: (0..m).map(|i| ((i * 31) % (v - 1)) as u32).collect(),
+                    weights: (0..m)
+                        .map(|i| {
+                            if i % 5 == 2 {
+                                0.0
+                            } else {
+                                0.5 + i as f32 / 7.0
+                            }
+                        })
+                        .collect(),
+                    exclude,
+                };
+                let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+                let a = head_nll(xt, wt, bt, &rows).unwrap();
+                let c = head_nll_composed(xt, wt, bt, &rows).unwrap();
+                assert!(max_diff(&a, &c) < 1e-3, "{m}x{k}->{v} loss");
+                let ga = (a * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gc = (c * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for (name, var) in [("x", &x), ("W", &w), ("b", &b)] {
+                    let (p, q) = (
+                        ga.get(var.as_tensor()).unwrap(),
+                        gc.get(var.as_tensor()).unwrap(),
+                    );
+                    assert!(max_diff(p, q) < 1e-4, "{m}x{k}->{v} d{name} {exclude:?}");
+                }
+            }
+        }
+    }
+
+    /// The same graph differentiated twice: the second backward recomputes the logits.
+    #[test]
+    fn second_backward_recomputes() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (9, 4), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 9, &dev).unwrap();
+        let rows = NllRows {
+            targets: vec![0, 3, 8, 2, 2, 5],
+            weights: vec![1.0, 2.0, 0.5, 1.0, 0.0, 3.0],
+            exclude: Some(8),
+        };
+        let loss = head_nll(x.as_tensor(), &w, &b, &rows)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g1 = loss.backward().unwrap();
+        let g2 = loss.backward().unwrap();
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(max_diff(g1, g2) < 1e-6);
+    }
+
+    #[test]
+    fn bad_targets_and_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((5, 3), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(5, DType::F32, &dev).unwrap();
+        let rows = |t: Vec<u32>| NllRows {
+            weights: vec![1.0; t.len()],
+            targets: t,
+            exclude: None,
+        };
+        let e = head_nll(&x, &w, &b, &rows(vec![1, 5]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target 5 outside the vocabulary of 5"), "{e}");
+        let e = head_nll(&x, &w, &b, &rows(vec![1]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2 feature rows, 1 targets"), "{e}");
+        let w4 = Tensor::zeros((5, 4), DType::F32, &dev).unwrap();
+        let e = head_nll(&x, &w4, &b, &rows(vec![1, 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disagree"), "{e}");
+    }
+}
