@@ -134,7 +134,11 @@ pub fn sample(
 
 struct Seq {
     x: Vec<u32>,
-    probs: Option<Vec<f32>>,
+    /// p(x0 | x_t) table (L x V), allocated once and overwritten at the active positions of each
+    /// prediction: a process reads only the rows it marks active (MDLM: the masked ones).
+    probs: Vec<f32>,
+    /// Whether `probs` is the prediction for the current x.
+    fresh: bool,
     rng: ChaCha8Rng,
     nfe: usize,
 }
@@ -157,7 +161,8 @@ fn sample_batch(
             process.prior_row(&mut x, &mut rng);
             Seq {
                 x,
-                probs: None,
+                probs: Vec::new(),
+                fresh: false,
                 rng,
                 nfe: 0,
             }
@@ -169,18 +174,16 @@ fn sample_batch(
         let s = t - dt;
         predict(den, process, &mut seqs, t)?;
         seqs.par_iter_mut().for_each(|q| {
-            if let Some(p) = q.probs.as_deref() {
-                let changed = process.posterior_row(p, &mut q.x, t, s, &mut q.rng);
-                if changed || !cache_ok {
-                    q.probs = None;
-                }
+            if q.fresh {
+                let changed = process.posterior_row(&q.probs, &mut q.x, t, s, &mut q.rng);
+                q.fresh = !(changed || !cache_ok);
             }
         });
     }
     predict(den, process, &mut seqs, T_FINAL)?;
     seqs.par_iter_mut().for_each(|q| {
-        if let Some(p) = q.probs.as_deref() {
-            process.noise_removal_row(p, &mut q.x, T_FINAL, opts.noise_removal, &mut q.rng);
+        if q.fresh {
+            process.noise_removal_row(&q.probs, &mut q.x, T_FINAL, opts.noise_removal, &mut q.rng);
         }
     });
     let secs = t0.elapsed().as_secs_f64() / seqs.len().max(1) as f64;
@@ -203,7 +206,7 @@ fn predict(
     t: f64,
 ) -> Result<()> {
     let need: Vec<usize> = (0..seqs.len())
-        .filter(|&i| seqs[i].probs.is_none() && !process.is_final(&seqs[i].x))
+        .filter(|&i| !seqs[i].fresh && !process.is_final(&seqs[i].x))
         .collect();
     if need.is_empty() {
         return Ok(());
@@ -221,15 +224,26 @@ fn predict(
     let v = logits.dim(1)?;
     let at: Vec<u32> = pos.iter().map(|&p| ids[p as usize]).collect();
     let rows = process.clean_probs(&logits, &at)?;
-    for &i in &need {
-        seqs[i].probs = Some(vec![0f32; len * v]);
-        seqs[i].nfe += 1;
-    }
-    for (r, &p) in pos.iter().enumerate() {
-        let (j, l) = (p as usize / len, p as usize % len);
-        if let Some(buf) = seqs[need[j]].probs.as_mut() {
-            buf[l * v..(l + 1) * v].copy_from_slice(&rows[r * v..(r + 1) * v]);
+    // Positions are in flat order, so sequence j's rows are one run of `pos`: copy in parallel.
+    let mut todo: Vec<(usize, &mut Seq)> = seqs
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| need.binary_search(i).is_ok())
+        .map(|(_, q)| q)
+        .enumerate()
+        .collect();
+    todo.par_iter_mut().for_each(|(j, q)| {
+        if q.probs.len() != len * v {
+            q.probs = vec![0f32; len * v];
         }
-    }
+        q.fresh = true;
+        q.nfe += 1;
+        let lo = pos.partition_point(|&p| (p as usize) < *j * len);
+        let hi = pos.partition_point(|&p| (p as usize) < (*j + 1) * len);
+        for (r, &p) in pos[lo..hi].iter().enumerate() {
+            let l = p as usize % len;
+            q.probs[l * v..(l + 1) * v].copy_from_slice(&rows[(lo + r) * v..(lo + r + 1) * v]);
+        }
+    });
     Ok(())
 }
