@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::Result;
@@ -180,7 +180,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
     let process = Masked::new(o.vocab, (o.vocab - 1) as u32)?;
     let mut rng = Lcg(42);
     let (b, l) = (o.batch, o.len);
-    let dev = Device::Cpu;
+    let dev = crate::runtime::device();
     let total = o.warmup + o.iters;
 
     let mut full = Vec::new();

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -243,7 +243,7 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
 
 /// Load tensors from a safetensors file, naming the file if it is corrupt.
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu)
+    candle_core::safetensors::load(path, &crate::runtime::device())
         .map_err(|e| Error::ckpt(path, format!("corrupt or unreadable safetensors: {e}")))
 }
 
@@ -303,6 +303,6 @@ pub fn dit_from_tensors(
     cfg: &DitConfig,
     origin: &Path,
 ) -> Result<Dit> {
-    let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &crate::runtime::device());
     Dit::new(vb, cfg).map_err(|e| Error::ckpt(origin, format!("weights do not fit the model: {e}")))
 }

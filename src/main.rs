@@ -11,6 +11,10 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
+    if let Err(e) = idlm::runtime::set_device(&args.device) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = cli::dispatch(args) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

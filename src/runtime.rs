@@ -1,6 +1,51 @@
-//! Process-wide settings: the allocator fix and the thread count (design.md §3).
+//! Process-wide settings: the allocator fix, the thread count and the device (design.md §3).
+
+use std::sync::OnceLock;
+
+use candle_core::Device;
 
 use crate::{Error, Result};
+
+static DEVICE: OnceLock<Device> = OnceLock::new();
+
+/// The device models, training and sampling run on: the CPU unless [`set_device`] chose another.
+pub fn device() -> Device {
+    DEVICE.get().cloned().unwrap_or(Device::Cpu)
+}
+
+/// Choose the device once, at start-up: `cpu`, `cuda` or `cuda:N`.
+pub fn set_device(spec: &str) -> Result<()> {
+    let dev = parse_device(spec)?;
+    if dev.is_cpu() {
+        return Ok(());
+    }
+    DEVICE
+        .set(dev)
+        .map_err(|_| Error::InvalidArgument("the device can be chosen only once".into()))
+}
+
+/// `cpu`, `cuda` or `cuda:N` as a candle device (opening the GPU).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let ordinal = match spec.trim() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown device '{spec}': use cpu, cuda or cuda:N"
+                )));
+            }
+        },
+    };
+    let hint = if cfg!(feature = "cuda") {
+        ""
+    } else {
+        " (this binary was built without CUDA: cargo build --release --features cuda, see README)"
+    };
+    Device::new_cuda(ordinal)
+        .map_err(|e| Error::InvalidArgument(format!("cannot open {spec}: {e}{hint}")))
+}
 
 /// Stop glibc from returning large buffers to the OS on every free: tensor buffers are
 /// reallocated every step, and mmap/munmap of each one costs more than the math (design.md §3).
@@ -30,4 +75,22 @@ pub fn set_threads(n: Option<usize>) -> Result<()> {
         .num_threads(n)
         .build_global()
         .map_err(|e| Error::InvalidArgument(format!("cannot set {n} threads: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        let e = parse_device("gpu").unwrap_err().to_string();
+        assert!(e.contains("unknown device 'gpu'"), "{e}");
+        let e = parse_device("cuda:x").unwrap_err().to_string();
+        assert!(e.contains("unknown device"), "{e}");
+        if !cfg!(feature = "cuda") {
+            let e = parse_device("cuda").unwrap_err().to_string();
+            assert!(e.contains("built without CUDA"), "{e}");
+        }
+    }
 }

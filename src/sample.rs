@@ -176,7 +176,7 @@ fn sample_batch(
         seqs.par_iter_mut().for_each(|q| {
             if q.fresh {
                 let changed = process.posterior_row(&q.probs, &mut q.x, t, s, &mut q.rng);
-                q.fresh = !(changed || !cache_ok);
+                q.fresh = !changed && cache_ok;
             }
         });
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -112,7 +112,7 @@ impl Trainer {
     /// A fresh network initialised from `cfg.train.seed`.
     pub fn new(cfg: &RunConfig, dit_cfg: &DitConfig) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &crate::runtime::device());
         let model = Dit::new(vb, dit_cfg)?;
         init_dit(&varmap, cfg.train.seed)?;
         Self::assemble(cfg, dit_cfg, varmap, model)
@@ -177,7 +177,7 @@ impl Trainer {
     pub fn from_checkpoint(ck: &Checkpoint, cfg: &RunConfig) -> Result<Self> {
         let m = &ck.meta;
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &crate::runtime::device());
         let model = Dit::new(vb, &m.model)?;
         let mut tr = Self::assemble(cfg, &m.model, varmap, model)?;
         let optim = ck.optim()?;
@@ -231,11 +231,11 @@ impl Trainer {
             let shape = self.vars[i].shape();
             optim.insert(
                 format!("{prefix}m.{n}"),
-                Tensor::from_slice(&self.opt.m[i], shape, &Device::Cpu)?,
+                Tensor::from_slice(&self.opt.m[i], shape, &crate::runtime::device())?,
             );
             optim.insert(
                 format!("{prefix}v.{n}"),
-                Tensor::from_slice(&self.opt.v[i], shape, &Device::Cpu)?,
+                Tensor::from_slice(&self.opt.v[i], shape, &crate::runtime::device())?,
             );
         }
         Ok(optim)

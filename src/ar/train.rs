@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +49,7 @@ pub fn lm_from_tensors(
     arch: &DitConfig,
     origin: &Path,
 ) -> Result<CausalLm> {
-    let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &crate::runtime::device());
     CausalLm::new(vb, &CausalLmConfig::from_dit(arch))
         .map_err(|e| Error::ckpt(origin, format!("weights do not fit the AR model: {e}")))
 }
@@ -68,7 +68,7 @@ pub fn lm_from_checkpoint(ck: &Checkpoint, use_ema: bool) -> Result<CausalLm> {
 /// norms one, output projection zero) from `seed`.
 pub fn init_lm(cfg: &CausalLmConfig, seed: u64) -> Result<(VarMap, CausalLm)> {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &crate::runtime::device());
     let model = CausalLm::new(vb, cfg)?;
     init_dit(&varmap, seed)?;
     Ok((varmap, model))
@@ -263,7 +263,7 @@ impl ArTrainer {
         check_is_ar(ck)?;
         let m = &ck.meta;
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &crate::runtime::device());
         let model = CausalLm::new(vb, &CausalLmConfig::from_dit(&m.model))?;
         let mut tr = Self::assemble(cfg, &m.model, m.data.mask_id, varmap, model)?;
         let optim = ck.optim()?;
@@ -431,11 +431,11 @@ impl ArTrainer {
             let shape = self.vars[i].shape();
             optim.insert(
                 format!("m.{n}"),
-                Tensor::from_slice(&self.opt.m[i], shape, &Device::Cpu)?,
+                Tensor::from_slice(&self.opt.m[i], shape, &crate::runtime::device())?,
             );
             optim.insert(
                 format!("v.{n}"),
-                Tensor::from_slice(&self.opt.v[i], shape, &Device::Cpu)?,
+                Tensor::from_slice(&self.opt.v[i], shape, &crate::runtime::device())?,
             );
         }
         let mut config = self.cfg.clone();

@@ -17,6 +17,10 @@ pub struct Cli {
     /// Worker threads for every parallel part (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Device for models, training and sampling: cpu, cuda or cuda:N (cuda needs a build with
+    /// `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
     /// The command.
     #[command(subcommand)]
     pub cmd: Command,

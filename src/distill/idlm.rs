@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Serialize;
 
 use super::config::{DistillConfig, GeneratorLoss};
@@ -166,7 +166,7 @@ impl Idlm {
             let st = fake.optimize(tokens, |model, micro, rng| {
                 let (rn, target) = &jobs[micro];
                 if rn.pos.is_empty() {
-                    return Ok(Tensor::new(0f32, &Device::Cpu)?);
+                    return Ok(Tensor::new(0f32, &crate::runtime::device())?);
                 }
                 let mut drop = DropoutRng { p, rng };
                 let tr: Vec<f64> = rows_t(&inputs[micro].t, l, &rn.pos);
@@ -219,7 +219,7 @@ impl Idlm {
             let full = full_simplex(&inp.x0, &pos_p, g_vals.as_deref(), v);
             let rn = renoise(process, &full, &pos_p, &inp.t, l, v, noise);
             if rn.pos.is_empty() {
-                return Ok(Tensor::new(0f32, &Device::Cpu)?);
+                return Ok(Tensor::new(0f32, &crate::runtime::device())?);
             }
             // Targets: G's rows (with gradient) where x_t' was active, one-hot data elsewhere.
             let rest = rows_of(&full, &rn.pos[rn.n_both..], v)?;
@@ -358,7 +358,11 @@ fn rows_of(full: &[f32], pos: &[u32], v: usize) -> Result<Tensor> {
     for &p in pos {
         out.extend_from_slice(&full[p as usize * v..(p as usize + 1) * v]);
     }
-    Ok(Tensor::from_vec(out, (pos.len(), v), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        out,
+        (pos.len(), v),
+        &crate::runtime::device(),
+    )?)
 }
 
 /// The time of each position's row.

@@ -4,7 +4,7 @@
 //! the soft input softmax(w), and the student loss l(f*, G) - l(f, G) reaches G through the
 //! integrand's target and through both frozen networks' inputs (pathwise gradient).
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -95,7 +95,7 @@ fn gaussian(m: usize, v: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
             z as f32
         })
         .collect();
-    Ok(Tensor::from_vec(x, (m, v), &Device::Cpu)?)
+    Ok(Tensor::from_vec(x, (m, v), &crate::runtime::device())?)
 }
 
 /// The IDLM-Duo student loss of one micro-batch: sum over positions of [l(f*, G) - l(f, G)] / B
@@ -145,7 +145,14 @@ impl Idlm {
         for m in 0..acc {
             let x0 = self.student.next_rows(data, b)?;
             let tpm = &tp[m * b..(m + 1) * b];
-            let input = latent.corrupt(&x0, l, tpm, tau, &mut self.rngs.noise, &Device::Cpu)?;
+            let input = latent.corrupt(
+                &x0,
+                l,
+                tpm,
+                tau,
+                &mut self.rngs.noise,
+                &crate::runtime::device(),
+            )?;
             let mut scales = Vec::with_capacity(b);
             let mut signals = Vec::with_capacity(b * l);
             let mut sigma = Vec::with_capacity(b);

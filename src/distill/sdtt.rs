@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 
 use super::config::DistillConfig;
 use super::nets::{DistillRngs, active, corrupt, logits_at};
@@ -98,7 +98,7 @@ impl Sdtt {
             .optimize((b * l * acc) as u64, |model, micro, rng| {
                 let (xt, t, target) = &jobs[micro];
                 let Some((pos, tgt)) = target else {
-                    return Ok(Tensor::new(0f32, &Device::Cpu)?);
+                    return Ok(Tensor::new(0f32, &crate::runtime::device())?);
                 };
                 let mut drop = DropoutRng { p, rng };
                 let logits = logits_at(model, process, xt, (b, l), t, pos, Some(&mut drop))?;
@@ -192,6 +192,9 @@ fn teacher_targets(
     }
     let all = Tensor::cat(&logps.iter().collect::<Vec<_>>(), 0)?;
     let idx: Vec<u32> = src.iter().map(|&(_, r)| r as u32).collect();
-    let tgt = all.index_select(&Tensor::from_slice(&idx, idx.len(), &Device::Cpu)?, 0)?;
+    let tgt = all.index_select(
+        &Tensor::from_slice(&idx, idx.len(), &crate::runtime::device())?,
+        0,
+    )?;
     Ok(Some((pos, tgt.detach())))
 }
