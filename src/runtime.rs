@@ -43,8 +43,16 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     } else {
         " (this binary was built without CUDA: cargo build --release --features cuda, see README)"
     };
-    Device::new_cuda(ordinal)
-        .map_err(|e| Error::InvalidArgument(format!("cannot open {spec}: {e}{hint}")))
+    // cudarc loads libcuda at first use and panics when it is missing: report that as an error.
+    match std::panic::catch_unwind(|| Device::new_cuda(ordinal)) {
+        Ok(Ok(dev)) => Ok(dev),
+        Ok(Err(e)) => Err(Error::InvalidArgument(format!(
+            "cannot open {spec}: {e}{hint}"
+        ))),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "cannot open {spec}: no usable CUDA driver (libcuda.so.1) on this machine"
+        ))),
+    }
 }
 
 /// Stop glibc from returning large buffers to the OS on every free: tensor buffers are
