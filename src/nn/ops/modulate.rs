@@ -67,8 +67,10 @@ impl CustomOp3 for Modulate {
         let buf = x.apply_op3_no_bwd(scale, &g.contiguous()?, &ModulateBwd)?;
         Ok((
             Some(buf.narrow(0, 0, n)?.reshape(x.shape())?),
-            Some(buf.narrow(0, n, m)?.reshape(shift.shape())?),
-            Some(buf.narrow(0, n + m, m)?.reshape(scale.shape())?),
+            // The small parts in their own buffers: they reach the adaLN nodes late in the
+            // backward, and a view would keep the whole buffer alive until then.
+            Some(buf.narrow(0, n, m)?.reshape(shift.shape())?.copy()?),
+            Some(buf.narrow(0, n + m, m)?.reshape(scale.shape())?.copy()?),
         ))
     }
 }
@@ -181,7 +183,8 @@ impl CustomOp3 for GatedResidual {
         Ok((
             Some(g.clone()),
             Some(buf.narrow(0, 0, n)?.reshape(h.shape())?),
-            Some(buf.narrow(0, n, m)?.reshape(gate.shape())?),
+            // Own buffer for the small part, as in ModulateBwd.
+            Some(buf.narrow(0, n, m)?.reshape(gate.shape())?.copy()?),
         ))
     }
 }
