@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::nll::{check_targets, row_lse, weighted_nll};
-use super::{f32_data, fast_exp, gemm_append, gemm_new, rows_per_task};
+use super::{column_sums, f32_data, fast_exp, gemm_append, gemm_new, rows_per_task};
 
 /// Targets, per-row weights and the excluded column of a weighted NLL over M rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,23 +217,8 @@ impl CustomOp3 for HeadNllBwd {
         let mut buf = Vec::with_capacity(m * k + v * k + v);
         gemm_append(&mut buf, m, k, v, &z, v, 1, w, k, 1);
         gemm_append(&mut buf, v, k, m, &z, 1, v, x, k, 1);
-        // db: column sums of dz, per task then added.
-        let chunk = (m / (4 * rayon::current_num_threads()).max(1)).max(64);
-        let parts: Vec<Vec<f32>> = z
-            .par_chunks(v * chunk)
-            .map(|c| {
-                let mut s = vec![0f32; v];
-                for r in c.chunks_exact(v) {
-                    s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
-                }
-                s
-            })
-            .collect();
+        let db = column_sums(&z, v);
         drop(z);
-        let mut db = vec![0f32; v];
-        for p in parts {
-            db.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
         buf.extend_from_slice(&db);
         let n = buf.len();
         Ok((CpuStorage::F32(buf), Shape::from(n)))

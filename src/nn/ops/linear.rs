@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, gemm_append, gemm_new, rows_per_task};
+use super::{column_sums, f32_data, gemm_append, gemm_new, rows_per_task};
 
 fn add_assign(r: &mut [f32], b: &[f32]) {
     r.iter_mut().zip(b).for_each(|(a, b)| *a += b);
@@ -139,23 +139,8 @@ impl CustomOp3 for LinearBwd {
         let mut buf = Vec::with_capacity(rows * k + out * k + nb);
         gemm_append(&mut buf, rows, k, out, g, out, 1, w, k, 1);
         gemm_append(&mut buf, out, k, rows, g, 1, out, x, k, 1);
-        buf.resize(rows * k + out * k + nb, 0.0);
-        let db = &mut buf[rows * k + out * k..];
         if self.bias {
-            let chunk = (rows / (4 * rayon::current_num_threads()).max(1)).max(64);
-            let parts: Vec<Vec<f32>> = g
-                .par_chunks(out * chunk)
-                .map(|c| {
-                    let mut s = vec![0f32; out];
-                    for r in c.chunks_exact(out) {
-                        s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
-                    }
-                    s
-                })
-                .collect();
-            for p in parts {
-                db.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-            }
+            buf.extend_from_slice(&column_sums(g, out));
         }
         let n = buf.len();
         Ok((CpuStorage::F32(buf), Shape::from(n)))

@@ -294,6 +294,28 @@ pub fn gemm_par(
     gemm_strided(m, n, k, c, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, true)
 }
 
+/// Column sums of a row-major (rows, n) matrix, in parallel blocks of rows added at the end (a
+/// bias gradient).
+pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let rows = g.len() / n.max(1);
+    let chunk = (rows / (4 * rayon::current_num_threads()).max(1)).max(64);
+    let parts: Vec<Vec<f32>> = g
+        .par_chunks(n.max(1) * chunk)
+        .map(|c| {
+            let mut s = vec![0f32; n];
+            for r in c.chunks_exact(n.max(1)) {
+                s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+            }
+            s
+        })
+        .collect();
+    let mut out = vec![0f32; n];
+    for p in parts {
+        out.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    out
+}
+
 /// Rows per parallel task, so that each task does at least ~32k elements of work.
 pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (32768 / row_len.max(1)).max(1)
