@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -229,13 +229,14 @@ impl Trainer {
         let mut optim = HashMap::new();
         for (i, n) in self.names.iter().enumerate() {
             let shape = self.vars[i].shape();
+            // The moments live in host memory whatever the device: saved from there.
             optim.insert(
                 format!("{prefix}m.{n}"),
-                Tensor::from_slice(&self.opt.m[i], shape, &crate::runtime::device())?,
+                Tensor::from_slice(&self.opt.m[i], shape, &Device::Cpu)?,
             );
             optim.insert(
                 format!("{prefix}v.{n}"),
-                Tensor::from_slice(&self.opt.v[i], shape, &crate::runtime::device())?,
+                Tensor::from_slice(&self.opt.v[i], shape, &Device::Cpu)?,
             );
         }
         Ok(optim)

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -429,13 +429,14 @@ impl ArTrainer {
         let mut optim = HashMap::new();
         for (i, n) in self.names.iter().enumerate() {
             let shape = self.vars[i].shape();
+            // The moments live in host memory whatever the device: saved from there.
             optim.insert(
                 format!("m.{n}"),
-                Tensor::from_slice(&self.opt.m[i], shape, &crate::runtime::device())?,
+                Tensor::from_slice(&self.opt.m[i], shape, &Device::Cpu)?,
             );
             optim.insert(
                 format!("v.{n}"),
-                Tensor::from_slice(&self.opt.v[i], shape, &crate::runtime::device())?,
+                Tensor::from_slice(&self.opt.v[i], shape, &Device::Cpu)?,
             );
         }
         let mut config = self.cfg.clone();

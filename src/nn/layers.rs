@@ -32,11 +32,7 @@ impl Linear {
     pub fn nll(&self, x: &Tensor, rows: &NllRows) -> Result<Tensor> {
         match &self.bias {
             Some(b) => Ok(super::ops::head_nll::head_nll(x, &self.weight, b, rows)?),
-            None => Ok(super::ops::head_nll::head_nll_composed_no_bias(
-                x,
-                &self.weight,
-                rows,
-            )?),
+            None => Ok(rows.of_logits(&self.forward(x)?)?),
         }
     }
 

@@ -7,7 +7,6 @@ use rand_chacha::ChaCha8Rng;
 use super::{ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, Target, argmax, race_f64};
 use crate::nn::ops::fast_exp;
 use crate::nn::ops::head_nll::NllRows;
-use crate::nn::ops::nll::weighted_nll;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -180,16 +179,9 @@ impl ForwardProcess for Masked {
                 t.len()
             )));
         }
-        let rows = self.nll_rows(xt, x0, t);
-        let dev = logits.device();
-        let w = Tensor::from_vec(rows.weights, m, dev)?;
-        let tgt = Tensor::from_vec(rows.targets, m, dev)?;
-        Ok(weighted_nll(
-            &logits.to_dtype(DType::F32)?,
-            &tgt,
-            &w,
-            rows.exclude,
-        )?)
+        Ok(self
+            .nll_rows(xt, x0, t)
+            .of_logits(&logits.to_dtype(DType::F32)?)?)
     }
 
     fn hard_loss_as_nll(&self, xt: &[u32], x0: &[u32], t: &[f64]) -> Option<NllRows> {

@@ -250,23 +250,24 @@ pub fn head_nll_composed(
     rows: &NllRows,
 ) -> candle_core::Result<Tensor> {
     let z = super::linear::linear_composed(x, w, Some(b))?;
-    let dev = x.device();
-    let t = Tensor::from_slice(&rows.targets, rows.targets.len(), dev)?;
-    let wt = Tensor::from_slice(&rows.weights, rows.weights.len(), dev)?;
+    let (t, wt) = rows.tensors(x.device())?;
     super::nll::weighted_nll_composed(&z, &t, &wt, rows.exclude)
 }
 
-/// The composed version for a projection without bias.
-pub fn head_nll_composed_no_bias(
-    x: &Tensor,
-    w: &Tensor,
-    rows: &NllRows,
-) -> candle_core::Result<Tensor> {
-    let z = super::linear::linear(x, w, None)?;
-    let dev = x.device();
-    let t = Tensor::from_slice(&rows.targets, rows.targets.len(), dev)?;
-    let wt = Tensor::from_slice(&rows.weights, rows.weights.len(), dev)?;
-    weighted_nll(&z, &t, &wt, rows.exclude)
+impl NllRows {
+    /// Targets and weights as (M,) tensors on `dev`.
+    fn tensors(&self, dev: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            Tensor::from_slice(&self.targets, self.targets.len(), dev)?,
+            Tensor::from_slice(&self.weights, self.weights.len(), dev)?,
+        ))
+    }
+
+    /// The loss of given logits (M, V): [`weighted_nll`] (fused on CPU f32).
+    pub fn of_logits(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
+        let (t, wt) = self.tensors(logits.device())?;
+        weighted_nll(logits, &t, &wt, self.exclude)
+    }
 }
 
 #[cfg(test)]
