@@ -4,7 +4,9 @@ use candle_core::{D, DType, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, Target, argmax, race_f64};
+use super::{
+    ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, StepPlan, Target, argmax, race_f64,
+};
 use crate::nn::ops::fast_exp;
 use crate::nn::ops::head_nll::NllRows;
 use crate::{Error, Result};
@@ -283,6 +285,38 @@ impl ForwardProcess for Masked {
         }
     }
 
+    fn plan_step(&self, xt: &[u32], t: f64, s: f64, rng: &mut ChaCha8Rng) -> StepPlan {
+        let (at, as_) = (self.schedule.alpha(t), self.schedule.alpha(s));
+        // Stay masked w.p. (1 - a_s)/(1 - a_t), else reveal from p. Drawing the stay/reveal events
+        // first and racing over p only where revealing is the same distribution as one race over
+        // q(v) = p_v (a_s - a_t), q(m) = 1 - a_s, at a fraction of the cost, and it tells the
+        // sampler which rows of p it needs before it calls the network.
+        let stay = ((1.0 - as_) / (1.0 - at)).clamp(0.0, 1.0);
+        StepPlan::Reveal(
+            xt.iter()
+                .enumerate()
+                .filter(|(_, x)| **x == self.mask)
+                .filter(|_| rng.random::<f64>() >= stay)
+                .map(|(l, _)| l as u32)
+                .collect(),
+        )
+    }
+
+    fn plan_noise_removal(
+        &self,
+        xt: &[u32],
+        t: f64,
+        mode: NoiseRemoval,
+        rng: &mut ChaCha8Rng,
+    ) -> StepPlan {
+        match mode {
+            NoiseRemoval::Ancestral => self.plan_step(xt, t, 0.0, rng),
+            NoiseRemoval::Greedy => self
+                .active_positions(xt)
+                .map_or(StepPlan::Full, StepPlan::Reveal),
+        }
+    }
+
     fn posterior_row(
         &self,
         probs: &[f32],
@@ -291,24 +325,15 @@ impl ForwardProcess for Masked {
         s: f64,
         rng: &mut ChaCha8Rng,
     ) -> bool {
-        let (at, as_) = (self.schedule.alpha(t), self.schedule.alpha(s));
-        // Normalised proposal: stay masked w.p. (1 - a_s)/(1 - a_t), else reveal from p. Drawing the
-        // stay/reveal event first and racing over p only when revealing is the same distribution as
-        // one race over q(v) = p_v (a_s - a_t), q(m) = 1 - a_s, at a fraction of the cost.
-        let stay = ((1.0 - as_) / (1.0 - at)).clamp(0.0, 1.0);
+        let StepPlan::Reveal(pos) = self.plan_step(xt, t, s, rng) else {
+            return false;
+        };
         let v = self.vocab;
-        let mut changed = false;
-        for (l, x) in xt.iter_mut().enumerate() {
-            if *x != self.mask {
-                continue;
-            }
-            if rng.random::<f64>() < stay {
-                continue;
-            }
-            *x = race_f64(&probs[l * v..(l + 1) * v], rng) as u32;
-            changed = true;
+        for &l in &pos {
+            let l = l as usize;
+            xt[l] = race_f64(&probs[l * v..(l + 1) * v], rng) as u32;
         }
-        changed
+        !pos.is_empty()
     }
 
     fn noise_removal_row(

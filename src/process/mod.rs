@@ -49,6 +49,16 @@ impl std::str::FromStr for NoiseRemoval {
     }
 }
 
+/// What one reverse step of a row needs from the network, drawn before the network is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepPlan {
+    /// Set exactly these positions (ascending) by a draw from p(x0 | x_t) there, each on its own;
+    /// every other position stays. Empty: the step changes nothing and needs no network call.
+    Reveal(Vec<u32>),
+    /// The step needs p(x0 | x_t) at every position it may change (`posterior_row`).
+    Full,
+}
+
 /// Which forward process a model was trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +124,24 @@ pub trait ForwardProcess: Send + Sync {
         target: Target,
         t: &[f64],
     ) -> Result<Tensor>;
+    /// Plan the reverse step t -> s of a row before any prediction exists. A process whose step
+    /// sets each changed position from p(x0 | x_t) alone (MDLM) draws which positions change here,
+    /// so a sampler predicts only those; `posterior_row` must equal this plan followed by
+    /// `race_f64` at each planned position, on the same random stream.
+    fn plan_step(&self, _xt: &[u32], _t: f64, _s: f64, _rng: &mut ChaCha8Rng) -> StepPlan {
+        StepPlan::Full
+    }
+    /// Plan the final noise removal at t the same way (greedy: the planned positions take the
+    /// argmax instead of a draw).
+    fn plan_noise_removal(
+        &self,
+        _xt: &[u32],
+        _t: f64,
+        _mode: NoiseRemoval,
+        _rng: &mut ChaCha8Rng,
+    ) -> StepPlan {
+        StepPlan::Full
+    }
     /// One reverse step t -> s of a row given p(x0 | x_t) (row-major L x V); true if x_t changed.
     fn posterior_row(
         &self,
