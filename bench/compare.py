@@ -50,6 +50,7 @@ res = {
     "sampler16_tokens_per_s": med([x["sampler16_tokens_per_s"] for x in runs["idlm"]]),
     "sampler1024_cached_tokens_per_s": med([x["sampler1024_cached_tokens_per_s"] for x in runs["idlm"]]),
     "ar_kv_tokens_per_s": med([x["ar_kv_tokens_per_s"] for x in runs["idlm"]]),
+    "ar_kv_b1_tokens_per_s": med([x["sampler"]["ar_kv_b1_tokens_per_s"] for x in runs["idlm"]]),
     "idlm_alternation_ms": med([x["idlm"]["idlm_alternation_ms"] for x in runs["idlm"]]),
     "idlm_teacher_step_ms": med([x["idlm"]["teacher_step_ms"] for x in runs["idlm"]]),
     "idlm_alternation_peak_mib": med([x["idlm"]["idlm_alternation_peak_mib"] or 0 for x in runs["idlm"]]),
@@ -62,6 +63,18 @@ res = {
 res["train_ratio"] = res["idlm_train_step_ms"] / res["torch_train_step_ms"]
 res["forward_ratio"] = res["idlm_forward_ms"] / res["torch_forward_ms"]
 res["sampler16_over_ar_kv"] = res["sampler16_tokens_per_s"] / res["ar_kv_tokens_per_s"]
+# The sampler table (steps x batch x time input), medians over rounds, each against AR decoding at
+# the same batch in the same run.
+table = []
+for i, row in enumerate(runs["idlm"][0]["sampler"]["rows"]):
+    ar_key = "ar_kv_b1_tokens_per_s" if row["batch"] == 1 else "ar_kv_tokens_per_s"
+    tps = med([x["sampler"]["rows"][i]["tokens_per_s"] for x in runs["idlm"]])
+    over = med([x["sampler"]["rows"][i]["tokens_per_s"] / x["sampler"][ar_key] for x in runs["idlm"]])
+    table.append(dict(row, tokens_per_s=tps, over_ar_kv=over))
+    print(f"sampler {row['steps']:>4} steps, batch {row['batch']:>2}"
+          f"{'' if row['time_conditioned'] else ' (no time input)'}: {tps:.0f} tokens/s = {over:.2f}x AR KV "
+          f"| {row['nfe_per_seq']:.1f} calls per sequence", flush=True)
+res["sampler_table"] = table
 print(f"train step: idlm {res['idlm_train_step_ms']:.0f} ms vs torch {res['torch_train_step_ms']:.0f} ms "
       f"= {res['train_ratio']:.2f}x | forward {res['idlm_forward_ms']:.0f} vs {res['torch_forward_ms']:.0f} ms "
       f"= {res['forward_ratio']:.2f}x")

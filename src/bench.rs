@@ -12,8 +12,7 @@ use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::nn::DitInput;
 use crate::nn::ops::head_nll::NllRows;
-use crate::process::{Masked, NoiseRemoval};
-use crate::sample::{SamplerOptions, sample};
+use crate::process::Masked;
 use crate::train::{Trainer, batch_loss};
 
 /// Sizes and repetitions of a benchmark run.
@@ -74,8 +73,8 @@ pub struct BenchReport {
     pub mdlm_train_step_ms: f64,
     /// Forward of the full batch (logits), no gradient.
     pub forward_ms: f64,
-    /// Tokens per second of the ancestral sampler at 16 steps (the time-conditioned benchmark
-    /// DiT: every step is a full forward).
+    /// Tokens per second of the ancestral sampler at 16 steps at the benchmark batch (the
+    /// time-conditioned benchmark DiT).
     pub sampler16_tokens_per_s: f64,
     /// Tokens per second at 1024 steps with the same weights used without time conditioning
     /// (MDLM's default), so a sequence that did not change reuses its prediction.
@@ -90,6 +89,8 @@ pub struct BenchReport {
     pub forward_peak_fraction: f64,
     /// Tokens per second of AR KV-cache decoding (causal LM of the same width and depth).
     pub ar_kv_tokens_per_s: f64,
+    /// The sampler at 4 / 16 / 1024 steps and batch 1 against AR decoding.
+    pub sampler: crate::bench_sampler::SamplerBench,
     /// One IDLM alternation against one teacher step: time and peak memory.
     pub idlm: crate::bench_idlm::IdlmBench,
 }
@@ -257,27 +258,10 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
-    let opts = SamplerOptions {
-        steps: 16,
-        noise_removal: NoiseRemoval::Ancestral,
-        cache: true,
-        batch_size: b,
-        seed: 1,
-    };
-    let t0 = Instant::now();
-    let n = b;
-    sample(&model, &process, n, l, &opts, None)?;
-    let sampler16 = (n * l) as f64 / t0.elapsed().as_secs_f64();
     let mut untimed = tr.dit_cfg.clone();
     untimed.time_conditioning = false;
     let cached = checkpoint::dit_from_tensors(&tr.ema_weights(), &untimed, Path::new("EMA"))?;
-    let t0 = Instant::now();
-    let opts = SamplerOptions {
-        steps: 1024,
-        ..opts
-    };
-    sample(&cached, &process, n, l, &opts, None)?;
-    let sampler1024 = (n * l) as f64 / t0.elapsed().as_secs_f64();
+    let sampler = crate::bench_sampler::sampler_bench(&model, &cached, o)?;
 
     let peak = gemm_peak_gflops();
     let fwd_gflop = forward_gflop(o);
@@ -295,37 +279,12 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         phase_optimizer_ms: median(po),
         mdlm_train_step_ms: median(mdlm),
         forward_ms: median(fwd),
-        sampler16_tokens_per_s: sampler16,
-        sampler1024_cached_tokens_per_s: sampler1024,
-        ar_kv_tokens_per_s: ar_kv_tokens_per_s(o)?,
+        sampler16_tokens_per_s: sampler.tokens_per_s(16, b, true).unwrap_or(0.0),
+        sampler1024_cached_tokens_per_s: sampler.tokens_per_s(1024, b, false).unwrap_or(0.0),
+        ar_kv_tokens_per_s: sampler.ar_kv_tokens_per_s,
+        sampler,
         idlm,
     })
-}
-
-/// Tokens per second (sequences x length / wall time, as `sampler16_tokens_per_s` counts) of the
-/// AR KV-cache sampler at temperature 1, top-p 1, for a causal LM of the benchmark's vocabulary,
-/// width, depth and heads, decoding `batch` sequences of `len` tokens together.
-pub fn ar_kv_tokens_per_s(o: &BenchOptions) -> Result<f64> {
-    let cfg = crate::nn::CausalLmConfig {
-        vocab_size: o.vocab,
-        hidden_size: o.hidden,
-        n_blocks: o.blocks,
-        n_heads: o.heads,
-        mlp_ratio: 4,
-        length: o.len,
-        dropout: 0.0,
-    };
-    let (_vars, lm) = crate::ar::init_lm(&cfg, 1)?;
-    let opts = crate::ar::ArSamplerOptions {
-        batch_size: o.batch,
-        ..Default::default()
-    };
-    let mask = Some((o.vocab - 1) as u32);
-    // One short untimed pass first so allocation and thread start-up are not timed.
-    crate::ar::sample_ar(&lm, o.batch, o.len.min(4), 0, mask, &opts, None)?;
-    let t0 = Instant::now();
-    crate::ar::sample_ar(&lm, o.batch, o.len, 0, mask, &opts, None)?;
-    Ok((o.batch * o.len) as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn process_sigma(t: f64) -> f32 {

@@ -290,7 +290,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         iters: a.iters,
     };
     if a.ar_only {
-        let tps = idlm::bench::ar_kv_tokens_per_s(&o)?;
+        let tps = idlm::bench_sampler::ar_kv_tokens_per_s(&o, o.batch, o.batch)?;
         let threads = rayon::current_num_threads();
         println!("threads {threads} | AR KV-cache decoding {tps:.0} tokens/s");
         if let Some(p) = a.json {
@@ -302,7 +302,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let r = idlm::bench::run_bench(&o)?;
     println!(
-        "threads {} | train step {:.1} ms (CE on all positions; forward+loss {:.1}, backward {:.1}, optimizer {:.1}) | MDLM train step {:.1} ms | forward {:.1} ms | sampler 16 steps {:.0} tokens/s | 1024 steps (cached) {:.0} tokens/s",
+        "threads {} | train step {:.1} ms (CE on all positions; forward+loss {:.1}, backward {:.1}, optimizer {:.1}) | MDLM train step {:.1} ms | forward {:.1} ms",
         r.threads,
         r.train_step_ms,
         r.phase_forward_loss_ms,
@@ -310,8 +310,6 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.phase_optimizer_ms,
         r.mdlm_train_step_ms,
         r.forward_ms,
-        r.sampler16_tokens_per_s,
-        r.sampler1024_cached_tokens_per_s
     );
     println!(
         "GEMM peak {:.1} GFLOP/s | train step {:.1} GFLOP = {:.0}% of peak | forward {:.0}% of peak",
@@ -320,10 +318,28 @@ fn bench(a: BenchArgs) -> Result<()> {
         100.0 * r.train_step_peak_fraction,
         100.0 * r.forward_peak_fraction
     );
-    println!(
-        "AR KV-cache decoding (same width, depth, length, batch) {:.0} tokens/s",
-        r.ar_kv_tokens_per_s
-    );
+    let sb = &r.sampler;
+    for row in &sb.rows {
+        let ar = if row.batch == 1 {
+            sb.ar_kv_b1_tokens_per_s
+        } else {
+            sb.ar_kv_tokens_per_s
+        };
+        println!(
+            "sampler {:>4} steps, batch {:>2}{}: {:.0} tokens/s = {:.2}x AR KV-cache decoding at this batch ({:.0}) | {:.1} calls per sequence",
+            row.steps,
+            row.batch,
+            if row.time_conditioned {
+                ""
+            } else {
+                " (no time input)"
+            },
+            row.tokens_per_s,
+            row.tokens_per_s / ar,
+            ar,
+            row.nfe_per_seq
+        );
+    }
     let mib = |x: Option<f64>| {
         x.map(|v| format!("{v:.0} MiB"))
             .unwrap_or_else(|| "-".into())

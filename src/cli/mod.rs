@@ -318,7 +318,7 @@ pub struct SampleArgs {
     /// ancestral or greedy.
     #[arg(long)]
     pub noise_removal: Option<String>,
-    /// Sampler: ancestral-cache (default) or ancestral (no caching).
+    /// Sampler: ancestral-cache (skips calls a step cannot use) or ancestral (a call per step).
     #[arg(long, default_value = "ancestral-cache")]
     pub sampler: String,
     /// Use the raw weights instead of the EMA.
