@@ -9,6 +9,9 @@ use idlm::nn::{Dit, DitConfig};
 use idlm::process::{ForwardProcess, Masked, NoiseRemoval, Uniform};
 use idlm::sample::{Denoiser, Request, Sample, SamplerOptions, sample, sample_requests};
 use idlm::toy::{ExactDenoiser, ExactUniformDenoiser, ToyWorld};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
 
 fn opts(steps: usize, noise_removal: NoiseRemoval, cache: bool, seed: u64) -> SamplerOptions {
     SamplerOptions {
@@ -140,10 +143,22 @@ fn tiny_dit(time_conditioning: bool) -> Dit {
     let d = Dit::new(vb, &cfg).unwrap();
     init_dit(&varmap, 3).unwrap();
     // Larger weights than the reference init (zero output layer), so the logits depend on x_t and
-    // sigma and a wrong row or time would change the draws.
-    for v in varmap.all_vars() {
-        let t = v.as_tensor().clone();
-        let noise = Tensor::randn(0f32, 0.5, t.shape(), &Device::Cpu).unwrap();
+    // sigma and a wrong row or time would change the draws; seeded, so every run tests the same net.
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut vars = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<Vec<_>>();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, v) in vars {
+        let t = v.as_tensor();
+        let noise: Vec<f32> = (0..t.elem_count())
+            .map(|_| 0.3 * rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let noise = Tensor::from_vec(noise, t.shape(), &Device::Cpu).unwrap();
         v.set(&(t + noise).unwrap()).unwrap();
     }
     d

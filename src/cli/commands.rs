@@ -372,8 +372,14 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let wants = |name: &str| metrics.iter().any(|m| m == name);
     let needs_model =
         wants("genppl") || (wants("entropy") && samples.iter().any(|s| s.ids.is_none()));
-    let model = if needs_model { Some(model?) } else { None };
     let wants_mauve = wants("mauve");
+    // Argument errors first: they must not hide behind a missing model.
+    if wants_mauve && a.reference.is_none() {
+        bail!(
+            "the mauve metric needs --reference (a prepared data folder or a JSONL with a `text` field)"
+        );
+    }
+    let model = if needs_model { Some(model?) } else { None };
     if a.reference.is_some() && !wants_mauve {
         eprintln!("note: --reference is used only by the mauve metric, which was not chosen");
     }
