@@ -199,7 +199,7 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
         lr: std::env::var("IDLM_DUO_TOY_LR")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1e-3),
+            .unwrap_or(3e-4),
         warmup_steps: 10,
         ema_decay: 0.95,
         ..DistillConfig::default()
@@ -219,15 +219,23 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
     let steps: usize = std::env::var("IDLM_DUO_TOY_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    for _ in 0..steps {
+        .unwrap_or(400);
+    let mut j_mid = f64::NAN;
+    for s in 0..steps {
         idlm.step_duo(&tnet, &latent, TAU, DuoGradient::Pathwise, &data)
             .unwrap();
+        if s + 1 == steps / 2 {
+            let p = p_theta(&idlm.student.ema_model().unwrap(), &latent, &data, n, l);
+            j_mid = objective(&p_star, &p, n, l, &latent);
+        }
     }
     let p1 = p_theta(&idlm.student.ema_model().unwrap(), &latent, &data, n, l);
     let j1 = objective(&p_star, &p1, n, l, &latent);
-    println!("IDLM-Duo toy: J {j0:.5} -> {j1:.5}; p_theta {p0:.3?} -> {p1:.3?}");
+    println!("IDLM-Duo toy: J {j0:.5} -> {j_mid:.5} -> {j1:.5}; p_theta {p0:.3?} -> {p1:.3?}");
     assert!(j0 >= 0.0 && j1 >= 0.0);
-    // Measured: 0.329 -> 0.086 (200 alternations, lr 1e-3, batch 512).
+    // Measured: 0.329 -> 0.144 (200 alternations) -> 0.119 (400; lr 3e-4, batch 512), falling at
+    // every 25-step checkpoint. At lr 1e-3 the game oscillates (J between 0.02 and 0.33 from one
+    // checkpoint to the next), so an endpoint there depends on float summation order.
+    assert!(j_mid < j0 && j1 < j_mid, "J {j0} -> {j_mid} -> {j1}");
     assert!(j1 < 0.5 * j0, "J {j0} -> {j1}");
 }
