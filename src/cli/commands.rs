@@ -372,17 +372,19 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let wants = |name: &str| metrics.iter().any(|m| m == name);
     let needs_model =
         wants("genppl") || (wants("entropy") && samples.iter().any(|s| s.ids.is_none()));
-    let wants_mauve = wants("mauve");
     // Argument errors first: they must not hide behind a missing model.
-    if wants_mauve && a.reference.is_none() {
-        bail!(
+    let mauve_reference = match (wants("mauve"), &a.reference) {
+        (true, Some(path)) => Some(path),
+        (true, None) => bail!(
             "the mauve metric needs --reference (a prepared data folder or a JSONL with a `text` field)"
-        );
-    }
+        ),
+        (false, Some(_)) => {
+            eprintln!("note: --reference is used only by the mauve metric, which was not chosen");
+            None
+        }
+        (false, None) => None,
+    };
     let model = if needs_model { Some(model?) } else { None };
-    if a.reference.is_some() && !wants_mauve {
-        eprintln!("note: --reference is used only by the mauve metric, which was not chosen");
-    }
     // One bar; its prefix names the metric running now.
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template(
@@ -398,12 +400,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     };
     let genppl_progress = |done: usize, total: usize| stage("GenPPL", done, total);
     let mauve_progress = |done: usize, total: usize| stage("MAUVE features", done, total);
-    let mauve = if wants_mauve {
-        let Some(path) = &a.reference else {
-            bail!(
-                "the mauve metric needs --reference (a prepared data folder or a JSONL with a `text` field)"
-            );
-        };
+    let mauve = if let Some(path) = mauve_reference {
         let references = protocol::read_references(path, samples.len())
             .with_context(|| format!("reading MAUVE references from {}", path.display()))?;
         Some(protocol::MauveEval {
