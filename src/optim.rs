@@ -108,13 +108,18 @@ impl Coeffs {
             .zip(v.par_chunks_mut(CH))
             .zip(g.par_chunks(CH))
             .for_each(|(((w, m), v), g)| {
-                for j in 0..w.len().min(g.len()) {
-                    let gj = g[j] * k.gs;
-                    m[j] = k.b1 * m[j] + (1.0 - k.b1) * gj;
-                    v[j] = k.b2 * v[j] + (1.0 - k.b2) * gj * gj;
-                    let denom = v[j].sqrt() / k.bc2_sqrt + k.eps;
-                    w[j] = w[j] * k.decay - k.step_size * m[j] / denom;
-                }
+                crate::nn::ops::simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for j in 0..w.len().min(g.len()) {
+                            let gj = g[j] * k.gs;
+                            m[j] = k.b1 * m[j] + (1.0 - k.b1) * gj;
+                            v[j] = k.b2 * v[j] + (1.0 - k.b2) * gj * gj;
+                            let denom = v[j].sqrt() / k.bc2_sqrt + k.eps;
+                            w[j] = w[j] * k.decay - k.step_size * m[j] / denom;
+                        }
+                    },
+                )
             });
     }
 }

@@ -83,6 +83,7 @@ impl RotaryAttention {
     }
 
     /// Rotate rows of one head: `out[i] = rot_i(src[i*rs + off ..])` (L x dh, dense).
+    #[inline(always)]
     fn rotate(&self, src: &[f32], rs: usize, off: usize, l: usize, dh: usize, out: &mut [f32]) {
         let h = dh / 2;
         for i in 0..l {
@@ -97,6 +98,7 @@ impl RotaryAttention {
     }
 
     /// Gradient through the rotation (its transpose), added into `dst[i*rs + off ..]`.
+    #[inline(always)]
     fn unrotate_into(
         &self,
         g: &[f32],
@@ -119,6 +121,7 @@ impl RotaryAttention {
     }
 
     /// Softmax(scale q k^T) for one (batch, head): returns (P, q_rot, k_rot).
+    #[inline(always)]
     fn probs(&self, x: &[f32], l: usize, d: usize, hd: usize, dh: usize) -> [Vec<f32>; 3] {
         let mut q = vec![0f32; l * dh];
         let mut k = vec![0f32; l * dh];
@@ -166,28 +169,33 @@ impl CustomOp1 for RotaryAttention {
         // SAFETY: task (bi, hd) writes head hd's dh columns of sequence bi's l rows: together
         // every element once.
         let out = unsafe {
-            par_fill(b * l * d, b * h, |bh, out| {
-                let (bi, hd) = (bh / h, bh % h);
-                let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
-                let [p, _, _] = self.probs(xb, l, d, hd, dh);
-                let mut o = vec![0f32; l * dh];
-                matmul(
-                    l,
-                    dh,
-                    l,
-                    &mut o,
-                    false,
-                    &p,
-                    l,
-                    1,
-                    &xb[2 * d + hd * dh..],
-                    3 * d,
-                    1,
-                );
-                for (i, o) in o.chunks_exact(dh).enumerate() {
-                    out.put((bi * l + i) * d + hd * dh, o);
-                }
-            })
+            par_fill(
+                b * l * d,
+                b * h,
+                #[inline(always)]
+                |bh, out| {
+                    let (bi, hd) = (bh / h, bh % h);
+                    let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
+                    let [p, _, _] = self.probs(xb, l, d, hd, dh);
+                    let mut o = vec![0f32; l * dh];
+                    matmul(
+                        l,
+                        dh,
+                        l,
+                        &mut o,
+                        false,
+                        &p,
+                        l,
+                        1,
+                        &xb[2 * d + hd * dh..],
+                        3 * d,
+                        1,
+                    );
+                    for (i, o) in o.chunks_exact(dh).enumerate() {
+                        out.put((bi * l + i) * d + hd * dh, o);
+                    }
+                },
+            )
         };
         Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
     }
@@ -223,40 +231,45 @@ impl CustomOp2 for RotaryAttentionBwd {
         // SAFETY: task (bi, hd) writes head hd's q, k and v columns of sequence bi's l rows:
         // together every element of dx once.
         let dx = unsafe {
-            par_fill(b * l * 3 * d, b * h, |bh, out| {
-                let (bi, hd) = (bh / h, bh % h);
-                let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
-                let gb = &go[bi * l * d + hd * dh..];
-                let [p, q, k] = op.probs(xb, l, d, hd, dh);
-                let v = &xb[2 * d + hd * dh..];
-                // dV = P^T dO
-                let mut dv = vec![0f32; l * dh];
-                matmul(l, dh, l, &mut dv, false, &p, 1, l, gb, d, 1);
-                // dP = dO V^T, then dS = P (dP - rowdot(dP, P)) scale
-                let mut ds = vec![0f32; l * l];
-                matmul(l, l, dh, &mut ds, false, gb, d, 1, v, 1, 3 * d);
-                for (dr, pr) in ds.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
-                    let dot = lanes::dot(dr, pr);
-                    for (dv, &pv) in dr.iter_mut().zip(pr) {
-                        *dv = pv * (*dv - dot) * scale;
+            par_fill(
+                b * l * 3 * d,
+                b * h,
+                #[inline(always)]
+                |bh, out| {
+                    let (bi, hd) = (bh / h, bh % h);
+                    let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
+                    let gb = &go[bi * l * d + hd * dh..];
+                    let [p, q, k] = op.probs(xb, l, d, hd, dh);
+                    let v = &xb[2 * d + hd * dh..];
+                    // dV = P^T dO
+                    let mut dv = vec![0f32; l * dh];
+                    matmul(l, dh, l, &mut dv, false, &p, 1, l, gb, d, 1);
+                    // dP = dO V^T, then dS = P (dP - rowdot(dP, P)) scale
+                    let mut ds = vec![0f32; l * l];
+                    matmul(l, l, dh, &mut ds, false, gb, d, 1, v, 1, 3 * d);
+                    for (dr, pr) in ds.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
+                        let dot = lanes::dot(dr, pr);
+                        for (dv, &pv) in dr.iter_mut().zip(pr) {
+                            *dv = pv * (*dv - dot) * scale;
+                        }
                     }
-                }
-                // dq_rot = dS k_rot, dk_rot = dS^T q_rot, each rotated back.
-                let mut dr = vec![0f32; l * dh];
-                let mut dq = vec![0f32; l * dh];
-                matmul(l, dh, l, &mut dr, false, &ds, l, 1, &k, dh, 1);
-                op.unrotate_into(&dr, l, dh, &mut dq, dh, 0);
-                let mut dk = vec![0f32; l * dh];
-                matmul(l, dh, l, &mut dr, false, &ds, 1, l, &q, dh, 1);
-                op.unrotate_into(&dr, l, dh, &mut dk, dh, 0);
-                for i in 0..l {
-                    let o = (bi * l + i) * 3 * d + hd * dh;
-                    let r = i * dh..(i + 1) * dh;
-                    out.put(o, &dq[r.clone()]);
-                    out.put(o + d, &dk[r.clone()]);
-                    out.put(o + 2 * d, &dv[r]);
-                }
-            })
+                    // dq_rot = dS k_rot, dk_rot = dS^T q_rot, each rotated back.
+                    let mut dr = vec![0f32; l * dh];
+                    let mut dq = vec![0f32; l * dh];
+                    matmul(l, dh, l, &mut dr, false, &ds, l, 1, &k, dh, 1);
+                    op.unrotate_into(&dr, l, dh, &mut dq, dh, 0);
+                    let mut dk = vec![0f32; l * dh];
+                    matmul(l, dh, l, &mut dr, false, &ds, 1, l, &q, dh, 1);
+                    op.unrotate_into(&dr, l, dh, &mut dk, dh, 0);
+                    for i in 0..l {
+                        let o = (bi * l + i) * 3 * d + hd * dh;
+                        let r = i * dh..(i + 1) * dh;
+                        out.put(o, &dq[r.clone()]);
+                        out.put(o + d, &dk[r.clone()]);
+                        out.put(o + 2 * d, &dv[r]);
+                    }
+                },
+            )
         };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

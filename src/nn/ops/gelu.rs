@@ -36,12 +36,17 @@ impl CustomOp1 for Gelu {
         let x = f32_data(s, l, self.name())?;
         // SAFETY: chunk i of the output is zipped with chunk i of x, of the same length.
         let y = unsafe {
-            par_new(x.len(), CHUNK, |i, y| {
-                let x = &x[i * CHUNK..i * CHUNK + y.len()];
-                y.iter_mut().zip(x).for_each(|(y, &x)| {
-                    y.write(gelu(x));
-                })
-            })
+            par_new(
+                x.len(),
+                CHUNK,
+                #[inline(always)]
+                |i, y| {
+                    let x = &x[i * CHUNK..i * CHUNK + y.len()];
+                    y.iter_mut().zip(x).for_each(|(y, &x)| {
+                        y.write(gelu(x));
+                    })
+                },
+            )
         };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -69,12 +74,17 @@ impl CustomOp2 for GeluBwd {
         let g = f32_data(s2, l2, self.name())?;
         // SAFETY: every element of each chunk is written.
         let dx = unsafe {
-            par_new(x.len(), CHUNK, |c, d| {
-                let r = c * CHUNK..c * CHUNK + d.len();
-                for ((d, &x), &g) in d.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
-                    d.write(g * gelu_grad(x));
-                }
-            })
+            par_new(
+                x.len(),
+                CHUNK,
+                #[inline(always)]
+                |c, d| {
+                    let r = c * CHUNK..c * CHUNK + d.len();
+                    for ((d, &x), &g) in d.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
+                        d.write(g * gelu_grad(x));
+                    }
+                },
+            )
         };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::nll::{check_targets, row_lse, weighted_nll};
-use super::{column_sums, f32_data, fast_exp, gemm_append, gemm_new, rows_per_task};
+use super::{column_sums, f32_data, fast_exp, gemm_append, gemm_new, rows_per_task, simd};
 
 /// Targets, per-row weights and the excluded column of a weighted NLL over M rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,10 +71,15 @@ fn logits(
     z.par_chunks_mut(v * rows)
         .zip(lse.par_chunks_mut(rows))
         .for_each(|(z, lse)| {
-            for (z, lse) in z.chunks_exact_mut(v).zip(lse) {
-                z.iter_mut().zip(b).for_each(|(z, b)| *z += b);
-                *lse = row_lse(z, ex);
-            }
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    for (z, lse) in z.chunks_exact_mut(v).zip(lse) {
+                        z.iter_mut().zip(b).for_each(|(z, b)| *z += b);
+                        *lse = row_lse(z, ex);
+                    }
+                },
+            )
         });
     Saved { z, lse }
 }
@@ -199,20 +204,25 @@ impl CustomOp3 for HeadNllBwd {
         // dz = gw (softmax without the excluded column - onehot(target)), in place.
         let rows = rows_per_task(v);
         z.par_chunks_mut(v * rows).enumerate().for_each(|(c, z)| {
-            for (i, z) in z.chunks_exact_mut(v).enumerate() {
-                let r = c * rows + i;
-                let (gw, t) = (gw[r], tgt[r] as usize);
-                if gw == 0.0 {
-                    z.fill(0.0);
-                    continue;
-                }
-                let lse = lse[r];
-                z.iter_mut().for_each(|z| *z = gw * fast_exp(*z - lse));
-                if let Some(e) = ex {
-                    z[e] = 0.0;
-                }
-                z[t] -= gw;
-            }
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    for (i, z) in z.chunks_exact_mut(v).enumerate() {
+                        let r = c * rows + i;
+                        let (gw, t) = (gw[r], tgt[r] as usize);
+                        if gw == 0.0 {
+                            z.fill(0.0);
+                            continue;
+                        }
+                        let lse = lse[r];
+                        z.iter_mut().for_each(|z| *z = gw * fast_exp(*z - lse));
+                        if let Some(e) = ex {
+                            z[e] = 0.0;
+                        }
+                        z[t] -= gw;
+                    }
+                },
+            )
         });
         let mut buf = Vec::with_capacity(m * k + v * k + v);
         gemm_append(&mut buf, m, k, v, &z, v, 1, w, k, 1);

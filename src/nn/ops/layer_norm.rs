@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, lanes, par_new, rows_per_task};
+use super::{f32_data, lanes, par_new, rows_per_task, simd};
 use crate::nn::layers::LN_EPS;
 
 struct LayerNorm;
@@ -38,15 +38,20 @@ impl CustomOp2 for LayerNorm {
         }
         // SAFETY: chunks are whole rows of d (x.len() a multiple of d), each element written.
         let y = unsafe {
-            par_new(x.len(), d * rows, |c, y| {
-                let x = &x[c * d * rows..c * d * rows + y.len()];
-                for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    let (m, r) = stats(x);
-                    for i in 0..d {
-                        y[i].write((x[i] - m) * r * w[i]);
+            par_new(
+                x.len(),
+                d * rows,
+                #[inline(always)]
+                |c, y| {
+                    let x = &x[c * d * rows..c * d * rows + y.len()];
+                    for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        let (m, r) = stats(x);
+                        for i in 0..d {
+                            y[i].write((x[i] - m) * r * w[i]);
+                        }
                     }
-                }
-            })
+                },
+            )
         };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -94,28 +99,33 @@ impl CustomOp3 for LayerNormBwd {
             .par_chunks_mut(d * rows)
             .zip(x.par_chunks(d * rows).zip(g.par_chunks(d * rows)))
             .map(|(dx, (x, g))| {
-                let mut dw = vec![0f32; d];
-                let mut xhat = vec![0f32; d];
-                for ((dx, x), g) in dx
-                    .chunks_exact_mut(d)
-                    .zip(x.chunks_exact(d))
-                    .zip(g.chunks_exact(d))
-                {
-                    let (m, r) = stats(x);
-                    let (mut s1, mut s2) = (0f32, 0f32);
-                    for i in 0..d {
-                        xhat[i] = (x[i] - m) * r;
-                        let gh = g[i] * w[i];
-                        s1 += gh;
-                        s2 += gh * xhat[i];
-                        dw[i] += g[i] * xhat[i];
-                    }
-                    let (m1, m2) = (s1 / d as f32, s2 / d as f32);
-                    for i in 0..d {
-                        dx[i].write(r * (g[i] * w[i] - m1 - xhat[i] * m2));
-                    }
-                }
-                dw
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        let mut dw = vec![0f32; d];
+                        let mut xhat = vec![0f32; d];
+                        for ((dx, x), g) in dx
+                            .chunks_exact_mut(d)
+                            .zip(x.chunks_exact(d))
+                            .zip(g.chunks_exact(d))
+                        {
+                            let (m, r) = stats(x);
+                            let (mut s1, mut s2) = (0f32, 0f32);
+                            for i in 0..d {
+                                xhat[i] = (x[i] - m) * r;
+                                let gh = g[i] * w[i];
+                                s1 += gh;
+                                s2 += gh * xhat[i];
+                                dw[i] += g[i] * xhat[i];
+                            }
+                            let (m1, m2) = (s1 / d as f32, s2 / d as f32);
+                            for i in 0..d {
+                                dx[i].write(r * (g[i] * w[i] - m1 - xhat[i] * m2));
+                            }
+                        }
+                        dw
+                    },
+                )
             })
             .collect();
         // SAFETY: the chunks above cover dx (x.len() elements, whole rows) and wrote each.

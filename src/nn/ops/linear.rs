@@ -5,8 +5,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{column_sums, f32_data, gemm_append, gemm_new, rows_per_task};
+use super::{column_sums, f32_data, gemm_append, gemm_new, rows_per_task, simd};
 
+#[inline(always)]
 fn add_assign(r: &mut [f32], b: &[f32]) {
     r.iter_mut().zip(b).for_each(|(a, b)| *a += b);
 }
@@ -59,8 +60,12 @@ impl CustomOp3 for LinearBias {
         let (rows, k, out) = dims(l1, l2, self.name())?;
         // The GEMM into fresh memory, then the bias added in the same (cache-warm) row order.
         let mut y = gemm_new(rows, out, k, x, k, 1, w, 1, k);
-        y.par_chunks_mut(out * rows_per_task(out))
-            .for_each(|r| r.chunks_exact_mut(out).for_each(|r| add_assign(r, b)));
+        y.par_chunks_mut(out * rows_per_task(out)).for_each(|r| {
+            simd::dispatch(
+                #[inline(always)]
+                || r.chunks_exact_mut(out).for_each(|r| add_assign(r, b)),
+            )
+        });
         Ok((CpuStorage::F32(y), out_shape(l1, out)))
     }
 
@@ -111,9 +116,12 @@ impl CustomOp2 for LinearNoBias {
     }
 }
 
-/// dx = g W, dW = g^T x, db = column sums of g, as one flat buffer [dx | dW | db].
+/// One part of the backward: dx = g W, or [dW | db] with dW = g^T x and db the column sums of g.
+/// Two ops, not one buffer [dx | dW | db], so the weight's gradient has a buffer of its own (kept
+/// as it is by backprop) and dx is freed as soon as the layer below has used it.
 struct LinearBwd {
     bias: bool,
+    weight: bool,
 }
 
 impl CustomOp3 for LinearBwd {
@@ -134,10 +142,13 @@ impl CustomOp3 for LinearBwd {
         let w = f32_data(s2, l2, self.name())?;
         let g = f32_data(s3, l3, self.name())?;
         let (rows, k, out) = dims(l1, l2, self.name())?;
+        if !self.weight {
+            // dx straight from the GEMM (no zero pass).
+            let dx = gemm_new(rows, k, out, g, out, 1, w, k, 1);
+            return Ok((CpuStorage::F32(dx), l1.shape().clone()));
+        }
         let nb = if self.bias { out } else { 0 };
-        // dx and dW straight from the GEMMs (no zero pass), then db appended.
-        let mut buf = Vec::with_capacity(rows * k + out * k + nb);
-        gemm_append(&mut buf, rows, k, out, g, out, 1, w, k, 1);
+        let mut buf = Vec::with_capacity(out * k + nb);
         gemm_append(&mut buf, out, k, rows, g, 1, out, x, k, 1);
         if self.bias {
             buf.extend_from_slice(&column_sums(g, out));
@@ -154,12 +165,19 @@ fn linear_backward(
     bias: bool,
 ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
     let (out, k) = w.dims2()?;
-    let n = x.elem_count();
-    let buf = x.apply_op3_no_bwd(w, &g.contiguous()?, &LinearBwd { bias })?;
-    let dx = buf.narrow(0, 0, n)?.reshape(x.shape())?;
-    let dw = buf.narrow(0, n, out * k)?.reshape((out, k))?;
+    let g = g.contiguous()?;
+    let dx = x.apply_op3_no_bwd(
+        w,
+        &g,
+        &LinearBwd {
+            bias,
+            weight: false,
+        },
+    )?;
+    let buf = x.apply_op3_no_bwd(w, &g, &LinearBwd { bias, weight: true })?;
+    let dw = buf.narrow(0, 0, out * k)?.reshape((out, k))?;
     let db = if bias {
-        Some(buf.narrow(0, n + out * k, out)?)
+        Some(buf.narrow(0, out * k, out)?)
     } else {
         None
     };

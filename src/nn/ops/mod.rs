@@ -10,6 +10,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod modulate;
 pub mod nll;
+pub mod simd;
 pub mod softmax;
 
 use std::mem::MaybeUninit;
@@ -148,6 +149,7 @@ pub(crate) fn gemm_append(
 
 /// A new vector of `n` f32 written in parallel chunks of `chunk` elements (the last may be
 /// shorter) by `fill(chunk_index, chunk)`, without the zero pass `vec![0.0; n]` makes first.
+/// `fill` runs under [`simd::dispatch`]: mark it `#[inline(always)]` to have it vectorised wide.
 ///
 /// # Safety
 /// `fill` must write every element of each chunk it is given.
@@ -159,7 +161,12 @@ where
     v.spare_capacity_mut()[..n]
         .par_chunks_mut(chunk.max(1))
         .enumerate()
-        .for_each(|(i, c)| fill(i, c));
+        .for_each(|(i, c)| {
+            simd::dispatch(
+                #[inline(always)]
+                || fill(i, c),
+            )
+        });
     // SAFETY: the caller's `fill` initialised all n elements.
     unsafe { v.set_len(n) };
     v
@@ -205,6 +212,7 @@ impl Disjoint {
 
 /// A new vector of `n` f32 filled by `fill(task, out)` for tasks 0..`tasks` in parallel, without
 /// a zero pass: for outputs whose parts are scattered (heads inside rows, several regions).
+/// `fill` runs under [`simd::dispatch`] (mark it `#[inline(always)]`).
 ///
 /// # Safety
 /// The tasks together must write every element, and no two tasks the same element.
@@ -217,7 +225,12 @@ where
         ptr: v.as_mut_ptr(),
         len: n,
     };
-    (0..tasks).into_par_iter().for_each(|i| fill(i, &out));
+    (0..tasks).into_par_iter().for_each(|i| {
+        simd::dispatch(
+            #[inline(always)]
+            || fill(i, &out),
+        )
+    });
     // SAFETY: the caller's tasks initialised all n elements.
     unsafe { v.set_len(n) };
     v
@@ -302,11 +315,16 @@ pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
     let parts: Vec<Vec<f32>> = g
         .par_chunks(n.max(1) * chunk)
         .map(|c| {
-            let mut s = vec![0f32; n];
-            for r in c.chunks_exact(n.max(1)) {
-                s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
-            }
-            s
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    let mut s = vec![0f32; n];
+                    for r in c.chunks_exact(n.max(1)) {
+                        s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+                    }
+                    s
+                },
+            )
         })
         .collect();
     let mut out = vec![0f32; n];
@@ -327,15 +345,18 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
 pub fn fast_exp(x: f32) -> f32 {
     // exp(x) = 2^k * exp(r), r in [-ln2/2, ln2/2]; degree-6 polynomial for exp(r).
     let x = x.clamp(-87.0, 88.0);
-    // Round to nearest by the 1.5 * 2^23 trick: no libm call, so loops vectorise.
-    let k = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest by the 1.5 * 2^23 trick: no libm call, so loops vectorise. The low bits of
+    // `kb` hold k itself, so 2^k is made from them: a float-to-int cast (`k as i32`) saturates,
+    // which LLVM does one element at a time (perf: exp at 3.6 ns instead of 0.7).
+    let kb = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let k = kb - 12_582_912.0;
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let bits = ((k as i32 + 127) as u32) << 23;
+    let bits = kb.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -41,15 +41,20 @@ impl CustomOp3 for Modulate {
         let (_, l, d) = bld(l1, l2, self.name())?;
         // SAFETY: chunk bi is sequence bi, l whole rows of d, each element written.
         let y = unsafe {
-            par_new(x.len(), l * d, |bi, y| {
-                let x = &x[bi * l * d..bi * l * d + y.len()];
-                let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
-                for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    for j in 0..d {
-                        y[j].write(x[j] * (1.0 + sc[j]) + sh[j]);
+            par_new(
+                x.len(),
+                l * d,
+                #[inline(always)]
+                |bi, y| {
+                    let x = &x[bi * l * d..bi * l * d + y.len()];
+                    let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
+                    for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        for j in 0..d {
+                            y[j].write(x[j] * (1.0 + sc[j]) + sh[j]);
+                        }
                     }
-                }
-            })
+                },
+            )
         };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -68,9 +73,18 @@ impl CustomOp3 for Modulate {
         Ok((
             Some(buf.narrow(0, 0, n)?.reshape(x.shape())?),
             // The small parts in their own buffers: they reach the adaLN nodes late in the
-            // backward, and a view would keep the whole buffer alive until then.
-            Some(buf.narrow(0, n, m)?.reshape(shift.shape())?.copy()?),
-            Some(buf.narrow(0, n + m, m)?.reshape(scale.shape())?.copy()?),
+            // backward, and a view would keep the whole buffer alive until then (`copy` would
+            // clone the whole buffer: `force_contiguous` copies just the view).
+            Some(
+                buf.narrow(0, n, m)?
+                    .reshape(shift.shape())?
+                    .force_contiguous()?,
+            ),
+            Some(
+                buf.narrow(0, n + m, m)?
+                    .reshape(scale.shape())?
+                    .force_contiguous()?,
+            ),
         ))
     }
 }
@@ -100,26 +114,31 @@ impl CustomOp3 for ModulateBwd {
         // SAFETY: task bi writes sequence bi's dx rows and its dshift / dscale entries, all of
         // them and nothing else.
         let buf = unsafe {
-            par_fill(n, b, |bi, out| {
-                let sc = &scale[bi * d..(bi + 1) * d];
-                let xs = &x[bi * l * d..(bi + 1) * l * d];
-                let gs = &g[bi * l * d..(bi + 1) * l * d];
-                let dx = out.slice(bi * l * d, l * d);
-                let (mut dsh, mut dsc) = (vec![0f32; d], vec![0f32; d]);
-                for ((dx, x), g) in dx
-                    .chunks_exact_mut(d)
-                    .zip(xs.chunks_exact(d))
-                    .zip(gs.chunks_exact(d))
-                {
-                    for j in 0..d {
-                        dx[j].write(g[j] * (1.0 + sc[j]));
-                        dsh[j] += g[j];
-                        dsc[j] += g[j] * x[j];
+            par_fill(
+                n,
+                b,
+                #[inline(always)]
+                |bi, out| {
+                    let sc = &scale[bi * d..(bi + 1) * d];
+                    let xs = &x[bi * l * d..(bi + 1) * l * d];
+                    let gs = &g[bi * l * d..(bi + 1) * l * d];
+                    let dx = out.slice(bi * l * d, l * d);
+                    let (mut dsh, mut dsc) = (vec![0f32; d], vec![0f32; d]);
+                    for ((dx, x), g) in dx
+                        .chunks_exact_mut(d)
+                        .zip(xs.chunks_exact(d))
+                        .zip(gs.chunks_exact(d))
+                    {
+                        for j in 0..d {
+                            dx[j].write(g[j] * (1.0 + sc[j]));
+                            dsh[j] += g[j];
+                            dsc[j] += g[j] * x[j];
+                        }
                     }
-                }
-                out.put(b * l * d + bi * d, &dsh);
-                out.put(b * l * d + b * d + bi * d, &dsc);
-            })
+                    out.put(b * l * d + bi * d, &dsh);
+                    out.put(b * l * d + b * d + bi * d, &dsc);
+                },
+            )
         };
         Ok((CpuStorage::F32(buf), Shape::from(n)))
     }
@@ -151,20 +170,25 @@ impl CustomOp3 for GatedResidual {
         }
         // SAFETY: chunk bi is sequence bi, l whole rows of d, each element written.
         let y = unsafe {
-            par_new(x.len(), l * d, |bi, y| {
-                let r = bi * l * d..bi * l * d + y.len();
-                let (x, h) = (&x[r.clone()], &h[r]);
-                let gt = &gate[bi * d..(bi + 1) * d];
-                for ((y, x), h) in y
-                    .chunks_exact_mut(d)
-                    .zip(x.chunks_exact(d))
-                    .zip(h.chunks_exact(d))
-                {
-                    for j in 0..d {
-                        y[j].write(x[j] + gt[j] * h[j]);
+            par_new(
+                x.len(),
+                l * d,
+                #[inline(always)]
+                |bi, y| {
+                    let r = bi * l * d..bi * l * d + y.len();
+                    let (x, h) = (&x[r.clone()], &h[r]);
+                    let gt = &gate[bi * d..(bi + 1) * d];
+                    for ((y, x), h) in y
+                        .chunks_exact_mut(d)
+                        .zip(x.chunks_exact(d))
+                        .zip(h.chunks_exact(d))
+                    {
+                        for j in 0..d {
+                            y[j].write(x[j] + gt[j] * h[j]);
+                        }
                     }
-                }
-            })
+                },
+            )
         };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -184,7 +208,11 @@ impl CustomOp3 for GatedResidual {
             Some(g.clone()),
             Some(buf.narrow(0, 0, n)?.reshape(h.shape())?),
             // Own buffer for the small part, as in ModulateBwd.
-            Some(buf.narrow(0, n, m)?.reshape(gate.shape())?.copy()?),
+            Some(
+                buf.narrow(0, n, m)?
+                    .reshape(gate.shape())?
+                    .force_contiguous()?,
+            ),
         ))
     }
 }
@@ -214,24 +242,29 @@ impl CustomOp3 for GatedResidualBwd {
         // SAFETY: task bi writes sequence bi's dh rows and its dgate entries, all of them and
         // nothing else.
         let buf = unsafe {
-            par_fill(n, b, |bi, out| {
-                let gt = &gate[bi * d..(bi + 1) * d];
-                let hs = &h[bi * l * d..(bi + 1) * l * d];
-                let gs = &g[bi * l * d..(bi + 1) * l * d];
-                let dh = out.slice(bi * l * d, l * d);
-                let mut dg = vec![0f32; d];
-                for ((dh, h), g) in dh
-                    .chunks_exact_mut(d)
-                    .zip(hs.chunks_exact(d))
-                    .zip(gs.chunks_exact(d))
-                {
-                    for j in 0..d {
-                        dh[j].write(g[j] * gt[j]);
-                        dg[j] += g[j] * h[j];
+            par_fill(
+                n,
+                b,
+                #[inline(always)]
+                |bi, out| {
+                    let gt = &gate[bi * d..(bi + 1) * d];
+                    let hs = &h[bi * l * d..(bi + 1) * l * d];
+                    let gs = &g[bi * l * d..(bi + 1) * l * d];
+                    let dh = out.slice(bi * l * d, l * d);
+                    let mut dg = vec![0f32; d];
+                    for ((dh, h), g) in dh
+                        .chunks_exact_mut(d)
+                        .zip(hs.chunks_exact(d))
+                        .zip(gs.chunks_exact(d))
+                    {
+                        for j in 0..d {
+                            dh[j].write(g[j] * gt[j]);
+                            dg[j] += g[j] * h[j];
+                        }
                     }
-                }
-                out.put(b * l * d + bi * d, &dg);
-            })
+                    out.put(b * l * d + bi * d, &dg);
+                },
+            )
         };
         Ok((CpuStorage::F32(buf), Shape::from(n)))
     }

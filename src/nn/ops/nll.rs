@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, fast_exp, lanes, par_new, rows_per_task, u32_data};
+use super::{f32_data, fast_exp, lanes, par_new, rows_per_task, simd, u32_data};
 
 /// Weighted NLL of hard targets over rows of logits.
 #[derive(Clone, Copy)]
@@ -73,13 +73,18 @@ impl CustomOp3 for WeightedNll {
             .zip(z.par_chunks(v * rows))
             .zip(tgt.par_chunks(rows).zip(w.par_chunks(rows)))
             .for_each(|((o, z), (t, w))| {
-                for (i, z) in z.chunks_exact(v).enumerate() {
-                    o[i] = if w[i] == 0.0 {
-                        0.0
-                    } else {
-                        w[i] * (row_lse(z, self.exclude) - z[t[i] as usize])
-                    };
-                }
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (i, z) in z.chunks_exact(v).enumerate() {
+                            o[i] = if w[i] == 0.0 {
+                                0.0
+                            } else {
+                                w[i] * (row_lse(z, self.exclude) - z[t[i] as usize])
+                            };
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), Shape::from(tgt.len())))
     }
@@ -133,32 +138,37 @@ impl CustomOp3 for WeightedNllBwd {
         // SAFETY: each chunk is whole rows (v * rows elements, z.len() a multiple of v), and
         // every element of every row is written below.
         let dz = unsafe {
-            par_new(z.len(), v * rows, |c, d| {
-                let r0 = c * rows;
-                let z = &z[r0 * v..r0 * v + d.len()];
-                for (i, (d, z)) in d.chunks_exact_mut(v).zip(z.chunks_exact(v)).enumerate() {
-                    let (gw, t) = (gw[r0 + i], tgt[r0 + i] as usize);
-                    if gw == 0.0 {
-                        d.iter_mut().for_each(|d| {
-                            d.write(0.0);
-                        });
-                        continue;
+            par_new(
+                z.len(),
+                v * rows,
+                #[inline(always)]
+                |c, d| {
+                    let r0 = c * rows;
+                    let z = &z[r0 * v..r0 * v + d.len()];
+                    for (i, (d, z)) in d.chunks_exact_mut(v).zip(z.chunks_exact(v)).enumerate() {
+                        let (gw, t) = (gw[r0 + i], tgt[r0 + i] as usize);
+                        if gw == 0.0 {
+                            d.iter_mut().for_each(|d| {
+                                d.write(0.0);
+                            });
+                            continue;
+                        }
+                        let lse = row_lse(z, exclude);
+                        for (d, &z) in d.iter_mut().zip(z) {
+                            d.write(gw * fast_exp(z - lse));
+                        }
+                        if let Some(e) = exclude {
+                            d[e].write(0.0);
+                        }
+                        let p_t = if exclude == Some(t) {
+                            0.0
+                        } else {
+                            gw * fast_exp(z[t] - lse)
+                        };
+                        d[t].write(p_t - gw);
                     }
-                    let lse = row_lse(z, exclude);
-                    for (d, &z) in d.iter_mut().zip(z) {
-                        d.write(gw * fast_exp(z - lse));
-                    }
-                    if let Some(e) = exclude {
-                        d[e].write(0.0);
-                    }
-                    let p_t = if exclude == Some(t) {
-                        0.0
-                    } else {
-                        gw * fast_exp(z[t] - lse)
-                    };
-                    d[t].write(p_t - gw);
-                }
-            })
+                },
+            )
         };
         Ok((CpuStorage::F32(dz), l1.shape().clone()))
     }

@@ -4,16 +4,21 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, lanes, par_new, rows_per_task};
+use super::{f32_data, lanes, par_new, rows_per_task, simd};
 
 struct Softmax;
 
 fn softmax_rows(y: &mut [f32], n: usize) {
     let rows = rows_per_task(n);
     y.par_chunks_mut(n * rows).for_each(|y| {
-        for y in y.chunks_exact_mut(n) {
-            lanes::softmax_in_place(y, 1.0);
-        }
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for y in y.chunks_exact_mut(n) {
+                    lanes::softmax_in_place(y, 1.0);
+                }
+            },
+        )
     });
 }
 
@@ -59,20 +64,25 @@ impl CustomOp2 for SoftmaxBwd {
         // dx = y * (g - sum(g * y)) row by row.
         // SAFETY: chunks are whole rows of n (y.len() a multiple of n), each element written.
         let dx = unsafe {
-            par_new(y.len(), n * rows, |c, d| {
-                let r = c * n * rows..c * n * rows + d.len();
-                let (y, g) = (&y[r.clone()], &g[r]);
-                for ((d, y), g) in d
-                    .chunks_exact_mut(n)
-                    .zip(y.chunks_exact(n))
-                    .zip(g.chunks_exact(n))
-                {
-                    let dot = lanes::dot(y, g);
-                    for i in 0..n {
-                        d[i].write(y[i] * (g[i] - dot));
+            par_new(
+                y.len(),
+                n * rows,
+                #[inline(always)]
+                |c, d| {
+                    let r = c * n * rows..c * n * rows + d.len();
+                    let (y, g) = (&y[r.clone()], &g[r]);
+                    for ((d, y), g) in d
+                        .chunks_exact_mut(n)
+                        .zip(y.chunks_exact(n))
+                        .zip(g.chunks_exact(n))
+                    {
+                        let dot = lanes::dot(y, g);
+                        for i in 0..n {
+                            d[i].write(y[i] * (g[i] - dot));
+                        }
                     }
-                }
-            })
+                },
+            )
         };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

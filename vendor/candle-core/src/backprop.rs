@@ -735,9 +735,17 @@ impl GradStore {
                     let sum = tensor.zeros_like()?.add(grad)?;
                     entry.insert(sum);
                 } else if tensor.is_variable() {
-                    // A weight's gradient outlives the backward: its own buffer, so a view into
-                    // a larger one (a fused kernel's [dx | dW | db]) does not keep that alive.
-                    entry.insert(grad.copy()?);
+                    // A weight's gradient outlives the backward. A gradient that is (nearly) its
+                    // whole buffer is kept as it is; a view into a larger one (a fused kernel's
+                    // [dx | dW | db]) gets a compact copy of its own elements so the rest is freed.
+                    // (`copy` would clone the whole buffer and keep it alive.)
+                    let n = grad.elem_count();
+                    if grad.is_contiguous() && cpu_storage_len(grad).is_some_and(|s| s <= n + n / 4)
+                    {
+                        entry.insert(grad.clone());
+                    } else {
+                        entry.insert(grad.force_contiguous()?);
+                    }
                 } else {
                     entry.insert(grad.contiguous()?);
                 }
@@ -788,5 +796,14 @@ impl GradStore {
     /// Get the tensor ids of the stored gradient tensors
     pub fn get_ids(&self) -> impl Iterator<Item = &TensorId> {
         self.0.keys()
+    }
+}
+
+/// Elements in the CPU float buffer behind `t` (None on other devices and dtypes). (idlm patch.)
+fn cpu_storage_len(t: &Tensor) -> Option<usize> {
+    match &*t.storage() {
+        crate::Storage::Cpu(crate::CpuStorage::F32(v)) => Some(v.len()),
+        crate::Storage::Cpu(crate::CpuStorage::F64(v)) => Some(v.len()),
+        _ => None,
     }
 }
