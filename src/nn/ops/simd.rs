@@ -58,9 +58,16 @@ fn cap_from_env() -> Level {
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Level {
     use std::arch::is_x86_feature_detected as has;
-    if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("fma") {
+    // Everything the functions below are compiled with (a VM may hide any one of them).
+    let v3 = has!("avx2")
+        && has!("fma")
+        && has!("bmi1")
+        && has!("bmi2")
+        && has!("lzcnt")
+        && has!("popcnt");
+    if v3 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
         Level::Avx512
-    } else if has!("avx2") && has!("fma") {
+    } else if v3 {
         Level::Avx2
     } else {
         Level::Plain
