@@ -21,13 +21,26 @@ static LEVEL: AtomicU8 = AtomicU8::new(0);
 
 /// The widest level this CPU supports, capped by `IDLM_SIMD` (read once).
 pub fn level() -> Level {
-    match LEVEL.load(Ordering::Relaxed) {
+    cached(&LEVEL, || cpu().min(cap_from_env()))
+}
+
+/// What the CPU has, not capped by the environment (so tests can pin a level); detected once.
+#[inline(always)]
+fn cpu() -> Level {
+    static CPU: AtomicU8 = AtomicU8::new(0);
+    cached(&CPU, detect)
+}
+
+/// The level stored in `cell`, or `init()` stored there on first use.
+#[inline(always)]
+fn cached(cell: &AtomicU8, init: impl FnOnce() -> Level) -> Level {
+    match cell.load(Ordering::Relaxed) {
         1 => Level::Plain,
         2 => Level::Avx2,
         3 => Level::Avx512,
         _ => {
-            let l = detect().min(cap_from_env());
-            LEVEL.store(l as u8, Ordering::Relaxed);
+            let l = init();
+            cell.store(l as u8, Ordering::Relaxed);
             l
         }
     }
@@ -36,14 +49,14 @@ pub fn level() -> Level {
 /// Use `at` from now on (or the widest level below it this CPU has): for benchmarks and for tests
 /// that run the same computation at every level.
 pub fn set_level(at: Level) {
-    LEVEL.store(at.min(detect()) as u8, Ordering::Relaxed);
+    LEVEL.store(at.min(cpu()) as u8, Ordering::Relaxed);
 }
 
 /// The levels this CPU can run, narrowest first.
 pub fn available() -> Vec<Level> {
     [Level::Plain, Level::Avx2, Level::Avx512]
         .into_iter()
-        .filter(|&l| l <= detect())
+        .filter(|&l| l <= cpu())
         .collect()
 }
 
@@ -92,8 +105,8 @@ pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
 pub fn dispatch_at<R>(at: Level, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        let at = at.min(detect_cached());
-        // SAFETY: `detect_cached` confirmed the CPU has the features the function is built for.
+        let at = at.min(cpu());
+        // SAFETY: `cpu` confirmed the CPU has the features the function is built for.
         match at {
             Level::Avx512 => return unsafe { avx512(f) },
             Level::Avx2 => return unsafe { avx2(f) },
@@ -102,23 +115,6 @@ pub fn dispatch_at<R>(at: Level, f: impl FnOnce() -> R) -> R {
     }
     let _ = at;
     f()
-}
-
-/// What the CPU has, not capped by the environment (so tests can pin a level).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn detect_cached() -> Level {
-    static CPU: AtomicU8 = AtomicU8::new(0);
-    match CPU.load(Ordering::Relaxed) {
-        1 => Level::Plain,
-        2 => Level::Avx2,
-        3 => Level::Avx512,
-        _ => {
-            let l = detect();
-            CPU.store(l as u8, Ordering::Relaxed);
-            l
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
