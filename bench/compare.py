@@ -2,12 +2,12 @@
 """Run `idlm bench` and ../shared/bench/torch_dit_bench.py interleaved in one sitting and print the
 ratios; writes bench/results.json. Needs torch (pip install torch) for the PyTorch side only.
 
-Usage: python3 bench/compare.py [ROUNDS] [THREADS]      (from the repository root, after
+Usage: python3 bench/compare.py [ROUNDS=4] [THREADS=2]  (from the repository root, after
        cargo build --release). Nothing else may run on the machine meanwhile.
 """
 import json, os, re, subprocess, sys, statistics, time
 
-rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 threads = sys.argv[2] if len(sys.argv) > 2 else "2"
 torch_script = os.path.join("..", "shared", "bench", "torch_dit_bench.py")
 python = os.environ.get("TORCH_PYTHON", sys.executable)
@@ -60,8 +60,13 @@ res = {
     "idlm_forward_peak_fraction": med([x["forward_peak_fraction"] for x in runs["idlm"]]),
     "raw": runs,
 }
-res["train_ratio"] = res["idlm_train_step_ms"] / res["torch_train_step_ms"]
-res["forward_ratio"] = res["idlm_forward_ms"] / res["torch_forward_ms"]
+# The host's speed drifts by tens of percent between minutes, so each round's ratio compares two
+# measurements taken back to back; the headline ratio is the median of those.
+res["train_ratio_rounds"] = [x["train_step_ms"] / t for x, t in zip(runs["idlm"], runs["torch_train"])]
+res["forward_ratio_rounds"] = [x["forward_ms"] / t for x, t in zip(runs["idlm"], runs["torch_infer"])]
+res["train_ratio"] = med(res["train_ratio_rounds"])
+res["forward_ratio"] = med(res["forward_ratio_rounds"])
+res["train_ratio_of_medians"] = res["idlm_train_step_ms"] / res["torch_train_step_ms"]
 res["sampler16_over_ar_kv"] = res["sampler16_tokens_per_s"] / res["ar_kv_tokens_per_s"]
 # The sampler table (steps x batch x time input), medians over rounds, each against AR decoding at
 # the same batch in the same run.
@@ -75,9 +80,13 @@ for i, row in enumerate(runs["idlm"][0]["sampler"]["rows"]):
           f"{'' if row['time_conditioned'] else ' (no time input)'}: {tps:.0f} tokens/s = {over:.2f}x AR KV "
           f"| {row['nfe_per_seq']:.1f} calls per sequence", flush=True)
 res["sampler_table"] = table
-print(f"train step: idlm {res['idlm_train_step_ms']:.0f} ms vs torch {res['torch_train_step_ms']:.0f} ms "
-      f"= {res['train_ratio']:.2f}x | forward {res['idlm_forward_ms']:.0f} vs {res['torch_forward_ms']:.0f} ms "
-      f"= {res['forward_ratio']:.2f}x")
+print(f"train step: idlm {res['idlm_train_step_ms']:.0f} ms vs torch {res['torch_train_step_ms']:.0f} ms; "
+      f"per-round ratios {', '.join(f'{r:.2f}' for r in res['train_ratio_rounds'])}, median {res['train_ratio']:.2f}x | "
+      f"forward {res['idlm_forward_ms']:.0f} vs {res['torch_forward_ms']:.0f} ms; per-round "
+      f"{', '.join(f'{r:.2f}' for r in res['forward_ratio_rounds'])}, median {res['forward_ratio']:.2f}x")
+print(f"GEMM peak {res['gemm_peak_gflops']:.0f} GFLOP/s; train step at "
+      f"{res['idlm_train_step_peak_fraction']:.0%} of it, forward at {res['idlm_forward_peak_fraction']:.0%} "
+      f"(medians of each round's own peak)")
 # The reproduction's model size (configs mini: BPE 512, d 128, 4 blocks, 4 heads, rows of 256),
 # ours only: the PyTorch mirror is fixed to the benchmark DiT.
 res["mini"] = idlm("--vocab", "512", "--hidden", "128", "--blocks", "4", "--heads", "4",

@@ -10,7 +10,10 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::nll::{check_targets, row_lse, weighted_nll};
-use super::{column_sums, f32_data, fast_exp, gemm_append, gemm_new, rows_per_task, simd};
+use super::{
+    column_sums, f32_data, fast_exp, gemm_append, gemm_append_short_rows, gemm_new, rows_per_task,
+    simd,
+};
 
 /// Targets, per-row weights and the excluded column of a weighted NLL over M rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,7 +229,7 @@ impl CustomOp3 for HeadNllBwd {
         });
         let mut buf = Vec::with_capacity(m * k + v * k + v);
         gemm_append(&mut buf, m, k, v, &z, v, 1, w, k, 1);
-        gemm_append(&mut buf, v, k, m, &z, 1, v, x, k, 1);
+        gemm_append_short_rows(&mut buf, v, k, m, &z, 1, v, x, k, 1);
         let db = column_sums(&z, v);
         drop(z);
         buf.extend_from_slice(&db);

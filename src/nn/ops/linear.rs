@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{column_sums, f32_data, gemm_append, gemm_new, rows_per_task, simd};
+use super::{column_sums, f32_data, gemm_append_short_rows, gemm_new, rows_per_task, simd};
 
 #[inline(always)]
 fn add_assign(r: &mut [f32], b: &[f32]) {
@@ -149,7 +149,7 @@ impl CustomOp3 for LinearBwd {
         }
         let nb = if self.bias { out } else { 0 };
         let mut buf = Vec::with_capacity(out * k + nb);
-        gemm_append(&mut buf, out, k, rows, g, 1, out, x, k, 1);
+        gemm_append_short_rows(&mut buf, out, k, rows, g, 1, out, x, k, 1);
         if self.bias {
             buf.extend_from_slice(&column_sums(g, out));
         }

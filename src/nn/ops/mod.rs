@@ -147,6 +147,53 @@ pub(crate) fn gemm_append(
     }
 }
 
+/// Append C = A B like [`gemm_append`], computed as (B^T A^T)^T when C has more rows than
+/// columns. The `gemm` crate runs the weight-gradient shapes (depth = tokens) much faster with
+/// the short side as rows: on 2 threads 188 vs 128 GFLOP/s for the head's 8192 x 256 (depth
+/// 4096) alone, 124 vs 105 inside the train step; the transpose back costs ~2% of the product.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_append_short_rows(
+    c: &mut Vec<f32>,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m <= n || k == 0 {
+        return gemm_append(c, m, n, k, a, a_rs, a_cs, b, b_rs, b_cs);
+    }
+    let ct = gemm_new(n, m, k, b, b_cs, b_rs, a, a_cs, a_rs);
+    transpose_append(c, &ct, n, m);
+}
+
+/// Append the transpose of `t` (rows x cols, row-major) to `c`, in parallel tiles.
+fn transpose_append(c: &mut Vec<f32>, t: &[f32], rows: usize, cols: usize) {
+    const TILE: usize = 32;
+    let len = c.len();
+    c.reserve(rows * cols);
+    c.spare_capacity_mut()[..rows * cols]
+        .par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(bi, out)| {
+            let r0 = bi * TILE;
+            let nr = out.len() / rows;
+            for j0 in (0..rows).step_by(TILE) {
+                for r in 0..nr {
+                    for j in j0..(j0 + TILE).min(rows) {
+                        out[r * rows + j].write(t[j * cols + r0 + r]);
+                    }
+                }
+            }
+        });
+    // SAFETY: the chunks cover all rows x cols new elements and every one was written.
+    unsafe { c.set_len(len + rows * cols) };
+}
+
 /// A new vector of `n` f32 written in parallel chunks of `chunk` elements (the last may be
 /// shorter) by `fill(chunk_index, chunk)`, without the zero pass `vec![0.0; n]` makes first.
 /// `fill` runs under [`simd::dispatch`]: mark it `#[inline(always)]` to have it vectorised wide.
@@ -362,7 +409,23 @@ pub fn fast_exp(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::fast_exp;
+    use super::{fast_exp, gemm_append, gemm_append_short_rows};
+
+    #[test]
+    fn short_rows_gemm_is_the_same_product() {
+        // Tall outputs (m > n) go through the transposed product; odd sizes cross the 32-tiles.
+        for (m, n, k) in [(70, 33, 45), (33, 70, 9), (257, 31, 1), (5, 5, 0)] {
+            let a: Vec<f32> = (0..k * m).map(|i| ((i * 37) % 17) as f32 - 8.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 11) % 13) as f32 - 6.0).collect();
+            // A = a^T (a is k x m row-major), B = b (k x n row-major), as in a weight gradient.
+            let (mut want, mut got) = (vec![7.0f32], vec![7.0f32]);
+            gemm_append(&mut want, m, n, k, &a, 1, m, &b, n, 1);
+            gemm_append_short_rows(&mut got, m, n, k, &a, 1, m, &b, n, 1);
+            // Small integers: every partial sum is exact, so the two orders agree exactly.
+            assert_eq!(want, got, "{m}x{n}x{k}");
+            assert_eq!(got.len(), 1 + m * n);
+        }
+    }
 
     #[test]
     fn fast_exp_is_accurate() {
