@@ -161,9 +161,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Run the benchmark.
-pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
-    let cfg = RunConfig::load("tiny")?.with_overrides(&[
+/// The benchmark DiT's run configuration (no dropout, no warmup, no clipping).
+pub fn bench_config(o: &BenchOptions) -> Result<RunConfig> {
+    RunConfig::load("tiny")?.with_overrides(&[
         format!("model.hidden_size={}", o.hidden),
         format!("model.n_blocks={}", o.blocks),
         format!("model.n_heads={}", o.heads),
@@ -175,7 +175,12 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         "train.weight_decay=0.01".into(),
         "train.grad_clip=0".into(),
         "train.grad_accum=1".into(),
-    ])?;
+    ])
+}
+
+/// Run the benchmark.
+pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
+    let cfg = bench_config(o)?;
     let dit = cfg.model.dit(o.vocab, o.len);
     let mut tr = Trainer::new(&cfg, &dit)?;
     let process = Masked::new(o.vocab, (o.vocab - 1) as u32)?;

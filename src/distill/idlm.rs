@@ -210,7 +210,7 @@ impl Idlm {
                     Some(&mut drop),
                 )?;
                 let at: Vec<u32> = pos_p.iter().map(|&q| inp.xtp[q as usize]).collect();
-                Some(process.log_probs_rows(&logits, &at)?.exp()?)
+                Some(process.probs_rows(&logits, &at)?)
             };
             let g_vals = match &g {
                 Some(g) => Some(g.detach().flatten_all()?.to_vec1::<f32>()?),

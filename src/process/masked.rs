@@ -9,6 +9,8 @@ use super::{
 };
 use crate::nn::ops::fast_exp;
 use crate::nn::ops::head_nll::NllRows;
+use crate::nn::ops::soft_nll::soft_nll;
+use crate::nn::ops::softmax::softmax_last;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -209,11 +211,13 @@ impl ForwardProcess for Masked {
         let w = Tensor::from_vec(w, m, dev)?;
         // -<g, log p> with the MASK column excluded from the softmax (SUBS at a masked position;
         // unmasked positions have weight 0 and their carry-over cancels in IDLM's difference).
-        let z = logits
-            .to_dtype(DType::F32)?
-            .broadcast_add(&self.mask_bias(dev)?)?;
-        let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
-        Ok((g.mul(&logp)?.sum(D::Minus1)?.neg()? * w)?)
+        let exclude = Some((self.mask as usize, NEG_INF));
+        Ok(soft_nll(
+            &logits.to_dtype(DType::F32)?,
+            &g.to_dtype(DType::F32)?,
+            &w,
+            exclude,
+        )?)
     }
 
     fn log_probs_rows(&self, logits: &Tensor, xt: &[u32]) -> Result<Tensor> {
@@ -246,6 +250,18 @@ impl ForwardProcess for Masked {
         let keep = Tensor::from_vec(keep, (m, 1), dev)?;
         let carry = Tensor::from_vec(carry, (m, v), dev)?;
         Ok(logp.broadcast_mul(&keep)?.add(&carry)?)
+    }
+
+    fn probs_rows(&self, logits: &Tensor, xt: &[u32]) -> Result<Tensor> {
+        if xt.len() != logits.dim(0)? || xt.iter().any(|&x| x != self.mask) {
+            return Ok(self.log_probs_rows(logits, xt)?.exp()?);
+        }
+        // Every row masked (IDLM's student sample): one fused softmax instead of a composed
+        // log-softmax and an exp, forward and backward. exp(-1e6) is 0 in f32 either way.
+        let z = logits
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.mask_bias(logits.device())?)?;
+        Ok(softmax_last(&z)?)
     }
 
     fn renoise_row(&self, g: &[f32], t: f64, rng: &mut ChaCha8Rng, out: &mut [u32]) {

@@ -113,6 +113,10 @@ pub trait ForwardProcess: Send + Sync {
     /// Differentiable log p(x0 | x_t) (M, V) from raw logits (M, V) at positions whose noisy
     /// tokens are `xt` (the parameterisation; MDLM: SUBS).
     fn log_probs_rows(&self, logits: &Tensor, xt: &[u32]) -> Result<Tensor>;
+    /// Differentiable p(x0 | x_t) (M, V): the exp of [`Self::log_probs_rows`].
+    fn probs_rows(&self, logits: &Tensor, xt: &[u32]) -> Result<Tensor> {
+        Ok(self.log_probs_rows(logits, xt)?.exp()?)
+    }
     /// Re-noise a relaxed clean row: draw x_t from q_t(. | g) = alpha_t g + (1 - alpha_t) pi per
     /// position, with `g` the row's simplex (L x V, row-major). Hard and without gradient (MDLM).
     fn renoise_row(&self, g: &[f32], t: f64, rng: &mut ChaCha8Rng, out: &mut [u32]);

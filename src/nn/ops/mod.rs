@@ -11,6 +11,7 @@ pub mod linear;
 pub mod modulate;
 pub mod nll;
 pub mod simd;
+pub mod soft_nll;
 pub mod softmax;
 
 use std::mem::MaybeUninit;
