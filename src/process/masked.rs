@@ -7,10 +7,10 @@ use rand_chacha::ChaCha8Rng;
 use super::{
     ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, StepPlan, Target, argmax, race_f64,
 };
-use crate::nn::ops::fast_exp;
 use crate::nn::ops::head_nll::NllRows;
 use crate::nn::ops::soft_nll::soft_nll;
 use crate::nn::ops::softmax::softmax_last;
+use crate::nn::ops::{lanes, simd};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -151,24 +151,29 @@ impl ForwardProcess for Masked {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        let mask = self.mask as usize;
         z.par_chunks_mut(v)
             .zip(xt.par_iter())
             .for_each(|(row, &x)| {
-                if x == self.mask {
-                    row[self.mask as usize] = f32::NEG_INFINITY;
-                    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let mut s = 0f32;
-                    for r in row.iter_mut() {
-                        *r = fast_exp(*r - mx);
-                        s += *r;
-                    }
-                    row[self.mask as usize] = 0.0;
-                    let inv = 1.0 / s;
-                    row.iter_mut().for_each(|r| *r *= inv);
-                } else {
-                    row.fill(0.0);
-                    row[x as usize] = 1.0;
-                }
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        if x == self.mask {
+                            // Lane-parallel max and sum: an in-order sum over the vocabulary is
+                            // one dependent add per entry. The MASK entry's exp(-87) is taken
+                            // back out of the sum before it is zeroed.
+                            row[mask] = f32::NEG_INFINITY;
+                            let mx = lanes::max(row);
+                            let s = lanes::exp_in_place(row, 1.0, mx) - row[mask];
+                            row[mask] = 0.0;
+                            let inv = 1.0 / s;
+                            row.iter_mut().for_each(|r| *r *= inv);
+                        } else {
+                            row.fill(0.0);
+                            row[x as usize] = 1.0;
+                        }
+                    },
+                )
             });
         Ok(z)
     }
