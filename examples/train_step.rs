@@ -3,7 +3,6 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use idlm::config::RunConfig;
 use idlm::nn::DitInput;
 use idlm::nn::ops::head_nll::NllRows;
 use idlm::train::Trainer;
@@ -13,17 +12,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("train");
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let (v, d, b, l) = (8192usize, 256usize, 32usize, 128usize);
-    let cfg = RunConfig::load("tiny")?.with_overrides(&[
-        format!("model.hidden_size={d}"),
-        "model.n_blocks=4".into(),
-        "model.n_heads=4".into(),
-        "model.cond_dim=128".into(),
-        "model.dropout=0.0".into(),
-        "model.time_conditioning=true".into(),
-        "train.warmup_steps=0".into(),
-        "train.grad_clip=0".into(),
-    ])?;
+    let o = idlm::bench::BenchOptions::default();
+    let (v, d, b, l) = (o.vocab, o.hidden, o.batch, o.len);
+    let cfg = idlm::bench::bench_config(&o)?;
     let dit = cfg.model.dit(v, l);
     let mut tr = Trainer::new(&cfg, &dit)?;
     let dev = idlm::runtime::device();

@@ -8,6 +8,7 @@ use super::{
     ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, StepPlan, Target, argmax, race_f64,
 };
 use crate::nn::ops::head_nll::NllRows;
+use crate::nn::ops::nll::column_bias;
 use crate::nn::ops::soft_nll::soft_nll;
 use crate::nn::ops::softmax::softmax_last;
 use crate::nn::ops::{lanes, simd};
@@ -47,9 +48,7 @@ impl Masked {
 
     /// (V,) bias with -1e6 at the MASK column: the mask can never be predicted as clean.
     fn mask_bias(&self, dev: &candle_core::Device) -> Result<Tensor> {
-        let mut b = vec![0f32; self.vocab];
-        b[self.mask as usize] = NEG_INF;
-        Ok(Tensor::from_vec(b, self.vocab, dev)?)
+        Ok(column_bias(self.vocab, self.mask as usize, NEG_INF, dev)?)
     }
 
     /// NELBO weight of a position: -alpha'/(1 - alpha) = 1/t where masked, 0 elsewhere.

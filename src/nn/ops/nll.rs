@@ -193,6 +193,19 @@ pub fn weighted_nll(
     }
 }
 
+/// A (V,) bias that is `bias` at column `e` and 0 elsewhere: how the composed losses leave a
+/// column (MDLM's MASK) out of the softmax.
+pub(crate) fn column_bias(
+    v: usize,
+    e: usize,
+    bias: f32,
+    dev: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let mut b = vec![0f32; v];
+    b[e] = bias;
+    Tensor::from_vec(b, v, dev)
+}
+
 /// The composed version: the oracle of the fused kernel, and the path on other devices.
 pub fn weighted_nll_composed(
     logits: &Tensor,
@@ -202,11 +215,7 @@ pub fn weighted_nll_composed(
 ) -> candle_core::Result<Tensor> {
     let v = logits.dim(1)?;
     let z = match exclude {
-        Some(e) => {
-            let mut b = vec![0f32; v];
-            b[e] = -1e6;
-            logits.broadcast_add(&Tensor::from_vec(b, v, logits.device())?)?
-        }
+        Some(e) => logits.broadcast_add(&column_bias(v, e, -1e6, logits.device())?)?,
         None => logits.clone(),
     };
     let lse = z.log_sum_exp(1)?;

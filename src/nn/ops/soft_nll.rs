@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::nll::row_lse;
+use super::nll::{column_bias, row_lse};
 use super::{f32_data, fast_exp, lanes, par_new, rows_per_task, simd};
 
 /// The column left out of the softmax and the bias its logit gets (its log-probability is
@@ -21,22 +21,40 @@ struct SoftNll {
     exclude: Exclude,
 }
 
-/// Logits and targets of the same (M, V) shape and M weights.
-fn check(l1: &Layout, l2: &Layout, w: usize, op: &str) -> candle_core::Result<(usize, usize)> {
-    let (m, v) = l1.shape().dims2()?;
-    if l2.dims() != l1.dims() || w != m || v == 0 {
-        candle_core::bail!(
-            "{op}: logits {:?}, targets {:?} and {w} weights disagree",
-            l1.dims(),
-            l2.dims()
-        )
-    }
-    Ok((m, v))
+/// The inputs of both kernels: logits and targets (M, V) and M row weights, checked, with the
+/// vocabulary size and the excluded column if it lies inside it.
+struct Rows<'a> {
+    z: &'a [f32],
+    g: &'a [f32],
+    w: &'a [f32],
+    m: usize,
+    v: usize,
+    ex: Exclude,
 }
 
-/// The excluded column, if inside the vocabulary.
-fn excluded(ex: Exclude, v: usize) -> Exclude {
-    ex.filter(|&(e, _)| e < v)
+fn rows<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+    exclude: Exclude,
+    op: &'static str,
+) -> candle_core::Result<Rows<'a>> {
+    let (z, g, w) = (
+        f32_data(s1, l1, op)?,
+        f32_data(s2, l2, op)?,
+        f32_data(s3, l3, op)?,
+    );
+    let (m, v) = l1.shape().dims2()?;
+    if l2.dims() != l1.dims() || w.len() != m || v == 0 {
+        candle_core::bail!(
+            "{op}: logits {:?}, targets {:?} and {} weights disagree",
+            l1.dims(),
+            l2.dims(),
+            w.len()
+        )
+    }
+    let ex = exclude.filter(|&(e, _)| e < v);
+    Ok(Rows { z, g, w, m, v, ex })
 }
 
 /// `sum_j g_j log p_j` of one row, given its log-sum-exp.
@@ -63,11 +81,8 @@ impl CustomOp3 for SoftNll {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let z = f32_data(s1, l1, self.name())?;
-        let g = f32_data(s2, l2, self.name())?;
-        let w = f32_data(s3, l3, self.name())?;
-        let (m, v) = check(l1, l2, w.len(), self.name())?;
-        let ex = excluded(self.exclude, v);
+        let Rows { z, g, w, m, v, ex } =
+            rows((s1, l1), (s2, l2), (s3, l3), self.exclude, self.name())?;
         let mut out = vec![0f32; m];
         let rows = rows_per_task(v);
         out.par_chunks_mut(rows)
@@ -150,11 +165,9 @@ impl CustomOp3 for SoftNllBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let z = f32_data(s1, l1, self.name())?;
-        let g = f32_data(s2, l2, self.name())?;
-        let gw = f32_data(s3, l3, self.name())?;
-        let (_, v) = check(l1, l2, gw.len(), self.name())?;
-        let ex = excluded(self.exclude, v);
+        let Rows {
+            z, g, w: gw, v, ex, ..
+        } = rows((s1, l1), (s2, l2), (s3, l3), self.exclude, self.name())?;
         let rows = rows_per_task(v);
         let of = self.of;
         // SAFETY: each chunk is whole rows (v * rows elements), every element written below.
@@ -237,11 +250,7 @@ pub fn soft_nll_composed(
     let v = logits.dim(1)?;
     let z = logits.to_dtype(DType::F32)?;
     let z = match exclude.filter(|&(e, _)| e < v) {
-        Some((e, bias)) => {
-            let mut b = vec![0f32; v];
-            b[e] = bias;
-            z.broadcast_add(&Tensor::from_vec(b, v, logits.device())?)?
-        }
+        Some((e, bias)) => z.broadcast_add(&column_bias(v, e, bias, logits.device())?)?,
         None => z,
     };
     let logp = candle_nn::ops::log_softmax(&z, candle_core::D::Minus1)?;
