@@ -526,7 +526,7 @@ fn sorted_vars(varmap: &VarMap) -> Result<(Vec<String>, Vec<Var>)> {
 
 /// NELBO integrand at the positions that can carry loss (all others are exactly zero): the
 /// vocabulary projection runs only there. Returns the per-position losses (M,) and, for each, its
-/// row in the batch; None when no position is active.
+/// row in the batch; None when no position is active. `grad`: a backward will follow.
 #[allow(clippy::too_many_arguments)]
 pub fn active_losses(
     model: &Dit,
@@ -537,6 +537,7 @@ pub fn active_losses(
     l: usize,
     t: &[f64],
     dropout: Option<&mut DropoutRng>,
+    grad: bool,
 ) -> Result<Option<(Tensor, Vec<usize>)>> {
     let pos: Vec<u32> = process
         .active_positions(xt)
@@ -556,6 +557,9 @@ pub fn active_losses(
     } else {
         flat.index_select(&Tensor::from_slice(&pos, pos.len(), &dev)?, 0)?
     };
+    // Untracked features tell the fused head that no backward follows (it then makes no
+    // gradients in the forward).
+    let sel = if grad { sel } else { sel.detach() };
     let rows: Vec<usize> = pos.iter().map(|&p| p as usize / l).collect();
     let xs: Vec<u32> = pos.iter().map(|&p| xt[p as usize]).collect();
     let ys: Vec<u32> = pos.iter().map(|&p| x0[p as usize]).collect();
@@ -579,7 +583,7 @@ pub fn batch_loss(
     t: &[f64],
     dropout: Option<&mut DropoutRng>,
 ) -> Result<Tensor> {
-    match active_losses(model, process, x0, xt, b, l, t, dropout)? {
+    match active_losses(model, process, x0, xt, b, l, t, dropout, true)? {
         Some((loss, _)) => Ok((loss.sum_all()? / (b * l) as f64)?),
         None => Ok(Tensor::new(0f32, model.device())?),
     }
@@ -635,7 +639,9 @@ pub fn nelbo(
                 process.corrupt_row(&x0[row.clone()], tr, &mut nrng, &mut xt[row]);
             }
             let mut sums = vec![0f64; b];
-            if let Some((loss, rows)) = active_losses(model, process, &x0, &xt, b, l, &t, None)? {
+            if let Some((loss, rows)) =
+                active_losses(model, process, &x0, &xt, b, l, &t, None, false)?
+            {
                 for (v, r) in loss.to_vec1::<f32>()?.iter().zip(rows) {
                     sums[r] += *v as f64;
                 }

@@ -1,14 +1,18 @@
 //! The output projection fused with the weighted NLL: `w_i (lse_{v != exclude}(z_i) - z_i[t_i])`
-//! for `z = x W^T + b`. The logits live in one buffer, kept by the op between forward and
-//! backward; the backward turns that buffer into dz in place and runs the two GEMMs from it. So a
-//! training step holds exactly one logits-sized buffer, and candle never zero-fills and adds one
-//! (its backprop does both for every gradient it stores, which at vocabulary size is the cost).
+//! for `z = x W^T + b`, one node whose logits are never a whole (M, V) buffer in the usual case.
+//!
+//! When the features are being trained, the forward also computes the gradients for an upstream
+//! gradient of one, chunk by chunk while each chunk's logits are in cache
+//! ([`super::head_chunks`]); every training loss is a sum or mean of these rows, so the backward
+//! only scales them. Any other upstream gradient (or a second backward) recomputes the logits
+//! into one buffer and differentiates from it.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::head_chunks::{UnitGrads, head_chunks};
 use super::nll::{check_targets, row_lse, weighted_nll};
 use super::{
     column_sums, f32_data, fast_exp, gemm_append, gemm_append_short_rows, gemm_new, rows_per_task,
@@ -26,16 +30,17 @@ pub struct NllRows {
     pub exclude: Option<usize>,
 }
 
-/// The logits of the last forward and their row log-sum-exps.
-struct Saved {
+/// Logits and their row log-sum-exps.
+struct Logits {
     z: Vec<f32>,
     lse: Vec<f32>,
 }
 
-/// Forward: per-row loss; keeps the logits for the backward.
+/// Forward: per-row loss; with `eager`, also the unit-upstream gradients for the backward.
 struct HeadNll {
     rows: Arc<NllRows>,
-    saved: Arc<Mutex<Option<Saved>>>,
+    eager: bool,
+    saved: Arc<Mutex<Option<UnitGrads>>>,
 }
 
 /// (rows, width, vocabulary) of x (M, D), W (V, D), b (V).
@@ -67,7 +72,7 @@ fn logits(
     k: usize,
     v: usize,
     ex: Option<usize>,
-) -> Saved {
+) -> Logits {
     let mut z = gemm_new(m, v, k, x, k, 1, w, 1, k);
     let rows = rows_per_task(v);
     let mut lse = vec![0f32; m];
@@ -84,7 +89,7 @@ fn logits(
                 },
             )
         });
-    Saved { z, lse }
+    Logits { z, lse }
 }
 
 impl CustomOp3 for HeadNll {
@@ -117,21 +122,11 @@ impl CustomOp3 for HeadNll {
         }
         check_targets(&r.targets, &r.weights, v, self.name())?;
         let ex = r.exclude.filter(|&e| e < v);
-        let s = logits(x, w, b, m, k, v, ex);
-        let out: Vec<f32> = (0..m)
-            .map(|i| {
-                let wi = r.weights[i];
-                if wi == 0.0 {
-                    0.0
-                } else {
-                    wi * (s.lse[i] - s.z[i * v + r.targets[i] as usize])
-                }
-            })
-            .collect();
+        let (out, grads) = head_chunks(x, w, b, m, k, v, r, ex, self.eager);
         *self
             .saved
             .lock()
-            .map_err(|_| candle_core::Error::Msg("head-nll: poisoned".into()))? = Some(s);
+            .map_err(|_| candle_core::Error::Msg("head-nll: poisoned".into()))? = grads;
         Ok((CpuStorage::F32(out), Shape::from(m)))
     }
 
@@ -145,15 +140,37 @@ impl CustomOp3 for HeadNll {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (m, k) = x.dims2()?;
         let v = w.dim(0)?;
+        let g = g.to_vec1::<f32>()?;
+        let kept = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("head-nll: poisoned".into()))?
+            .take();
+        let same = g
+            .first()
+            .filter(|g0| g.iter().all(|g| g.to_bits() == g0.to_bits()));
+        if let (Some(u), Some(&c)) = (kept, same) {
+            let dev = x.device();
+            let t = |mut d: Vec<f32>, shape: &[usize]| {
+                if c != 1.0 {
+                    d.par_chunks_mut(1 << 14)
+                        .for_each(|d| d.iter_mut().for_each(|d| *d *= c));
+                }
+                Tensor::from_vec(d, shape, dev)
+            };
+            return Ok((
+                Some(t(u.dx, &[m, k])?),
+                Some(t(u.dw, &[v, k])?),
+                Some(t(u.db, b.dims())?),
+            ));
+        }
         let gw: Vec<f32> = g
-            .to_vec1::<f32>()?
             .iter()
             .zip(&self.rows.weights)
             .map(|(g, w)| g * w)
             .collect();
         let bwd = HeadNllBwd {
             rows: self.rows.clone(),
-            saved: self.saved.clone(),
             gw,
         };
         let buf = x.apply_op3_no_bwd(w, b, &bwd)?;
@@ -165,10 +182,9 @@ impl CustomOp3 for HeadNll {
     }
 }
 
-/// Backward: [dx | dW | db] from the kept logits (recomputed if a second backward needs them).
+/// Backward for any upstream gradient: [dx | dW | db] from recomputed logits.
 struct HeadNllBwd {
     rows: Arc<NllRows>,
-    saved: Arc<Mutex<Option<Saved>>>,
     /// Incoming gradient times the row weight.
     gw: Vec<f32>,
 }
@@ -194,15 +210,7 @@ impl CustomOp3 for HeadNllBwd {
         );
         let (m, k, v) = dims(l1, l2, l3, self.name())?;
         let ex = self.rows.exclude.filter(|&e| e < v);
-        let kept = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("head-nll: poisoned".into()))?
-            .take();
-        let Saved { mut z, lse } = match kept {
-            Some(s) if s.z.len() == m * v => s,
-            _ => logits(x, w, b, m, k, v, ex),
-        };
+        let Logits { mut z, lse } = logits(x, w, b, m, k, v, ex);
         let (tgt, gw) = (&self.rows.targets, &self.gw);
         // dz = gw (softmax without the excluded column - onehot(target)), in place.
         let rows = rows_per_task(v);
@@ -238,8 +246,9 @@ impl CustomOp3 for HeadNllBwd {
     }
 }
 
-/// Per-row weighted NLL of `x W^T + b` for features x (M, D): one node and one logits-sized
-/// buffer on CPU f32; the composed projection and [`weighted_nll`] elsewhere (its oracle).
+/// Per-row weighted NLL of `x W^T + b` for features x (M, D): one node on CPU f32, its
+/// gradients made in the forward when x is tracked (detach x when no backward will follow); the
+/// composed projection and [`weighted_nll`] elsewhere (its oracle).
 pub fn head_nll(x: &Tensor, w: &Tensor, b: &Tensor, rows: &NllRows) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
         x.contiguous()?.apply_op3(
@@ -247,6 +256,7 @@ pub fn head_nll(x: &Tensor, w: &Tensor, b: &Tensor, rows: &NllRows) -> candle_co
             &b.contiguous()?,
             HeadNll {
                 rows: Arc::new(rows.clone()),
+                eager: x.track_op(),
                 saved: Arc::new(Mutex::new(None)),
             },
         )
@@ -288,15 +298,17 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a - b).unwrap())
     }
 
     /// Loss and all three gradients against the composed linear + NLL, at a size with several
@@ -338,6 +350,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A sum or mean over the rows (a constant upstream gradient) takes the gradients made in the
+    /// forward: checked against the composed loss at a size with several chunks per thread and a
+    /// ragged last chunk; an untracked x makes no gradients and gives the same loss.
+    #[test]
+    fn constant_upstream_uses_forward_gradients() {
+        let dev = Device::Cpu;
+        let (m, k, v) = (1100usize, 40usize, 1500usize);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, k), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, v, &dev).unwrap()).unwrap();
+        let rows = NllRows {
+            targets: (0..m).map(|i| ((i * 37) % (v - 1)) as u32).collect(),
+            weights: (0..m)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        0.0
+                    } else {
+                        0.25 + (i % 5) as f32
+                    }
+                })
+                .collect(),
+            exclude: Some(v - 1),
+        };
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        for scale in [1.0, 1.0 / m as f64] {
+            let a = (head_nll(xt, wt, bt, &rows).unwrap().sum_all().unwrap() * scale).unwrap();
+            let c = (head_nll_composed(xt, wt, bt, &rows)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                * scale)
+                .unwrap();
+            let rel = max_diff(&a, &c) / max_abs(&c);
+            assert!(rel < 1e-5, "loss {rel}");
+            let (ga, gc) = (a.backward().unwrap(), c.backward().unwrap());
+            for (name, var) in [("x", &x), ("W", &w), ("b", &b)] {
+                let (p, q) = (
+                    ga.get(var.as_tensor()).unwrap(),
+                    gc.get(var.as_tensor()).unwrap(),
+                );
+                assert!(
+                    max_diff(p, q) < 1e-4 * max_abs(q),
+                    "d{name} at scale {scale}"
+                );
+            }
+        }
+        let eval = head_nll(&xt.detach(), wt, bt, &rows).unwrap();
+        let c = head_nll_composed(xt, wt, bt, &rows).unwrap();
+        assert!(max_diff(&eval, &c) < 1e-3);
     }
 
     /// The same graph differentiated twice: the second backward recomputes the logits.

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod head_chunks;
 pub mod head_nll;
 pub mod lanes;
 pub mod layer_norm;
@@ -173,7 +174,7 @@ pub(crate) fn gemm_append_short_rows(
 }
 
 /// Append the transpose of `t` (rows x cols, row-major) to `c`, in parallel tiles.
-fn transpose_append(c: &mut Vec<f32>, t: &[f32], rows: usize, cols: usize) {
+pub(crate) fn transpose_append(c: &mut Vec<f32>, t: &[f32], rows: usize, cols: usize) {
     const TILE: usize = 32;
     let len = c.len();
     c.reserve(rows * cols);
