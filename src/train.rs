@@ -549,14 +549,7 @@ pub fn active_losses(
     let xtt = Tensor::from_slice(xt, (b, l), &dev)?;
     let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
     let sigma = Tensor::from_vec(sigma, b, &dev)?;
-    let feats = model.features(DitInput::Ids(&xtt), &sigma, dropout)?;
-    let d = feats.dim(2)?;
-    let flat = feats.reshape((b * l, d))?;
-    let sel = if pos.len() == b * l {
-        flat
-    } else {
-        flat.index_select(&Tensor::from_slice(&pos, pos.len(), &dev)?, 0)?
-    };
+    let sel = model.features_at(DitInput::Ids(&xtt), &sigma, &pos, dropout)?;
     // Untracked features tell the fused head that no backward follows (it then makes no
     // gradients in the forward).
     let sel = if grad { sel } else { sel.detach() };

@@ -52,15 +52,7 @@ pub fn logits_at(
     let xtt = Tensor::from_slice(xt, (b, l), &dev)?;
     let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
     let sigma = Tensor::from_vec(sigma, b, &dev)?;
-    let feats = model.features(DitInput::Ids(&xtt), &sigma, dropout)?;
-    let d = feats.dim(2)?;
-    let flat = feats.reshape((b * l, d))?;
-    let sel = if pos.len() == b * l {
-        flat
-    } else {
-        flat.index_select(&Tensor::from_slice(pos, pos.len(), &dev)?, 0)?
-    };
-    model.head(&sel)
+    model.head(&model.features_at(DitInput::Ids(&xtt), &sigma, pos, dropout)?)
 }
 
 /// x_t ~ q_t(. | x0) for every row of a (B, L) batch.

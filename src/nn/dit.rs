@@ -149,41 +149,61 @@ impl Block {
         c: &Tensor,
         rotary: &Rotary,
         attn: &RotaryAttention,
-        mut drop: Option<&mut DropoutRng>,
+        drop: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        // (B, 6D) -> (B, 1, 6D): shift, scale, gate (msa), shift, scale, gate (mlp).
+        let ada = self.ada.forward(c)?.unsqueeze(1)?;
+        let y = self.attend(x, &ada, rotary, attn)?;
+        self.finish(x, &y, &ada, drop)
+    }
+
+    /// The attention output (B, L, D) before `attn_out`, for every position.
+    fn attend(
+        &self,
+        x: &Tensor,
+        ada: &Tensor,
+        rotary: &Rotary,
+        attn: &RotaryAttention,
     ) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
-        let h_ = self.n_heads;
-        // (B, 6D) -> six (B, 1, D) chunks in the order shift, scale, gate (msa), shift, scale, gate (mlp).
-        let ada = self.ada.forward(c)?.unsqueeze(1)?;
-        let chunk = |i: usize| ada.narrow(2, i * d, d);
-        let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
-        let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3)?, chunk(4)?, chunk(5)?);
-
-        let h = modulate(&layer_norm_no_bias(x, &self.norm1)?, &shift_msa, &scale_msa)?;
+        let (shift, scale) = (ada.narrow(2, 0, d)?, ada.narrow(2, d, d)?);
+        let h = modulate(&layer_norm_no_bias(x, &self.norm1)?, &shift, &scale)?;
         let qkv = self.qkv.forward(&h)?;
-        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
-            rotary_attention(&qkv, attn)?
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            Ok(rotary_attention(&qkv, attn)?)
         } else {
-            attention_composed(&qkv, rotary, h_, b, l, d)?
-        };
-        let y = self.out.forward(&y)?;
+            attention_composed(&qkv, rotary, self.n_heads, b, l, d)
+        }
+    }
+
+    /// The rest of the block from the attention output `y`: `attn_out`, the gated residual and the
+    /// MLP. All position-wise, so it runs on any rows (N, L', D) given their own (N, 1, 6D) `ada`.
+    fn finish(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        ada: &Tensor,
+        mut drop: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let d = x.dim(2)?;
+        let chunk = |i: usize| ada.narrow(2, i * d, d);
+        let y = self.out.forward(y)?;
         let y = match drop.as_deref_mut() {
             Some(r) => r.apply(&y)?,
             None => y,
         };
-        let x = gated_residual(x, &y, &gate_msa)?;
-
+        let x = gated_residual(x, &y, &chunk(2)?)?;
         let h = modulate(
             &layer_norm_no_bias(&x, &self.norm2)?,
-            &shift_mlp,
-            &scale_mlp,
+            &chunk(3)?,
+            &chunk(4)?,
         )?;
         let h = self.mlp2.forward(&gelu_tanh(&self.mlp0.forward(&h)?)?)?;
         let h = match drop {
             Some(r) => r.apply(&h)?,
             None => h,
         };
-        Ok(gated_residual(&x, &h, &gate_mlp)?)
+        Ok(gated_residual(&x, &h, &chunk(5)?)?)
     }
 }
 
@@ -284,7 +304,7 @@ impl Dit {
     }
 
     /// Per-row weighted NLL of the output projection of features (M, D): [`Self::head`] and the
-    /// loss fused, so training never holds more than one logits-sized buffer.
+    /// loss fused, so training never holds the whole (M, V) logits.
     pub fn head_nll(&self, features: &Tensor, rows: &NllRows) -> Result<Tensor> {
         self.linear.nll(features, rows)
     }
@@ -295,8 +315,71 @@ impl Dit {
         &self,
         input: DitInput,
         sigma: &Tensor,
+        dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (x, c) = self.embed(input, sigma)?;
+        self.run(x, &c, dropout)
+    }
+
+    /// The blocks and the final norm over embedded input x (B, L, D).
+    fn run(
+        &self,
+        mut x: Tensor,
+        c: &Tensor,
         mut dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
+        for blk in &self.blocks {
+            x = blk.forward(&x, c, &self.rotary, &self.attn, dropout.as_deref_mut())?;
+        }
+        let ada = self.ada_final.forward(c)?.unsqueeze(1)?;
+        self.final_norm(&x, &ada)
+    }
+
+    /// Final features (M, D) at the flat positions `pos` (indices into B x L) only, equal to the
+    /// rows of [`Self::features`]: the last block attends from every position (its keys and
+    /// values are needed) and runs `attn_out`, the MLP and the final norm only at `pos`. That is
+    /// three quarters of the last block's work at the positions not asked for.
+    pub fn features_at(
+        &self,
+        input: DitInput,
+        sigma: &Tensor,
+        pos: &[u32],
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (mut x, c) = self.embed(input, sigma)?;
+        let (b, l, d) = x.dims3()?;
+        if let Some(&bad) = pos.iter().find(|&&p| p as usize >= b * l) {
+            return Err(Error::InvalidArgument(format!(
+                "position {bad} outside a batch of {b} x {l}"
+            )));
+        }
+        if pos.len() == b * l && pos.iter().enumerate().all(|(i, &p)| p as usize == i) {
+            return Ok(self.run(x, &c, dropout)?.reshape((b * l, d))?);
+        }
+        let Some((last, body)) = self.blocks.split_last() else {
+            return Err(Error::Config("a DiT needs at least one block".into()));
+        };
+        for blk in body {
+            x = blk.forward(&x, &c, &self.rotary, &self.attn, dropout.as_deref_mut())?;
+        }
+        let ada = last.ada.forward(&c)?;
+        let y = last.attend(&x, &ada.unsqueeze(1)?, &self.rotary, &self.attn)?;
+        let dev = x.device();
+        let idx = Tensor::from_slice(pos, pos.len(), dev)?;
+        let seq: Vec<u32> = pos.iter().map(|&p| p / l as u32).collect();
+        let seq = Tensor::from_vec(seq, pos.len(), dev)?;
+        // Each row becomes a sequence of length one with its own sequence's modulation.
+        let rows = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b * l, d))?.index_select(&idx, 0)?.unsqueeze(1)?)
+        };
+        let per_row = |a: &Tensor| -> Result<Tensor> { Ok(a.index_select(&seq, 0)?.unsqueeze(1)?) };
+        let x = last.finish(&rows(&x)?, &rows(&y)?, &per_row(&ada)?, dropout)?;
+        let f = self.final_norm(&x, &per_row(&self.ada_final.forward(&c)?)?)?;
+        Ok(f.squeeze(1)?)
+    }
+
+    /// The input embedding (B, L, D) and the time conditioning c (B, cond_dim).
+    fn embed(&self, input: DitInput, sigma: &Tensor) -> Result<(Tensor, Tensor)> {
         let x = match input {
             DitInput::Ids(ids) => {
                 let (b, l) = ids.dims2()?;
@@ -327,15 +410,14 @@ impl Dit {
         } else {
             sigma.zeros_like()?.to_dtype(DType::F32)?
         };
-        let c = self.sigma_map.forward(&sigma)?;
-        let mut x = x;
-        for blk in &self.blocks {
-            x = blk.forward(&x, &c, &self.rotary, &self.attn, dropout.as_deref_mut())?;
-        }
+        Ok((x, self.sigma_map.forward(&sigma)?))
+    }
+
+    /// The final LayerNorm and adaLN modulation of x (N, L', D) by its (N, 1, 2D) `ada`.
+    fn final_norm(&self, x: &Tensor, ada: &Tensor) -> Result<Tensor> {
         let d = self.cfg.hidden_size;
-        let ada = self.ada_final.forward(&c)?.unsqueeze(1)?;
         let (shift, scale) = (ada.narrow(2, 0, d)?, ada.narrow(2, d, d)?);
-        modulate(&layer_norm_no_bias(&x, &self.norm_final)?, &shift, &scale)
+        modulate(&layer_norm_no_bias(x, &self.norm_final)?, &shift, &scale)
     }
 
     fn check_len(&self, l: usize) -> Result<()> {
@@ -351,5 +433,82 @@ impl Dit {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.embedding.device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    /// `features_at` is the rows of `features`: values, and the gradient of every weight of a
+    /// loss on those rows (the last block's row path differentiates like the full one).
+    #[test]
+    fn features_at_is_the_rows_of_features() {
+        let cfg = DitConfig {
+            vocab_size: 23,
+            hidden_size: 16,
+            cond_dim: 8,
+            n_blocks: 2,
+            n_heads: 2,
+            mlp_ratio: 4,
+            length: 12,
+            dropout: 0.0,
+            time_conditioning: true,
+        };
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let dit = Dit::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg).unwrap();
+        crate::nn::init::init_dit(&varmap, 5).unwrap();
+        // Non-zero adaLN and output weights, so every modulation row matters.
+        for v in varmap.all_vars() {
+            let noise = Tensor::randn(0f32, 0.2, v.shape(), &dev).unwrap();
+            v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+        }
+        let (b, l) = (3usize, 10usize);
+        let ids: Vec<u32> = (0..b * l).map(|i| ((i * 7) % 23) as u32).collect();
+        let ids = Tensor::from_vec(ids, (b, l), &dev).unwrap();
+        let sigma = Tensor::new(&[0.3f32, 1.2, 2.5], &dev).unwrap();
+        let pos: Vec<u32> = vec![29, 0, 13, 14, 5, 22, 9];
+        let full = dit
+            .features(DitInput::Ids(&ids), &sigma, None)
+            .unwrap()
+            .reshape((b * l, 16))
+            .unwrap();
+        let want = full
+            .index_select(&Tensor::new(pos.as_slice(), &dev).unwrap(), 0)
+            .unwrap();
+        let got = dit
+            .features_at(DitInput::Ids(&ids), &sigma, &pos, None)
+            .unwrap();
+        assert_eq!(got.dims(), &[pos.len(), 16]);
+        let max_abs = |t: Tensor| t.abs().and_then(|t| t.max_all()?.to_scalar::<f32>());
+        // Largest difference relative to the largest entry of b.
+        let diff = |a: &Tensor, b: &Tensor| {
+            max_abs((a - b).unwrap()).unwrap() / max_abs(b.clone()).unwrap().max(1e-12)
+        };
+        assert!(diff(&got, &want) < 1e-5);
+        let r = Tensor::randn(0f32, 1.0, (pos.len(), 16), &dev).unwrap();
+        let ga = (got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in varmap.all_vars() {
+            let (p, q) = (ga.get(v.as_tensor()), gb.get(v.as_tensor()));
+            match (p, q) {
+                (Some(p), Some(q)) => assert!(diff(p, q) < 1e-4, "{:?}", v.shape()),
+                (None, None) => {}
+                _ => panic!("a gradient on one path only: {:?}", v.shape()),
+            }
+        }
+        // All positions in order take the full path; an outside position is an error.
+        let all: Vec<u32> = (0..(b * l) as u32).collect();
+        let f = dit
+            .features_at(DitInput::Ids(&ids), &sigma, &all, None)
+            .unwrap();
+        assert!(diff(&f, &full) < 1e-6);
+        let e = dit
+            .features_at(DitInput::Ids(&ids), &sigma, &[30], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("position 30 outside a batch of 3 x 10"), "{e}");
     }
 }

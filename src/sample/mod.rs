@@ -27,12 +27,13 @@ pub trait Denoiser: Sync {
 
 impl Denoiser for Dit {
     fn logits(&self, xt: &Tensor, sigma: &Tensor, positions: Option<&[u32]>) -> Result<Tensor> {
-        let f = self.features(DitInput::Ids(xt), sigma, None)?;
-        let (b, l, d) = f.dims3()?;
-        let f = f.reshape((b * l, d))?;
         let f = match positions {
-            Some(p) => f.index_select(&Tensor::from_slice(p, p.len(), f.device())?, 0)?,
-            None => f,
+            Some(p) => self.features_at(DitInput::Ids(xt), sigma, p, None)?,
+            None => {
+                let f = self.features(DitInput::Ids(xt), sigma, None)?;
+                let (b, l, d) = f.dims3()?;
+                f.reshape((b * l, d))?
+            }
         };
         self.head(&f)
     }

@@ -9,11 +9,12 @@ use super::head_nll::NllRows;
 use super::nll::row_lse;
 use super::{fast_exp, gemm_strided, simd, transpose_append};
 
-/// Rows per chunk: about 16 MiB of logits, which stay in L3 while the chunk's loss, dz, dx and
+/// Rows per chunk: about 8 MiB of logits, which stay in L3 while the chunk's loss, dz, dx and
 /// dW^T share are made from them. On the benchmark head (4096 x 256 -> 8192, 2 threads) chunks of
-/// 256 to 1024 rows ran alike, 7-10% faster than the three whole-buffer GEMMs.
+/// 256 to 1024 rows ran alike, 7-10% faster than the three whole-buffer GEMMs; the smallest of
+/// them holds the least.
 fn chunk_rows(v: usize) -> usize {
-    ((1usize << 22) / v.max(1)).clamp(16, 1024)
+    ((1usize << 21) / v.max(1)).clamp(16, 1024)
 }
 
 /// The gradients of the summed loss for an upstream gradient of one on every row.
