@@ -28,7 +28,7 @@ impl Linear {
     }
 
     /// Per-row weighted NLL of this layer's output for features (M, D): the projection and the
-    /// loss in one node with one logits-sized buffer (CPU f32 with a bias; composed otherwise).
+    /// loss in one node that never holds the whole logits (CPU f32 with a bias; composed otherwise).
     pub fn nll(&self, x: &Tensor, rows: &NllRows) -> Result<Tensor> {
         match &self.bias {
             Some(b) => Ok(super::ops::head_nll::head_nll(x, &self.weight, b, rows)?),
