@@ -153,9 +153,9 @@ impl Idlm {
                     let at: Vec<u32> = pos_p.iter().map(|&p| inp.xtp[p as usize]).collect();
                     Some(process.clean_probs(&logits, &at)?)
                 };
-                let full = full_simplex(&inp.x0, &pos_p, g.as_deref(), v);
-                let rn = renoise(process, &full, &pos_p, &inp.t, l, v, &mut self.rngs.noise);
-                let target = rows_of(&full, &rn.pos, v)?;
+                let simplex = Simplex::new(&inp.x0, &pos_p, g.as_deref(), v);
+                let rn = renoise(process, &simplex, &inp.t, l, &mut self.rngs.noise);
+                let target = simplex.rows(&rn.pos)?;
                 jobs.push((rn, target));
             }
             let fake = self
@@ -216,13 +216,16 @@ impl Idlm {
                 Some(g) => Some(g.detach().flatten_all()?.to_vec1::<f32>()?),
                 None => None,
             };
-            let full = full_simplex(&inp.x0, &pos_p, g_vals.as_deref(), v);
-            let rn = renoise(process, &full, &pos_p, &inp.t, l, v, noise);
+            let simplex = Simplex::new(&inp.x0, &pos_p, g_vals.as_deref(), v);
+            let rn = renoise(process, &simplex, &inp.t, l, noise);
             if rn.pos.is_empty() {
                 return Ok(Tensor::new(0f32, &crate::runtime::device())?);
             }
             // Targets: G's rows (with gradient) where x_t' was active, one-hot data elsewhere.
-            let rest = rows_of(&full, &rn.pos[rn.n_both..], v)?;
+            let rest = simplex.rows(&rn.pos[rn.n_both..])?;
+            // The loss below holds three networks' activations; free the sample's values first.
+            std::mem::drop(simplex);
+            std::mem::drop(g_vals);
             let target = match (&g, rn.n_both) {
                 (Some(g), n) if n > 0 => {
                     let idx = Tensor::from_slice(&rn.g_rows, n, g.device())?;
@@ -290,54 +293,78 @@ pub fn generator_loss(
     Ok((loss.sum_all()? / b as f64)?)
 }
 
-/// The student's relaxed sample over the whole batch (B x L x V): its distribution at the
-/// positions active in x_t' (`g`, row-major, one row per entry of `pos`), one-hot data elsewhere.
-fn full_simplex(x0: &[u32], pos: &[u32], g: Option<&[f32]>, v: usize) -> Vec<f32> {
-    let mut full = vec![0f32; x0.len() * v];
-    for (i, &x) in x0.iter().enumerate() {
-        full[i * v + x as usize] = 1.0;
-    }
-    if let Some(g) = g {
-        for (r, &p) in pos.iter().enumerate() {
-            let p = p as usize;
-            full[p * v..(p + 1) * v].copy_from_slice(&g[r * v..(r + 1) * v]);
-        }
-    }
-    full
+/// The student's relaxed sample over the whole batch (B x L x V), never materialised: its
+/// distribution at the positions active in x_t' (`g`, row-major, one row per entry of `pos`),
+/// one-hot data elsewhere.
+struct Simplex<'a> {
+    x0: &'a [u32],
+    g: Option<&'a [f32]>,
+    /// Each position's row in `g` (u32::MAX: not active in x_t').
+    row_of: Vec<u32>,
+    v: usize,
 }
 
-/// Draw x_t from q_t(. | G) row by row and order its active positions (those also active in x_t'
-/// first, with their row in the student's output).
+impl<'a> Simplex<'a> {
+    fn new(x0: &'a [u32], pos: &[u32], g: Option<&'a [f32]>, v: usize) -> Self {
+        let mut row_of = vec![u32::MAX; x0.len()];
+        for (r, &p) in pos.iter().enumerate() {
+            row_of[p as usize] = r as u32;
+        }
+        Self { x0, g, row_of, v }
+    }
+
+    /// Position p's row of the simplex, written into `out` (V).
+    fn row_into(&self, p: usize, out: &mut [f32]) {
+        let (v, r) = (self.v, self.row_of[p] as usize);
+        match self.g {
+            Some(g) if self.row_of[p] != u32::MAX => out.copy_from_slice(&g[r * v..(r + 1) * v]),
+            _ => {
+                out.fill(0.0);
+                out[self.x0[p] as usize] = 1.0;
+            }
+        }
+    }
+
+    /// The rows at `pos`, as an (M, V) tensor without gradient.
+    fn rows(&self, pos: &[u32]) -> Result<Tensor> {
+        let mut out = vec![0f32; pos.len() * self.v];
+        for (&p, o) in pos.iter().zip(out.chunks_exact_mut(self.v)) {
+            self.row_into(p as usize, o);
+        }
+        Ok(Tensor::from_vec(
+            out,
+            (pos.len(), self.v),
+            &crate::runtime::device(),
+        )?)
+    }
+}
+
+/// Draw x_t from q_t(. | G) row by row (each sequence's simplex built in one reused buffer) and
+/// order its active positions (those also active in x_t' first, with their row in the student's
+/// output).
 fn renoise(
     process: &dyn ForwardProcess,
-    full: &[f32],
-    pos_p: &[u32],
+    g: &Simplex,
     t: &[f64],
     l: usize,
-    v: usize,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Renoised {
-    let n = full.len() / v;
+    let (n, v) = (g.x0.len(), g.v);
     let mut xt = vec![0u32; n];
+    let mut seq = vec![0f32; l * v];
     for (r, &tr) in t.iter().enumerate() {
-        process.renoise_row(
-            &full[r * l * v..(r + 1) * l * v],
-            tr,
-            rng,
-            &mut xt[r * l..(r + 1) * l],
-        );
-    }
-    let mut row_of = vec![u32::MAX; n];
-    for (r, &p) in pos_p.iter().enumerate() {
-        row_of[p as usize] = r as u32;
+        for (i, row) in seq.chunks_exact_mut(v).enumerate() {
+            g.row_into(r * l + i, row);
+        }
+        process.renoise_row(&seq, tr, rng, &mut xt[r * l..(r + 1) * l]);
     }
     let act = active(process, &xt);
     let (mut both, mut only) = (Vec::new(), Vec::new());
     let mut g_rows = Vec::new();
     for p in act {
-        if row_of[p as usize] != u32::MAX {
+        if g.row_of[p as usize] != u32::MAX {
             both.push(p);
-            g_rows.push(row_of[p as usize]);
+            g_rows.push(g.row_of[p as usize]);
         } else {
             only.push(p);
         }
@@ -350,19 +377,6 @@ fn renoise(
         n_both,
         g_rows,
     }
-}
-
-/// Rows of the full simplex at `pos`, as an (M, V) tensor without gradient.
-fn rows_of(full: &[f32], pos: &[u32], v: usize) -> Result<Tensor> {
-    let mut out = Vec::with_capacity(pos.len() * v);
-    for &p in pos {
-        out.extend_from_slice(&full[p as usize * v..(p as usize + 1) * v]);
-    }
-    Ok(Tensor::from_vec(
-        out,
-        (pos.len(), v),
-        &crate::runtime::device(),
-    )?)
 }
 
 /// The time of each position's row.
@@ -402,5 +416,65 @@ impl Idlm {
             fake,
             rngs: l.state.rngs.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Masked;
+    use rand::SeedableRng;
+
+    /// The dense B x L x V simplex the sample used to be built as: the oracle of [`Simplex`].
+    fn dense(x0: &[u32], pos: &[u32], g: Option<&[f32]>, v: usize) -> Vec<f32> {
+        let mut full = vec![0f32; x0.len() * v];
+        for (i, &x) in x0.iter().enumerate() {
+            full[i * v + x as usize] = 1.0;
+        }
+        if let Some(g) = g {
+            for (r, &p) in pos.iter().enumerate() {
+                let p = p as usize;
+                full[p * v..(p + 1) * v].copy_from_slice(&g[r * v..(r + 1) * v]);
+            }
+        }
+        full
+    }
+
+    /// Rows and re-noised draws equal those of the dense simplex, with and without G's rows.
+    #[test]
+    fn simplex_rows_and_draws_match_the_dense_oracle() {
+        let (b, l, v) = (3usize, 5usize, 7usize);
+        let process = Masked::new(v, (v - 1) as u32).unwrap();
+        let x0: Vec<u32> = (0..b * l).map(|i| ((i * 5) % (v - 1)) as u32).collect();
+        let pos: Vec<u32> = vec![1, 4, 7, 8, 14];
+        let g: Vec<f32> = (0..pos.len() * v)
+            .map(|i| ((i * 13) % 11) as f32 / 10.0)
+            .collect();
+        let t = [0.9, 0.5, 0.99];
+        for g in [None, Some(g.as_slice())] {
+            let full = dense(&x0, &pos, g, v);
+            let s = Simplex::new(&x0, &pos, g, v);
+            let all: Vec<u32> = (0..(b * l) as u32).collect();
+            let rows = s.rows(&all).unwrap().flatten_all().unwrap();
+            assert_eq!(rows.to_vec1::<f32>().unwrap(), full);
+            let rn = renoise(
+                &process,
+                &s,
+                &t,
+                l,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(9),
+            );
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            let mut want = vec![0u32; b * l];
+            for (r, &tr) in t.iter().enumerate() {
+                let seq = &full[r * l * v..(r + 1) * l * v];
+                process.renoise_row(seq, tr, &mut rng, &mut want[r * l..(r + 1) * l]);
+            }
+            assert_eq!(rn.xt, want);
+            // Active positions also active in x_t' come first, each with its row in G.
+            for (i, &p) in rn.pos[..rn.n_both].iter().enumerate() {
+                assert_eq!(pos[rn.g_rows[i] as usize], p);
+            }
+        }
     }
 }
