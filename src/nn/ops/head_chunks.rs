@@ -5,7 +5,6 @@
 
 use rayon::prelude::*;
 
-use super::head_nll::NllRows;
 use super::nll::row_lse;
 use super::{fast_exp, gemm_strided, simd, transpose_append};
 
@@ -34,8 +33,8 @@ struct Share {
 }
 
 /// Per-row losses `w_i (lse_{v != ex}(z_i) - z_i[t_i])` of `z = x W^T + b`, x (M, D), W (V, D);
-/// with `grads`, also the [`UnitGrads`]. Rows are split into one contiguous part per thread, and
-/// each part walks its rows in chunks.
+/// with `grads`, also the [`UnitGrads`] of their sum (weights g_i w_i give those of sum g_i loss_i).
+/// Rows are split into one contiguous part per thread, and each part walks its rows in chunks.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head_chunks(
     x: &[f32],
@@ -44,7 +43,8 @@ pub(super) fn head_chunks(
     m: usize,
     k: usize,
     v: usize,
-    rows: &NllRows,
+    targets: &[u32],
+    weights: &[f32],
     ex: Option<usize>,
     grads: bool,
 ) -> (Vec<f32>, Option<UnitGrads>) {
@@ -66,7 +66,22 @@ pub(super) fn head_chunks(
             let r0 = p * per;
             simd::dispatch(
                 #[inline(always)]
-                || part(x, w, b, r0, loss, dx, k, v, r, rows, ex, grads),
+                || {
+                    part(
+                        x,
+                        w,
+                        b,
+                        r0,
+                        loss,
+                        dx,
+                        k,
+                        v,
+                        r,
+                        (targets, weights),
+                        ex,
+                        grads,
+                    )
+                },
             )
         })
         .collect();
@@ -121,7 +136,7 @@ fn part(
     k: usize,
     v: usize,
     r: usize,
-    rows: &NllRows,
+    (targets, weights): (&[u32], &[f32]),
     ex: Option<usize>,
     grads: bool,
 ) -> Option<Share> {
@@ -142,7 +157,7 @@ fn part(
         }
         for (i, zi) in z.chunks_exact_mut(v).enumerate() {
             let g = r0 + c0 + i;
-            let (wi, t) = (rows.weights[g], rows.targets[g] as usize);
+            let (wi, t) = (weights[g], targets[g] as usize);
             zi.iter_mut().zip(b).for_each(|(z, b)| *z += b);
             let lse = row_lse(zi, ex);
             loss[c0 + i] = if wi == 0.0 { 0.0 } else { wi * (lse - zi[t]) };

@@ -4,20 +4,17 @@
 //! When the features are being trained, the forward also computes the gradients for an upstream
 //! gradient of one, chunk by chunk while each chunk's logits are in cache
 //! ([`super::head_chunks`]); every training loss is a sum or mean of these rows, so the backward
-//! only scales them. Any other upstream gradient (or a second backward) recomputes the logits
-//! into one buffer and differentiates from it.
+//! only scales them. Any other upstream gradient (or a second backward) runs the same chunks
+//! again with the row weights times the upstream gradient.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::f32_data;
 use super::head_chunks::{UnitGrads, head_chunks};
-use super::nll::{check_targets, row_lse, weighted_nll};
-use super::{
-    column_sums, f32_data, fast_exp, gemm_append, gemm_append_short_rows, gemm_new, rows_per_task,
-    simd,
-};
+use super::nll::{check_targets, weighted_nll};
 
 /// Targets, per-row weights and the excluded column of a weighted NLL over M rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,12 +25,6 @@ pub struct NllRows {
     pub weights: Vec<f32>,
     /// A column that is never a valid clean token (MDLM's MASK), left out of the softmax.
     pub exclude: Option<usize>,
-}
-
-/// Logits and their row log-sum-exps.
-struct Logits {
-    z: Vec<f32>,
-    lse: Vec<f32>,
 }
 
 /// Forward: per-row loss; with `eager`, also the unit-upstream gradients for the backward.
@@ -61,35 +52,6 @@ fn dims(
         )
     }
     Ok((m, k, v))
-}
-
-/// z = x W^T + b and each row's log-sum-exp, the bias added while the row is in cache.
-fn logits(
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    v: usize,
-    ex: Option<usize>,
-) -> Logits {
-    let mut z = gemm_new(m, v, k, x, k, 1, w, 1, k);
-    let rows = rows_per_task(v);
-    let mut lse = vec![0f32; m];
-    z.par_chunks_mut(v * rows)
-        .zip(lse.par_chunks_mut(rows))
-        .for_each(|(z, lse)| {
-            simd::dispatch(
-                #[inline(always)]
-                || {
-                    for (z, lse) in z.chunks_exact_mut(v).zip(lse) {
-                        z.iter_mut().zip(b).for_each(|(z, b)| *z += b);
-                        *lse = row_lse(z, ex);
-                    }
-                },
-            )
-        });
-    Logits { z, lse }
 }
 
 impl CustomOp3 for HeadNll {
@@ -122,7 +84,7 @@ impl CustomOp3 for HeadNll {
         }
         check_targets(&r.targets, &r.weights, v, self.name())?;
         let ex = r.exclude.filter(|&e| e < v);
-        let (out, grads) = head_chunks(x, w, b, m, k, v, r, ex, self.eager);
+        let (out, grads) = head_chunks(x, w, b, m, k, v, &r.targets, &r.weights, ex, self.eager);
         *self
             .saved
             .lock()
@@ -182,7 +144,7 @@ impl CustomOp3 for HeadNll {
     }
 }
 
-/// Backward for any upstream gradient: [dx | dW | db] from recomputed logits.
+/// Backward for any upstream gradient: [dx | dW | db], the logits recomputed chunk by chunk.
 struct HeadNllBwd {
     rows: Arc<NllRows>,
     /// Incoming gradient times the row weight.
@@ -210,37 +172,14 @@ impl CustomOp3 for HeadNllBwd {
         );
         let (m, k, v) = dims(l1, l2, l3, self.name())?;
         let ex = self.rows.exclude.filter(|&e| e < v);
-        let Logits { mut z, lse } = logits(x, w, b, m, k, v, ex);
-        let (tgt, gw) = (&self.rows.targets, &self.gw);
-        // dz = gw (softmax without the excluded column - onehot(target)), in place.
-        let rows = rows_per_task(v);
-        z.par_chunks_mut(v * rows).enumerate().for_each(|(c, z)| {
-            simd::dispatch(
-                #[inline(always)]
-                || {
-                    for (i, z) in z.chunks_exact_mut(v).enumerate() {
-                        let r = c * rows + i;
-                        let (gw, t) = (gw[r], tgt[r] as usize);
-                        if gw == 0.0 {
-                            z.fill(0.0);
-                            continue;
-                        }
-                        let lse = lse[r];
-                        z.iter_mut().for_each(|z| *z = gw * fast_exp(*z - lse));
-                        if let Some(e) = ex {
-                            z[e] = 0.0;
-                        }
-                        z[t] -= gw;
-                    }
-                },
-            )
-        });
+        // The chunked kernel with the weights g_i w_i gives the gradients of sum_i g_i loss_i.
+        let (_, grads) = head_chunks(x, w, b, m, k, v, &self.rows.targets, &self.gw, ex, true);
         let mut buf = Vec::with_capacity(m * k + v * k + v);
-        gemm_append(&mut buf, m, k, v, &z, v, 1, w, k, 1);
-        gemm_append_short_rows(&mut buf, v, k, m, &z, 1, v, x, k, 1);
-        let db = column_sums(&z, v);
-        drop(z);
-        buf.extend_from_slice(&db);
+        if let Some(u) = grads {
+            buf.extend_from_slice(&u.dx);
+            buf.extend_from_slice(&u.dw);
+            buf.extend_from_slice(&u.db);
+        }
         let n = buf.len();
         Ok((CpuStorage::F32(buf), Shape::from(n)))
     }
