@@ -5,8 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::nll::row_lse;
-use super::{fast_exp, gemm_strided, simd, transpose_append};
+use super::{gemm_strided, lanes, simd, transpose_append};
 
 /// Rows per chunk: about 8 MiB of logits, which stay in L3 while the chunk's loss, dz, dx and
 /// dW^T share are made from them. On the benchmark head (4096 x 256 -> 8192, 2 threads) chunks of
@@ -158,22 +157,34 @@ fn part(
         for (i, zi) in z.chunks_exact_mut(v).enumerate() {
             let g = r0 + c0 + i;
             let (wi, t) = (weights[g], targets[g] as usize);
-            zi.iter_mut().zip(b).for_each(|(z, b)| *z += b);
-            let lse = row_lse(zi, ex);
-            loss[c0 + i] = if wi == 0.0 { 0.0 } else { wi * (lse - zi[t]) };
-            if let Some(s) = share.as_mut() {
-                // dz = w_i (softmax without the excluded column - onehot(target)), in place.
-                if wi == 0.0 {
+            if wi == 0.0 {
+                loss[c0 + i] = 0.0;
+                if share.is_some() {
                     zi.fill(0.0);
-                    continue;
                 }
-                zi.iter_mut().for_each(|z| *z = wi * fast_exp(*z - lse));
-                if let Some(e) = ex {
-                    zi[e] = 0.0;
-                }
-                zi[t] -= wi;
-                s.db.iter_mut().zip(&*zi).for_each(|(d, z)| *d += z);
+                continue;
             }
+            // Three passes, one exp per logit: bias and max, exp in place with its sum, then dz
+            // and db. The excluded column is -inf, so it is neither the max nor in the sum.
+            let zt = zi[t] + b[t];
+            if let Some(e) = ex {
+                zi[e] = f32::NEG_INFINITY;
+            }
+            let m = lanes::add_max(zi, b);
+            let Some(s) = share.as_mut() else {
+                loss[c0 + i] = wi * (m + lanes::sum_exp(zi, 1.0, m).ln() - zt);
+                continue;
+            };
+            // exp(-inf - m) is exp(-87) after fast_exp's clamp: far below the max's 1 in the sum.
+            let total = lanes::exp_in_place(zi, 1.0, m);
+            loss[c0 + i] = wi * (m + total.ln() - zt);
+            if let Some(e) = ex {
+                zi[e] = 0.0;
+            }
+            // dz = w_i (softmax without the excluded column - onehot(target)), in place.
+            lanes::scale_into(zi, wi / total, &mut s.db);
+            zi[t] -= wi;
+            s.db[t] -= wi;
         }
         if let Some(s) = share.as_mut().filter(|_| k > 0) {
             let dxc = &mut dx[c0 * k..(c0 + rr) * k];

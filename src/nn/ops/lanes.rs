@@ -70,6 +70,35 @@ pub fn max(a: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &x| m.max(x))
 }
 
+/// y += b elementwise; returns the largest y (-inf for an empty slice).
+#[inline(always)]
+pub fn add_max(y: &mut [f32], b: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; W];
+    let (mut cy, cb) = (y.chunks_exact_mut(W), b.chunks_exact(W));
+    let tb = cb.remainder();
+    for (x, d) in cy.by_ref().zip(cb) {
+        for i in 0..W {
+            x[i] += d[i];
+            acc[i] = acc[i].max(x[i]);
+        }
+    }
+    let mut tail = f32::NEG_INFINITY;
+    for (x, d) in cy.into_remainder().iter_mut().zip(tb) {
+        *x += d;
+        tail = tail.max(*x);
+    }
+    acc.iter().fold(tail, |m, &x| m.max(x))
+}
+
+/// y *= s, then acc += y, elementwise.
+#[inline(always)]
+pub fn scale_into(y: &mut [f32], s: f32, acc: &mut [f32]) {
+    for (x, a) in y.iter_mut().zip(acc) {
+        *x *= s;
+        *a += *x;
+    }
+}
+
 /// Sum of exp(scale x - m) over a slice.
 #[inline(always)]
 pub fn sum_exp(a: &[f32], scale: f32, m: f32) -> f32 {
@@ -135,6 +164,26 @@ mod tests {
             assert!((sum_sq_dev(&a, 0.3) as f64 - plain_ssd).abs() <= 1e-4 * (1.0 + plain_ssd));
             let plain_max = a.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             assert_eq!(max(&a), plain_max);
+            let mut y = a.clone();
+            assert_eq!(
+                add_max(&mut y, &b),
+                a.iter()
+                    .zip(&b)
+                    .fold(f32::NEG_INFINITY, |m, (x, d)| m.max(x + d))
+            );
+            assert!(
+                y.iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(y, (x, d))| *y == x + d)
+            );
+            let mut acc = b.clone();
+            scale_into(&mut y, 0.5, &mut acc);
+            assert!(
+                y.iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(y, (x, d))| *y == (x + d) * 0.5)
+            );
+            assert!(acc.iter().zip(&y).zip(&b).all(|((s, y), d)| *s == d + y));
             let (scale, m) = (0.7f32, 1.5f32);
             let plain_se: f64 = a.iter().map(|&x| ((x * scale - m) as f64).exp()).sum();
             let se = sum_exp(&a, scale, m) as f64;
