@@ -79,13 +79,19 @@ pub struct BenchReport {
     /// Tokens per second at 1024 steps with the same weights used without time conditioning
     /// (MDLM's default), so a sequence that did not change reuses its prediction.
     pub sampler1024_cached_tokens_per_s: f64,
-    /// Measured f32 GEMM peak of this machine (2048^3, all threads), GFLOP/s.
+    /// Measured f32 GEMM peak of this machine (2048^3, all threads), GFLOP/s: the median of the
+    /// products run next to the timed train steps and forwards.
     pub gemm_peak_gflops: f64,
+    /// The fastest of those products.
+    pub gemm_peak_best_gflops: f64,
+    /// Every product in order (the first before the warm-up step), GFLOP/s.
+    pub gemm_probe_gflops: Vec<f64>,
     /// Matrix-multiply FLOPs of one training step (forward + backward = 3x forward).
     pub train_step_gflop: f64,
-    /// Achieved GFLOP/s of the train step and of the forward pass, as a fraction of the peak.
+    /// Achieved GFLOP/s of the train step as a fraction of the peak: the median over timed steps,
+    /// each against the product run just before it.
     pub train_step_peak_fraction: f64,
-    /// The forward pass's fraction of the peak.
+    /// The forward pass's fraction of the peak, paired the same way.
     pub forward_peak_fraction: f64,
     /// Tokens per second of AR KV-cache decoding (causal LM of the same width and depth).
     pub ar_kv_tokens_per_s: f64,
@@ -95,19 +101,56 @@ pub struct BenchReport {
     pub idlm: crate::bench_idlm::IdlmBench,
 }
 
-/// Best-of-3 GFLOP/s of a 2048^3 f32 GEMM with all threads.
-pub fn gemm_peak_gflops() -> f64 {
-    let n = 2048;
-    let a = vec![1.0f32; n * n];
-    let b = vec![0.5f32; n * n];
-    let mut c = vec![0f32; n * n];
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        crate::nn::ops::gemm_par(n, n, n, &mut c, false, &a, n, 1, &b, n, 1);
-        best = best.min(t0.elapsed().as_secs_f64());
+/// The machine's f32 GEMM rate (2048^3, all threads), measured next to each timed iteration: this
+/// host's throughput drifts by up to 30% over minutes (2048^3 best-of-3 gave 231-316 GFLOP/s in one
+/// sitting), so a phase's fraction of the peak is taken against the peak of the same moment.
+pub struct PeakProbe {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    /// GFLOP/s of every product run so far.
+    pub runs: Vec<f64>,
+}
+
+impl PeakProbe {
+    const N: usize = 2048;
+
+    /// Operands for the probe (48 MiB).
+    pub fn new() -> Self {
+        let n = Self::N;
+        Self {
+            a: vec![1.0; n * n],
+            b: vec![0.5; n * n],
+            c: vec![0.0; n * n],
+            runs: Vec::new(),
+        }
     }
-    2.0 * (n as f64).powi(3) / best / 1e9
+
+    /// One 2048^3 product; its GFLOP/s (also kept in `runs`).
+    pub fn measure(&mut self) -> f64 {
+        let n = Self::N;
+        let t0 = Instant::now();
+        crate::nn::ops::gemm_par(n, n, n, &mut self.c, false, &self.a, n, 1, &self.b, n, 1);
+        let g = 2.0 * (n as f64).powi(3) / t0.elapsed().as_secs_f64() / 1e9;
+        self.runs.push(g);
+        g
+    }
+}
+
+impl Default for PeakProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Median over timed iterations of (GFLOP / time) / the peak measured just before it.
+fn paired_fraction(gflop: f64, ms: &[f64], peaks: &[f64]) -> f64 {
+    median(
+        ms.iter()
+            .zip(peaks)
+            .map(|(t, p)| gflop / (t / 1e3) / p)
+            .collect(),
+    )
 }
 
 /// Matrix-multiply FLOPs of one forward pass of the DiT over `tokens` tokens.
@@ -189,9 +232,11 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
     let dev = crate::runtime::device();
     let total = o.warmup + o.iters;
 
-    let mut full = Vec::new();
+    let mut probe = PeakProbe::new();
+    let (mut full, mut full_peak) = (Vec::new(), Vec::new());
     for i in 0..total {
         let (inp, tgt, ts) = make_batch(&mut rng, o);
+        let peak = probe.measure();
         let t0 = Instant::now();
         tr.optimize((b * l) as u64, |model, _, _| {
             let x = Tensor::from_slice(&inp, (b, l), &dev)?;
@@ -205,6 +250,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         })?;
         if i >= o.warmup {
             full.push(t0.elapsed().as_secs_f64() * 1e3);
+            full_peak.push(peak);
         }
     }
 
@@ -253,13 +299,15 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
     let x = Tensor::from_slice(&inp, (b, l), &dev)?;
     let sigma: Vec<f32> = ts.iter().map(|&t| process_sigma(t)).collect();
     let sigma = Tensor::from_vec(sigma, b, &dev)?;
-    let mut fwd = Vec::new();
+    let (mut fwd, mut fwd_peak) = (Vec::new(), Vec::new());
     for i in 0..total {
+        let peak = probe.measure();
         let t0 = Instant::now();
         let logits = model.forward(DitInput::Ids(&x), &sigma, None)?;
         let _ = logits.flatten_all()?.get(0)?.to_scalar::<f32>()?;
         if i >= o.warmup {
             fwd.push(t0.elapsed().as_secs_f64() * 1e3);
+            fwd_peak.push(peak);
         }
     }
 
@@ -268,14 +316,15 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
     let cached = checkpoint::dit_from_tensors(&tr.ema_weights(), &untimed, Path::new("EMA"))?;
     let sampler = crate::bench_sampler::sampler_bench(&model, &cached, o)?;
 
-    let peak = gemm_peak_gflops();
     let fwd_gflop = forward_gflop(o);
-    let (train_ms, fwd_ms) = (median(full.clone()), median(fwd.clone()));
+    let peaks = [full_peak.as_slice(), fwd_peak.as_slice()].concat();
     Ok(BenchReport {
-        gemm_peak_gflops: peak,
+        gemm_peak_gflops: median(peaks.clone()),
+        gemm_peak_best_gflops: peaks.iter().copied().fold(0.0, f64::max),
+        gemm_probe_gflops: probe.runs,
         train_step_gflop: 3.0 * fwd_gflop,
-        train_step_peak_fraction: 3.0 * fwd_gflop / (train_ms / 1e3) / peak,
-        forward_peak_fraction: fwd_gflop / (fwd_ms / 1e3) / peak,
+        train_step_peak_fraction: paired_fraction(3.0 * fwd_gflop, &full, &full_peak),
+        forward_peak_fraction: paired_fraction(fwd_gflop, &fwd, &fwd_peak),
         options: o.clone(),
         threads: rayon::current_num_threads(),
         train_step_ms: median(full),
@@ -294,4 +343,20 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
 
 fn process_sigma(t: f64) -> f32 {
     crate::process::LogLinear::default().sigma(t) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paired_fraction;
+
+    #[test]
+    fn each_step_is_measured_against_its_own_probe() {
+        // 10 GFLOP in 100 ms at a 100 GFLOP/s probe is 1.0; in 200 ms against 100 it is 0.5;
+        // in 50 ms against 400 it is 0.5. Median 0.5; pairing the times with the wrong probes
+        // (or taking the best probe) gives other answers.
+        let f = paired_fraction(10.0, &[100.0, 200.0, 50.0], &[100.0, 100.0, 400.0]);
+        assert!((f - 0.5).abs() < 1e-12, "{f}");
+        let f = paired_fraction(10.0, &[100.0, 200.0, 50.0], &[100.0, 50.0, 200.0]);
+        assert!((f - 1.0).abs() < 1e-12, "{f}");
+    }
 }
