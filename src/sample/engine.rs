@@ -178,22 +178,34 @@ fn predict_and_update(
 ) -> Result<()> {
     let len = live[members[0]].seq.x.len();
     let mut ids = Vec::with_capacity(members.len() * len);
-    let mut sigma = Vec::with_capacity(members.len());
+    let mut sigma: Vec<f32> = Vec::with_capacity(members.len());
     let mut flat = Vec::new();
     let mut at = Vec::new();
-    for (row, &j) in members.iter().enumerate() {
-        let s = &live[j];
-        let need = s.need.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("a sequence without a pending prediction was batched".into())
-        })?;
-        ids.extend_from_slice(&s.seq.x);
-        sigma.push(process.sigma(need.t) as f32);
-        for &p in &need.positions {
-            flat.push((row * len) as u32 + p);
-            at.push(s.seq.x[p as usize]);
+    {
+        // Members with the same x_t and sigma get the same prediction, so each distinct row is
+        // computed once: at the first step of unconditional sampling every row is all-mask at
+        // t = 1, and the call shrinks to one sequence (a quarter of a 4-step sampler's work).
+        let mut distinct: HashMap<(&[u32], u32), u32> = HashMap::new();
+        for &j in members {
+            let s = &live[j];
+            let need = s.need.as_ref().ok_or_else(|| {
+                Error::InvalidArgument("a sequence without a pending prediction was batched".into())
+            })?;
+            let sg = process.sigma(need.t) as f32;
+            let row = *distinct
+                .entry((s.seq.x.as_slice(), sg.to_bits()))
+                .or_insert_with(|| {
+                    ids.extend_from_slice(&s.seq.x);
+                    sigma.push(sg);
+                    (sigma.len() - 1) as u32
+                });
+            for &p in &need.positions {
+                flat.push(row * len as u32 + p);
+                at.push(s.seq.x[p as usize]);
+            }
         }
     }
-    let b = members.len();
+    let b = sigma.len();
     if flat.is_empty() {
         for &j in members {
             let s = &mut live[j];
@@ -210,7 +222,7 @@ fn predict_and_update(
     let v = logits.dim(1)?;
     let rows = process.clean_probs(&logits, &at)?;
     // Each member's rows are one run of `rows`, in member order.
-    let mut offsets = Vec::with_capacity(b);
+    let mut offsets = Vec::with_capacity(members.len());
     let mut o = 0;
     for &j in members {
         let n = live[j].need.as_ref().map_or(0, |n| n.positions.len());
