@@ -1,5 +1,5 @@
 //! The KV-cache sampler of the AR baseline: from BOS, one network call per token for a whole batch
-//! in lockstep, temperature and top-p (nucleus) truncation, and the same f64 exponential race and
+//! in lockstep, temperature and top-p (nucleus) truncation, and the same f64 categorical draw and
 //! per-sample random streams as the diffusion sampler, so sample i is the same whatever the batch.
 
 use std::time::Instant;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::CausalLm;
 use crate::nn::ops::fast_exp;
-use crate::process::{argmax, race_f64};
+use crate::process::{argmax, draw_f64};
 use crate::sample::{Progress, Sample};
 use crate::{Error, Result};
 
@@ -91,7 +91,7 @@ pub fn next_token_probs(
         .filter(|&i| allowed(i))
         .map(|i| logits[i])
         .fold(f32::NEG_INFINITY, f32::max);
-    // f32 with the vectorising exp: the draw itself is the f64 race, and ~1e-7 relative error in
+    // f32 with the vectorising exp: the draw itself is in f64, and ~1e-7 relative error in
     // a probability changes nothing that matters.
     let inv_t = (1.0 / temperature) as f32;
     let mut p: Vec<f32> = logits.iter().map(|&z| fast_exp((z - m) * inv_t)).collect();
@@ -130,7 +130,7 @@ pub fn draw_next(
     if opts.temperature == 0.0 {
         return argmax(&p) as u32;
     }
-    race_f64(&p, rng) as u32
+    draw_f64(&p, rng) as u32
 }
 
 /// Draw `n` sequences of `len` tokens (BOS first, then len - 1 decoded tokens) from `model`.

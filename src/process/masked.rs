@@ -5,7 +5,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, StepPlan, Target, argmax, race_f64,
+    ForwardProcess, LogLinear, NoiseRemoval, ProcessKind, StepPlan, Target, argmax, draw_f64,
 };
 use crate::nn::ops::head_nll::NllRows;
 use crate::nn::ops::nll::column_bias;
@@ -273,7 +273,7 @@ impl ForwardProcess for Masked {
         let v = self.vocab;
         for (l, o) in out.iter_mut().enumerate() {
             *o = if rng.random::<f64>() < keep {
-                race_f64(&g[l * v..(l + 1) * v], rng) as u32
+                draw_f64(&g[l * v..(l + 1) * v], rng) as u32
             } else {
                 self.mask
             };
@@ -308,7 +308,7 @@ impl ForwardProcess for Masked {
     fn plan_step(&self, xt: &[u32], t: f64, s: f64, rng: &mut ChaCha8Rng) -> StepPlan {
         let (at, as_) = (self.schedule.alpha(t), self.schedule.alpha(s));
         // Stay masked w.p. (1 - a_s)/(1 - a_t), else reveal from p. Drawing the stay/reveal events
-        // first and racing over p only where revealing is the same distribution as one race over
+        // first and drawing from p only where revealing is the same distribution as one draw from
         // q(v) = p_v (a_s - a_t), q(m) = 1 - a_s, at a fraction of the cost, and it tells the
         // sampler which rows of p it needs before it calls the network.
         let stay = ((1.0 - as_) / (1.0 - at)).clamp(0.0, 1.0);
@@ -351,7 +351,7 @@ impl ForwardProcess for Masked {
         let v = self.vocab;
         for &l in &pos {
             let l = l as usize;
-            xt[l] = race_f64(&probs[l * v..(l + 1) * v], rng) as u32;
+            xt[l] = draw_f64(&probs[l * v..(l + 1) * v], rng) as u32;
         }
         !pos.is_empty()
     }

@@ -1,6 +1,7 @@
 //! Forward processes behind one trait: the sampler, trainer and distillers are written once against
 //! it (design.md §2). MDLM (masked) lives in `masked.rs`, Duo (uniform) in `uniform.rs`.
 
+pub mod categorical;
 pub mod curriculum;
 pub mod duality;
 pub mod masked;
@@ -13,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+pub use categorical::{draw_f64, race_f64};
 pub use masked::Masked;
 pub use schedule::LogLinear;
 pub use uniform::Uniform;
@@ -131,7 +133,7 @@ pub trait ForwardProcess: Send + Sync {
     /// Plan the reverse step t -> s of a row before any prediction exists. A process whose step
     /// sets each changed position from p(x0 | x_t) alone (MDLM) draws which positions change here,
     /// so a sampler predicts only those; `posterior_row` must equal this plan followed by
-    /// `race_f64` at each planned position, on the same random stream.
+    /// `draw_f64` at each planned position, on the same random stream.
     fn plan_step(&self, _xt: &[u32], _t: f64, _s: f64, _rng: &mut ChaCha8Rng) -> StepPlan {
         StepPlan::Full
     }
@@ -164,29 +166,6 @@ pub trait ForwardProcess: Send + Sync {
         mode: NoiseRemoval,
         rng: &mut ChaCha8Rng,
     ) -> bool;
-}
-
-/// Categorical draw by an f64 exponential race (Gumbel-max): argmax_v p_v / E_v with
-/// E_v = 1e-10 - log(U_v + 1e-10), in f64 whatever the type of p (f32 tables, Duo's f64
-/// posterior); accepts unnormalised p; entries with p = 0 never win.
-pub fn race_f64<T: Copy + Into<f64>>(p: &[T], rng: &mut ChaCha8Rng) -> usize {
-    use rand::Rng;
-    let mut best = 0usize;
-    let mut best_score = f64::NEG_INFINITY;
-    for (v, &pv) in p.iter().enumerate() {
-        let pv: f64 = pv.into();
-        if pv <= 0.0 {
-            continue;
-        }
-        let u: f64 = rng.random();
-        let e = 1e-10 - (u + 1e-10).ln();
-        let score = pv / e;
-        if score > best_score {
-            best_score = score;
-            best = v;
-        }
-    }
-    best
 }
 
 /// Index of the largest entry.

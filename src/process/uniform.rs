@@ -179,7 +179,7 @@ impl Uniform {
         for (l, x) in xt.iter_mut().enumerate() {
             let f = self.nucleus(&probs[l * v..(l + 1) * v]);
             let p = self.posterior(&f, *x, at, as_);
-            *x = super::race_f64(&p, rng) as u32;
+            *x = super::draw_f64(&p, rng) as u32;
         }
     }
 }
@@ -266,7 +266,7 @@ impl ForwardProcess for Uniform {
         let v = self.vocab;
         for (l, o) in out.iter_mut().enumerate() {
             *o = if rng.random::<f64>() < keep {
-                super::race_f64(&g[l * v..(l + 1) * v], rng) as u32
+                super::draw_f64(&g[l * v..(l + 1) * v], rng) as u32
             } else {
                 rng.random_range(0..v as u32)
             };

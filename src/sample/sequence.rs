@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::process::schedule::{T_FINAL, sampling_grid};
-use crate::process::{ForwardProcess, NoiseRemoval, StepPlan, argmax, race_f64};
+use crate::process::{ForwardProcess, NoiseRemoval, StepPlan, argmax, draw_f64};
 
 /// What a sequence needs from the next network call: p(x0 | x_t) at time `t` at `positions`
 /// (ascending indices into the row).
@@ -165,7 +165,7 @@ impl Seq {
                     self.x[l as usize] = if greedy {
                         argmax(row) as u32
                     } else {
-                        race_f64(row, &mut self.rng) as u32
+                        draw_f64(row, &mut self.rng) as u32
                     };
                 }
                 self.fresh = false;
