@@ -86,13 +86,19 @@ impl RotaryAttention {
     #[inline(always)]
     fn rotate(&self, src: &[f32], rs: usize, off: usize, l: usize, dh: usize, out: &mut [f32]) {
         let h = dh / 2;
-        for i in 0..l {
-            let x = &src[i * rs + off..i * rs + off + dh];
+        for (i, o) in out[..l * dh].chunks_exact_mut(dh).enumerate() {
+            let (x1, x2) = src[i * rs + off..i * rs + off + dh].split_at(h);
             let (c, s) = (&self.cos[i * h..(i + 1) * h], &self.sin[i * h..(i + 1) * h]);
-            let o = &mut out[i * dh..(i + 1) * dh];
-            for j in 0..h {
-                o[j] = x[j] * c[j] - x[j + h] * s[j];
-                o[j + h] = x[j + h] * c[j] + x[j] * s[j];
+            let (o1, o2) = o.split_at_mut(h);
+            // Zipped slices carry no index checks, so the loop vectorises (indexed, it ran at
+            // ~1 ns per element: 4% of a sampler step).
+            for ((o1, o2), ((&a, &b), (&c, &s))) in o1
+                .iter_mut()
+                .zip(o2.iter_mut())
+                .zip(x1.iter().zip(x2).zip(c.iter().zip(s)))
+            {
+                *o1 = a * c - b * s;
+                *o2 = b * c + a * s;
             }
         }
     }
@@ -110,12 +116,16 @@ impl RotaryAttention {
     ) {
         let h = dh / 2;
         for i in 0..l {
-            let gi = &g[i * dh..(i + 1) * dh];
+            let (g1, g2) = g[i * dh..(i + 1) * dh].split_at(h);
             let (c, s) = (&self.cos[i * h..(i + 1) * h], &self.sin[i * h..(i + 1) * h]);
-            let o = &mut dst[i * rs + off..i * rs + off + dh];
-            for j in 0..h {
-                o[j] = gi[j] * c[j] + gi[j + h] * s[j];
-                o[j + h] = gi[j + h] * c[j] - gi[j] * s[j];
+            let (o1, o2) = dst[i * rs + off..i * rs + off + dh].split_at_mut(h);
+            for ((o1, o2), ((&a, &b), (&c, &s))) in o1
+                .iter_mut()
+                .zip(o2.iter_mut())
+                .zip(g1.iter().zip(g2).zip(c.iter().zip(s)))
+            {
+                *o1 = a * c + b * s;
+                *o2 = b * c - a * s;
             }
         }
     }
