@@ -47,6 +47,8 @@ fn bench_writes_the_json_report_the_comparison_reads() {
         "gemm_peak_best_gflops",
         "train_step_peak_fraction",
         "forward_peak_fraction",
+        "train_step_best_peak_fraction",
+        "forward_best_peak_fraction",
     ] {
         let v = r[key].as_f64().unwrap_or(f64::NAN);
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
@@ -56,6 +58,17 @@ fn bench_writes_the_json_report_the_comparison_reads() {
     assert_eq!(probes.len(), 6);
     let best = probes.iter().filter_map(|p| p.as_f64()).fold(0.0, f64::max);
     assert!(r["gemm_peak_gflops"].as_f64().unwrap() <= best);
+    assert_eq!(r["gemm_peak_best_gflops"].as_f64().unwrap(), best);
+    // The other reading: the median step's rate over the best product.
+    let at_best = r["train_step_best_peak_fraction"].as_f64().unwrap();
+    let by_median = 3.0 * 2.0 * 32.0 * (12.0 * 32.0 * 32.0 + 2.0 * 16.0 * 32.0 + 32.0 * 64.0)
+        / 1e9
+        / (r["train_step_ms"].as_f64().unwrap() / 1e3)
+        / best;
+    assert!(
+        (at_best - by_median).abs() < 1e-9 * by_median.max(1.0),
+        "{at_best} vs {by_median}"
+    );
     // 3x the forward's matrix FLOPs: 2 (B L) (blocks (12 d^2 + 2 L d) + d V) for the train step.
     let fwd = 2.0 * 32.0 * (1.0 * (12.0 * 32.0 * 32.0 + 2.0 * 16.0 * 32.0) + 32.0 * 64.0);
     let want = 3.0 * fwd / 1e9;

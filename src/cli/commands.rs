@@ -312,12 +312,14 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.forward_ms,
     );
     println!(
-        "GEMM peak {:.1} GFLOP/s (median of the 2048^3 products run before each timed step; best {:.1}) | train step {:.1} GFLOP = {:.0}% of peak | forward {:.0}% of peak (medians of each step against its own product)",
+        "GEMM peak {:.1} GFLOP/s (median of the 2048^3 products run before each timed step; best {:.1}) | train step {:.1} GFLOP = {:.0}% of peak | forward {:.0}% of peak (medians of each step against its own product; against the best product: {:.0}% and {:.0}%)",
         r.gemm_peak_gflops,
         r.gemm_peak_best_gflops,
         r.train_step_gflop,
         100.0 * r.train_step_peak_fraction,
-        100.0 * r.forward_peak_fraction
+        100.0 * r.forward_peak_fraction,
+        100.0 * r.train_step_best_peak_fraction,
+        100.0 * r.forward_best_peak_fraction
     );
     let sb = &r.sampler;
     for row in &sb.rows {
