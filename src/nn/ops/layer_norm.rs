@@ -9,9 +9,8 @@ use crate::nn::layers::LN_EPS;
 
 struct LayerNorm;
 
-/// Mean and 1 / std of a row.
 #[inline(always)]
-pub(super) fn stats(x: &[f32]) -> (f32, f32) {
+fn stats(x: &[f32]) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = lanes::sum(x) / n;
     let var = lanes::sum_sq_dev(x, mean) / n;
