@@ -316,7 +316,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
-    let mut untimed = tr.dit_cfg.clone();
+    let mut untimed = tr.arch.clone();
     untimed.time_conditioning = false;
     let cached = checkpoint::dit_from_tensors(&tr.ema_weights(), &untimed, Path::new("EMA"))?;
     let sampler = crate::bench_sampler::sampler_bench(&model, &cached, o)?;

@@ -10,7 +10,7 @@ use crate::bench::BenchOptions;
 use crate::data::{PackedHeader, PackedTokens, PackedWriter};
 use crate::distill::{DistillConfig, Idlm};
 use crate::process::Masked;
-use crate::train::Trainer;
+use crate::train::{DiffusionObjective, Trainer};
 use crate::{Error, Result};
 
 /// Time and memory of an IDLM alternation against a teacher step.
@@ -114,12 +114,13 @@ pub fn idlm_bench(o: &BenchOptions, teacher: &Trainer) -> Result<IdlmBench> {
         cfg.train.grad_accum = 1;
         let mut tr = Trainer::from_weights(
             &cfg,
-            &teacher.dit_cfg,
+            &teacher.arch,
             &teacher.weights(),
             std::path::Path::new("bench"),
         )?;
+        let objective = DiffusionObjective::new(&process, None);
         let (teacher_ms, teacher_peak) = measure(o.warmup, o.iters, || {
-            tr.train_step(&process, &data).map(|_| ())
+            objective.step(&mut tr, &data).map(|_| ())
         })?;
         let cfg = DistillConfig {
             batch_size: o.batch,
@@ -132,7 +133,7 @@ pub fn idlm_bench(o: &BenchOptions, teacher: &Trainer) -> Result<IdlmBench> {
         let mut idlm = Idlm::new(
             &cfg,
             &teacher.cfg,
-            &teacher.dit_cfg,
+            &teacher.arch,
             &w,
             std::path::Path::new("bench"),
         )?;

@@ -6,13 +6,12 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::nn::{Dit, DitConfig};
-use crate::process::ProcessKind;
+use crate::nn::{Dit, DitConfig, frozen};
+use crate::process::{ForwardProcess, ModelFamily, build_process};
 use crate::{Error, Result};
 
 /// Version of the checkpoint layout.
@@ -46,8 +45,9 @@ pub struct DataInfo {
 pub struct CheckpointMeta {
     /// Layout version.
     pub format_version: u32,
-    /// Process the model was trained with.
-    pub process: ProcessKind,
+    /// What the model is: a diffusion model with its process, or the AR baseline (stored as the
+    /// process name "mdlm", "duo" or "ar").
+    pub process: ModelFamily,
     /// Architecture.
     pub model: DitConfig,
     /// Full run config (training settings and sampler defaults).
@@ -276,12 +276,21 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 impl Checkpoint {
     /// Build the network from the EMA weights (if present and `use_ema`) or the raw weights.
     pub fn dit(&self, use_ema: bool) -> Result<Dit> {
-        crate::ar::check_not_ar(self)?;
+        self.meta.process.diffusion(&self.dir)?;
         let w = match (&self.ema, use_ema) {
             (Some(e), true) => e,
             _ => &self.weights,
         };
         dit_from_tensors(w, &self.meta.model, &self.dir)
+    }
+
+    /// The forward process of this diffusion checkpoint over its own vocabulary (`top_p`: Duo's
+    /// nucleus truncation for sampling); an error naming the checkpoint if it holds the AR model.
+    pub fn process(&self, top_p: Option<f64>) -> Result<Box<dyn ForwardProcess>> {
+        let kind = self.meta.process.diffusion(&self.dir)?;
+        let d = &self.meta.data;
+        build_process(kind, d.vocab_size, d.mask_id, top_p)
+            .map_err(|e| Error::ckpt(&self.dir, e.to_string()))
     }
 
     /// The tokenizer JSON stored in the checkpoint.
@@ -303,6 +312,5 @@ pub fn dit_from_tensors(
     cfg: &DitConfig,
     origin: &Path,
 ) -> Result<Dit> {
-    let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &crate::runtime::device());
-    Dit::new(vb, cfg).map_err(|e| Error::ckpt(origin, format!("weights do not fit the model: {e}")))
+    frozen(w, cfg, origin)
 }

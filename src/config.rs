@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::DitConfig;
-use crate::process::ProcessKind;
+use crate::process::ModelFamily;
 use crate::process::curriculum::DuoConfig;
 use crate::sample::SamplerOptions;
 use crate::{Error, Result};
@@ -51,8 +51,8 @@ impl ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Forward process.
-    pub process: ProcessKind,
+    /// Forward process ("mdlm", "duo"), or "ar" for the autoregressive baseline.
+    pub process: ModelFamily,
     /// Sequences per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.

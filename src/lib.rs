@@ -22,5 +22,6 @@ pub mod sample;
 pub mod toy;
 pub mod toy_idlm;
 pub mod train;
+pub mod trainer;
 
 pub use error::{Error, Result};

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use idlm::ar::{
-    ArSamplerOptions, ArTrainer, ar_nll, draw_next, init_lm, lm_from_checkpoint, next_token_probs,
-    sample_ar,
+    ArObjective, ArSamplerOptions, ArTrainer, ar_nll, draw_next, init_lm, lm_from_checkpoint,
+    next_token_probs, sample_ar,
 };
 use idlm::checkpoint::{self, DataInfo};
 use idlm::config::RunConfig;
@@ -304,10 +304,11 @@ fn tiny_ar_model_learns_a_repeated_pattern() {
     let l = 16;
     let data = pattern_data(&tmp.path().join("p.bin"), 256, l);
     let cfg = ar_cfg(&[]);
-    let mut tr = ArTrainer::new(&cfg, &cfg.model.dit(7, l), 6).unwrap();
+    let mut tr = ArTrainer::new(&cfg, &cfg.model.dit(7, l)).unwrap();
+    let obj = ArObjective { mask_id: 6 };
     let mut last = Vec::new();
     for _ in 0..300 {
-        last.push(tr.train_step(&data).unwrap().loss);
+        last.push(obj.step(&mut tr, &data).unwrap().loss);
     }
     // The floor is the entropy of c1 spread over the 15 predicted tokens: ln 5 / 15.
     let floor = 5f64.ln() / (l - 1) as f64;
@@ -360,14 +361,15 @@ fn checkpoint_round_trip_exact_resume_and_wrong_kind_errors() {
     let data = pattern_data(&tmp.path().join("p.bin"), 64, l);
     let cfg = ar_cfg(&["model.dropout=0.1", "train.grad_accum=2"]);
     let arch = cfg.model.dit(7, l);
-    let mut a = ArTrainer::new(&cfg, &arch, 6).unwrap();
+    let mut a = ArTrainer::new(&cfg, &arch).unwrap();
+    let obj = ArObjective { mask_id: 6 };
     for _ in 0..3 {
-        a.train_step(&data).unwrap();
+        obj.step(&mut a, &data).unwrap();
     }
     let run = tmp.path().join("ar");
     a.save(&run, &data_info(l), "{}", Some(1.5)).unwrap();
     let ck = checkpoint::load(&run).unwrap();
-    assert_eq!(ck.meta.process, idlm::process::ProcessKind::Ar);
+    assert_eq!(ck.meta.process, idlm::process::ModelFamily::Ar);
     assert_eq!((ck.meta.step, ck.meta.val_nelbo), (3, Some(1.5)));
     let raw = lm_from_checkpoint(&ck, false).unwrap();
     assert_eq!(logits_of(&raw, l), logits_of(&a.model, l));
@@ -377,8 +379,8 @@ fn checkpoint_round_trip_exact_resume_and_wrong_kind_errors() {
     let mut b = ArTrainer::from_checkpoint(&ck, &cfg).unwrap();
     for _ in 0..2 {
         assert_eq!(
-            a.train_step(&data).unwrap().loss,
-            b.train_step(&data).unwrap().loss
+            obj.step(&mut a, &data).unwrap().loss,
+            obj.step(&mut b, &data).unwrap().loss
         );
     }
     // The wrong kind of checkpoint gives a clear error either way.

@@ -8,7 +8,8 @@ mod common;
 use std::path::Path;
 
 use idlm::config::RunConfig;
-use idlm::run::{TrainRunOptions, run_training};
+use idlm::run::TrainRunOptions;
+use idlm::train::run_training;
 
 fn losses(run: &Path) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use idlm::checkpoint;
 use idlm::distill::{DistillConfig, Method};
-use idlm::process::ProcessKind;
 use idlm::process::duality::t_of_gamma;
 
 fn teacher(root: &Path, data: &Path, process: &str) -> PathBuf {
@@ -83,7 +82,7 @@ fn dcd_resumes_exactly_advances_rounds_and_refuses_wrong_teachers() {
         vec![0.125, 0.125, 0.25, 0.25, 0.5, 0.5]
     );
     let ck = checkpoint::load(&a).unwrap();
-    assert_eq!(ck.meta.process, ProcessKind::Duo);
+    assert_eq!(ck.meta.process, idlm::process::ModelFamily::DUO);
     // The student samples like any Duo checkpoint.
     let o = common::idlm(
         &[

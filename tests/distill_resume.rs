@@ -7,7 +7,8 @@ use std::path::Path;
 
 use idlm::config::RunConfig;
 use idlm::distill::{DistillConfig, DistillRunOptions, Method, run_distill};
-use idlm::run::{TrainRunOptions, run_training};
+use idlm::run::TrainRunOptions;
+use idlm::train::run_training;
 
 fn teacher(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let data = common::tiny_data(root, 300, 32);

@@ -8,8 +8,8 @@ use std::path::Path;
 use common::{err, idlm, ok};
 use idlm::checkpoint;
 use idlm::config::RunConfig;
-use idlm::process::ProcessKind;
-use idlm::run::{TrainRunOptions, run_training};
+use idlm::run::TrainRunOptions;
+use idlm::train::run_training;
 
 fn cfg(max_steps: u64) -> RunConfig {
     RunConfig::load("tiny")
@@ -69,7 +69,7 @@ fn duo_curriculum_training_resumes_exactly_and_samples() {
     // The true NELBO of a barely trained model is near log N (uniform predictions).
     assert!(val.iter().all(|(_, v)| *v > 3.0 && *v < 8.0), "{val:?}");
     let ck = checkpoint::load(&a).unwrap();
-    assert_eq!(ck.meta.process, ProcessKind::Duo);
+    assert_eq!(ck.meta.process, idlm::process::ModelFamily::DUO);
     assert_eq!(ck.meta.config.duo.curriculum_end, 4);
     let table = tmp.path().join("cache/duality");
     assert_eq!(

@@ -15,7 +15,7 @@ use idlm::process::curriculum::{DuoConfig, DuoCurriculum};
 use idlm::process::uniform::Signal;
 use idlm::process::{ForwardProcess, Uniform};
 use idlm::toy::{ToyWorld, gauss_legendre};
-use idlm::train::Trainer;
+use idlm::train::{DiffusionObjective, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -186,8 +186,9 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
     let mut teacher = Trainer::new(&cfg, &cfg.model.dit(n, l)).unwrap();
     let process = Uniform::new(n).unwrap();
     assert_eq!(process.vocab_size(), n);
+    let obj = DiffusionObjective::from_config(&teacher.cfg, &process).unwrap();
     for _ in 0..600 {
-        teacher.train_step(&process, &data).unwrap();
+        obj.step(&mut teacher, &data).unwrap();
     }
     let mut p_star = vec![0.0; n.pow(l as u32)];
     for (i, &pi) in world.p.iter().enumerate() {
@@ -209,7 +210,7 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
     let mut idlm = Idlm::new(
         &dc,
         &teacher.cfg,
-        &teacher.dit_cfg,
+        &teacher.arch,
         &w,
         std::path::Path::new("t"),
     )

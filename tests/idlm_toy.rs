@@ -9,7 +9,7 @@ use idlm::distill::{DistillConfig, Idlm, TimeCoupling};
 use idlm::process::{LogLinear, Masked};
 use idlm::toy::{ExactDenoiser, ToyWorld};
 use idlm::toy_idlm::{entropy, k_step_distribution, kl, objective, p_theta, tabulate};
-use idlm::train::Trainer;
+use idlm::train::{DiffusionObjective, Trainer};
 
 fn tiny_cfg() -> RunConfig {
     RunConfig::load("tiny")
@@ -32,11 +32,12 @@ fn pretrained(world: &ToyWorld, data: &PackedTokens) -> Trainer {
     let dit_cfg = cfg.model.dit(world.v + 1, world.l);
     let mut tr = Trainer::new(&cfg, &dit_cfg).unwrap();
     let process = Masked::new(world.v + 1, world.mask()).unwrap();
+    let obj = DiffusionObjective::new(&process, None);
     for i in 0..600 {
         if i == 400 {
             tr.cfg.train.lr = 3e-4;
         }
-        tr.train_step(&process, data).unwrap();
+        obj.step(&mut tr, data).unwrap();
     }
     tr
 }
@@ -77,7 +78,7 @@ fn distill(
     let mut idlm = Idlm::new(
         &cfg,
         &init.cfg,
-        &init.dit_cfg,
+        &init.arch,
         &w,
         std::path::Path::new("init"),
     )

@@ -9,7 +9,7 @@ use idlm::process::schedule::{SAMPLING_EPS, antithetic_times};
 use idlm::process::{ForwardProcess, LogLinear, Masked, NoiseRemoval, Target};
 use idlm::sample::{Denoiser, SamplerOptions, sample};
 use idlm::toy::{ExactDenoiser, ToyWorld};
-use idlm::train::Trainer;
+use idlm::train::{DiffusionObjective, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -254,13 +254,14 @@ fn tiny_dit_trained_on_p_star_reaches_the_exact_denoiser() {
     let dit_cfg = cfg.model.dit(world.v + 1, world.l);
     let mut tr = Trainer::new(&cfg, &dit_cfg).unwrap();
     let process = Masked::new(world.v + 1, world.mask()).unwrap();
+    let obj = DiffusionObjective::new(&process, None);
     // Constant LR, then a short low-LR phase: the 1/t-weighted gradients are noisy, and the test
     // asks for the denoiser itself, not a noisy estimate of it.
     for i in 0..1000 {
         if i == 700 {
             tr.cfg.train.lr = 1e-4;
         }
-        tr.train_step(&process, &data).unwrap();
+        obj.step(&mut tr, &data).unwrap();
     }
     let model = tr.ema_model().unwrap();
     let worst = worst_error(&world, &model, &process);

@@ -8,8 +8,9 @@ use idlm::checkpoint;
 use idlm::config::RunConfig;
 use idlm::data::DataDir;
 use idlm::nn::DitInput;
-use idlm::run::{TrainRunOptions, make_process, run_training};
-use idlm::train::Trainer;
+use idlm::run::{TrainRunOptions, make_process};
+use idlm::train::run_training;
+use idlm::train::{DiffusionObjective, Trainer};
 
 fn cfg(max_steps: u64) -> RunConfig {
     RunConfig::load("tiny")
@@ -163,8 +164,9 @@ fn non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
         v.set(&nan).unwrap();
     }
     let data = DataDir::open(&data_dir).unwrap();
-    let process = make_process(ck.meta.process, &data).unwrap();
-    let err = tr.train_step(process.as_ref(), &data.train).unwrap_err();
+    let process = make_process(ck.meta.process.process().unwrap(), &data).unwrap();
+    let obj = DiffusionObjective::from_config(&tr.cfg, process.as_ref()).unwrap();
+    let err = obj.step(&mut tr, &data.train).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("non-finite") && msg.contains("step 4"),

@@ -14,10 +14,10 @@ use super::{
 use idlm::checkpoint;
 use idlm::config::RunConfig;
 use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
-use idlm::process::{Masked, NoiseRemoval, ProcessKind};
-use idlm::run::{TrainRunOptions, check_data_matches, data_info, make_process, run_training};
+use idlm::process::{ModelFamily, NoiseRemoval};
+use idlm::run::{TrainRunOptions, check_data_matches, data_info, make_process};
 use idlm::sample::{SamplerOptions, sample};
-use idlm::train::nelbo;
+use idlm::train::{nelbo, run_training};
 
 /// Run the parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
@@ -121,8 +121,8 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let cfg = cfg.with_overrides(&sets)?;
     let val_name = match cfg.train.process {
-        ProcessKind::Ar => "val NLL",
-        _ => "val NELBO",
+        ModelFamily::Ar => "val NLL",
+        ModelFamily::Diffusion(_) => "val NELBO",
     };
     let summary = run_training(&TrainRunOptions {
         run_dir: a.out.clone(),
@@ -148,7 +148,7 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
     let ck = checkpoint::load(&a.ckpt)?;
-    if ck.meta.process == ProcessKind::Ar {
+    if ck.meta.process.is_ar() {
         return super::ar::sample(a, &ck);
     }
     if a.temperature.is_some() {
@@ -183,22 +183,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     let model = ck.dit(!a.raw)?;
     let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
         .with_context(|| format!("tokenizer of {}", ck.dir.display()))?;
-    let process: Box<dyn idlm::process::ForwardProcess> = match meta.process {
-        ProcessKind::Mdlm => {
-            if a.top_p.is_some() {
-                bail!(
-                    "--top-p applies to Duo and AR checkpoints; {} holds an MDLM model",
-                    ck.dir.display()
-                );
-            }
-            Box::new(Masked::new(meta.data.vocab_size, meta.data.mask_id)?)
-        }
-        ProcessKind::Duo => Box::new(
-            idlm::process::Uniform::new(meta.data.vocab_size)?
-                .with_top_p(a.top_p.unwrap_or(1.0))?,
-        ),
-        ProcessKind::Ar => bail!("{} holds an AR model", ck.dir.display()),
-    };
+    let process = ck.process(a.top_p)?;
     let bar = ProgressBar::new(a.num as u64);
     bar.set_style(ProgressStyle::with_template(
         "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
@@ -243,7 +228,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
 
 fn nll(a: NllArgs) -> Result<()> {
     let ck = checkpoint::load(&a.ckpt)?;
-    if ck.meta.process == ProcessKind::Ar {
+    if ck.meta.process.is_ar() {
         return super::ar::nll(a, &ck);
     }
     let dir = a
@@ -252,7 +237,7 @@ fn nll(a: NllArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(&ck.meta.data.data_dir));
     let data = DataDir::open(&dir).with_context(|| format!("opening data {}", dir.display()))?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
-    let process = make_process(ck.meta.process, &data)?;
+    let process = make_process(ck.meta.process.diffusion(&ck.dir)?, &data)?;
     let model = ck.dit(!a.raw)?;
     let rows = a.rows.unwrap_or(data.valid.n_rows());
     let s = nelbo(

@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use candle_core::{D, Tensor};
 
 use super::config::DistillConfig;
+use super::distiller::RoundDistiller;
 use super::nets::DistillRngs;
 use super::rounds::{RoundNets, RoundStats};
 use crate::Result;
 use crate::config::RunConfig;
 use crate::data::PackedTokens;
 use crate::nn::{DitConfig, DitInput, DropoutRng};
+use crate::process::ForwardProcess;
 use crate::process::curriculum::{DuoConfig, DuoCurriculum, LatentPair};
 use crate::process::schedule::antithetic_times;
 
@@ -125,5 +127,20 @@ impl Dcd {
             grad_norm: st.grad_norm,
             lr: st.lr,
         })
+    }
+}
+
+impl RoundDistiller for Dcd {
+    fn nets(&self) -> &RoundNets {
+        &self.nets
+    }
+    fn rngs(&self) -> &DistillRngs {
+        &self.rngs
+    }
+    fn config_mut(&mut self) -> &mut DistillConfig {
+        &mut self.cfg
+    }
+    fn update(&mut self, _: &dyn ForwardProcess, data: &PackedTokens) -> Result<RoundStats> {
+        self.step(data)
     }
 }

@@ -8,13 +8,18 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::config::{DistillConfig, GeneratorLoss};
-use super::nets::{DistillRngs, active, corrupt, logits_at, phase_times};
+use super::distiller::Distiller;
+use super::nets::{
+    DistillRngs, Role, active, corrupt, logits_at, phase_times, resume_net, start_net,
+};
+use crate::checkpoint::{CheckpointMeta, dit_from_tensors};
 use crate::config::RunConfig;
 use crate::data::PackedTokens;
-use crate::nn::{DitConfig, DropoutRng};
-use crate::process::ForwardProcess;
+use crate::nn::{Dit, DitConfig, DropoutRng};
+use crate::process::curriculum::DuoCurriculum;
+use crate::process::{ForwardProcess, ModelFamily};
 use crate::sample::Denoiser;
-use crate::train::Trainer;
+use crate::trainer::Trainer;
 use crate::{Error, Result};
 
 /// What one alternation measured.
@@ -75,17 +80,10 @@ impl Idlm {
         origin: &std::path::Path,
     ) -> Result<Self> {
         cfg.validate()?;
-        let net_cfg = cfg.network_config(teacher_cfg);
-        let mut dit = dit_cfg.clone();
-        dit.dropout = cfg.dropout;
-        let student = Trainer::from_weights(&net_cfg, &dit, weights, origin)?;
+        let net = |role| start_net(cfg, teacher_cfg, dit_cfg, weights, origin, role);
+        let student = net(Role::Student)?;
         let fake = match cfg.generator {
-            GeneratorLoss::Idlm => {
-                let mut fc = net_cfg.clone();
-                // A distinct dropout stream from the student's.
-                fc.train.seed = cfg.seed.wrapping_add(1);
-                Some(Trainer::from_weights(&fc, &dit, weights, origin)?)
-            }
+            GeneratorLoss::Idlm => Some(net(Role::Fake)?),
             GeneratorLoss::Naive => None,
         };
         Ok(Self {
@@ -387,35 +385,104 @@ fn rows_t(t: &[f64], l: usize, pos: &[u32]) -> Vec<f64> {
 impl Idlm {
     /// Resume from a distillation checkpoint.
     pub fn from_loaded(l: &super::state::Loaded) -> Result<Self> {
-        let cfg = l.state.config.clone();
-        let dir = &l.ck.dir;
-        let net_cfg = l.ck.meta.config.clone();
-        let dit = l.ck.meta.model.clone();
-        let mut student = Trainer::new(&net_cfg, &dit)?;
-        let ema =
-            l.ck.ema
-                .as_ref()
-                .ok_or_else(|| Error::ckpt(dir, "no student EMA: cannot resume"))?;
-        student.restore(&l.ck.weights, ema, &l.ck.optim()?, "", dir)?;
-        l.state.student.apply(&mut student);
-        let fake = match (&l.state.fake, &l.fake) {
-            (Some(fs), Some(t)) => {
-                let mut fc = net_cfg.clone();
-                fc.train.seed = cfg.seed.wrapping_add(1);
-                let mut f = Trainer::new(&fc, &dit)?;
-                super::state::restore_net(&mut f, t, "", dir)?;
-                fs.apply(&mut f);
-                Some(f)
-            }
-            (None, _) => None,
-            (Some(_), None) => return Err(Error::ckpt(dir, "fake network file missing")),
-        };
         Ok(Self {
-            cfg,
-            student,
-            fake,
+            cfg: l.state.config.clone(),
+            student: resume_net(l, Role::Student)?,
+            fake: match l.state.fake {
+                Some(_) => Some(resume_net(l, Role::Fake)?),
+                None => None,
+            },
             rngs: l.state.rngs.clone(),
         })
+    }
+}
+
+/// An IDLM run: the trainable state, the frozen teacher and its weights, and for Duo teachers the
+/// Gaussian latent of the teacher's window with its temperature tau.
+pub struct IdlmRun {
+    idlm: Idlm,
+    teacher: Dit,
+    teacher_weights: HashMap<String, Tensor>,
+    latent: Option<(DuoCurriculum, f64)>,
+}
+
+/// The Gaussian latent IDLM uses with a Duo teacher: the teacher's own gamma window and final tau.
+fn duo_latent(meta: &CheckpointMeta) -> Result<Option<(DuoCurriculum, f64)>> {
+    if meta.process != ModelFamily::DUO {
+        return Ok(None);
+    }
+    let dir = crate::data::cache_dir().join("duality");
+    let tau = 10f64.powf(meta.config.duo.tau_log10_end);
+    let c = DuoCurriculum::new(&meta.config.duo, meta.model.vocab_size, &dir)?;
+    Ok(Some((c, tau)))
+}
+
+impl IdlmRun {
+    /// A fresh run from a teacher checkpoint's metadata and (EMA) weights.
+    pub fn start(
+        cfg: &DistillConfig,
+        meta: &CheckpointMeta,
+        weights: HashMap<String, Tensor>,
+        origin: &std::path::Path,
+    ) -> Result<Self> {
+        Ok(Self {
+            idlm: Idlm::new(cfg, &meta.config, &meta.model, &weights, origin)?,
+            teacher: dit_from_tensors(&weights, &meta.model, origin)?,
+            teacher_weights: weights,
+            latent: duo_latent(meta)?,
+        })
+    }
+
+    /// Resume from a distillation checkpoint.
+    pub fn from_loaded(l: &super::state::Loaded) -> Result<Self> {
+        Ok(Self {
+            idlm: Idlm::from_loaded(l)?,
+            teacher: dit_from_tensors(&l.teacher, &l.ck.meta.model, &l.ck.dir)?,
+            teacher_weights: l.teacher.clone(),
+            latent: duo_latent(&l.ck.meta)?,
+        })
+    }
+}
+
+impl Distiller for IdlmRun {
+    fn student(&self) -> &Trainer {
+        &self.idlm.student
+    }
+    fn fake(&self) -> Option<&Trainer> {
+        self.idlm.fake.as_ref()
+    }
+    fn teacher_weights(&self) -> &HashMap<String, Tensor> {
+        &self.teacher_weights
+    }
+    fn record(&self, st: &mut super::state::DistillState) {
+        st.rngs = self.idlm.rngs.clone();
+    }
+    fn set_config(&mut self, cfg: &DistillConfig) {
+        self.idlm.cfg = cfg.clone();
+    }
+    fn advance(
+        &mut self,
+        process: &dyn ForwardProcess,
+        data: &PackedTokens,
+    ) -> Result<(serde_json::Value, String)> {
+        let i = &mut self.idlm;
+        let s = match &self.latent {
+            Some((lat, tau)) => {
+                let mode = i.cfg.duo_gradient;
+                i.step_duo(&self.teacher, lat, *tau, mode, data)?
+            }
+            None => i.step(&self.teacher, process, data)?,
+        };
+        let fake_ok = i.fake.is_none() || s.fake_loss.is_finite();
+        if !fake_ok || !s.student_loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "distillation loss",
+                step: s.step,
+            });
+        }
+        let msg = format!("fake {:.3} | student {:.4}", s.fake_loss, s.student_loss);
+        let v = serde_json::to_value(s).map_err(|e| Error::Config(e.to_string()))?;
+        Ok((v, msg))
     }
 }
 

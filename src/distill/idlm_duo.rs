@@ -226,11 +226,7 @@ impl Idlm {
                     .into_iter()
                     .map(|(k, v)| (k, v.detach()))
                     .collect();
-                Some(dit_from_tensors(
-                    &w,
-                    &f.dit_cfg,
-                    std::path::Path::new("fake"),
-                )?)
+                Some(dit_from_tensors(&w, &f.arch, std::path::Path::new("fake"))?)
             }
             None => None,
         };

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dcd;
+pub mod distiller;
 pub mod idlm;
 pub mod idlm_duo;
 pub mod nets;
@@ -14,6 +15,7 @@ pub mod state;
 
 pub use config::{DistillConfig, DuoGradient, GeneratorLoss, Method, TimeCoupling};
 pub use dcd::{Dcd, DcdStats};
+pub use distiller::Distiller;
 pub use idlm::{Idlm, IdlmStats};
 pub use run::{DistillRunOptions, DistillSummary, run_distill};
 pub use sdtt::{Sdtt, SdttStats};

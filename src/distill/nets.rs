@@ -1,5 +1,9 @@
-//! Pieces every distiller shares: a trainable network's logits at chosen positions, batch
-//! corruption, the time pairs of a phase, and the random streams of a distillation run.
+//! Pieces every distiller shares: its networks started from a teacher or resumed from a
+//! checkpoint, a network's logits at chosen positions, batch corruption, the time pairs of a
+//! phase, and the random streams of a distillation run.
+
+use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::Tensor;
 use rand::SeedableRng;
@@ -7,11 +11,14 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::config::TimeCoupling;
-use crate::Result;
-use crate::nn::{Dit, DitInput, DropoutRng};
+use super::config::{DistillConfig, TimeCoupling};
+use super::state::{Loaded, restore_tensors};
+use crate::config::RunConfig;
+use crate::nn::{Dit, DitConfig, DitInput, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::schedule::antithetic_times;
+use crate::trainer::Trainer;
+use crate::{Error, Result};
 
 /// Random streams of a distiller (the networks' dropout streams live in their trainers).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,20 +103,65 @@ pub fn active(process: &dyn ForwardProcess, xt: &[u32]) -> Vec<u32> {
         .unwrap_or_else(|| (0..xt.len() as u32).collect())
 }
 
-/// A frozen copy of a student's current raw weights and the network built from them (the next
-/// round's teacher in SDTT and DCD). A copy: the student's tensors share storage with its
-/// variables, which the next updates overwrite in place.
-pub fn snapshot(
-    student: &crate::train::Trainer,
-) -> Result<(std::collections::HashMap<String, Tensor>, Dit)> {
-    let w: std::collections::HashMap<String, Tensor> = student
-        .weights()
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.detach().copy()?)))
-        .collect::<Result<_>>()?;
-    let net =
-        crate::checkpoint::dit_from_tensors(&w, &student.dit_cfg, std::path::Path::new("student"))?;
-    Ok((w, net))
+/// Which network of a distillation run a trainer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The student G.
+    Student,
+    /// IDLM's fake f: its own dropout stream (seed + 1).
+    Fake,
+}
+
+/// The training config of one network of a run (the fake's seed is offset so its dropout
+/// stream differs from the student's).
+fn role_config(net_cfg: &RunConfig, cfg: &DistillConfig, role: Role) -> RunConfig {
+    let mut c = net_cfg.clone();
+    if role == Role::Fake {
+        c.train.seed = cfg.seed.wrapping_add(1);
+    }
+    c
+}
+
+/// A network of a fresh run, starting from `weights` (the teacher's EMA weights), with the run's
+/// dropout and optimiser settings and fresh AdamW state.
+pub fn start_net(
+    cfg: &DistillConfig,
+    teacher_cfg: &RunConfig,
+    arch: &DitConfig,
+    weights: &HashMap<String, Tensor>,
+    origin: &Path,
+    role: Role,
+) -> Result<Trainer> {
+    let mut arch = arch.clone();
+    arch.dropout = cfg.dropout;
+    let c = role_config(&cfg.network_config(teacher_cfg), cfg, role);
+    Trainer::from_weights(&c, &arch, weights, origin)
+}
+
+/// A network of a distillation checkpoint with its weights, EMA, AdamW state, counters and
+/// streams: the student from the checkpoint itself, the fake from its own file.
+pub fn resume_net(l: &Loaded, role: Role) -> Result<Trainer> {
+    let dir = &l.ck.dir;
+    let c = role_config(&l.ck.meta.config, &l.state.config, role);
+    let mut tr = Trainer::new(&c, &l.ck.meta.model)?;
+    match role {
+        Role::Student => {
+            let ema =
+                l.ck.ema
+                    .as_ref()
+                    .ok_or_else(|| Error::ckpt(dir, "no student EMA: cannot resume"))?;
+            tr.restore(&l.ck.weights, ema, &l.ck.optim()?, "", dir)?;
+            l.state.student.apply(&mut tr);
+        }
+        Role::Fake => {
+            let (Some(state), Some(t)) = (&l.state.fake, &l.fake) else {
+                return Err(Error::ckpt(dir, "fake network file missing"));
+            };
+            restore_tensors(&mut tr, t, "", dir)?;
+            state.apply(&mut tr);
+        }
+    }
+    Ok(tr)
 }
 
 #[cfg(test)]

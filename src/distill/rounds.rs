@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 
 use super::config::DistillConfig;
-use super::nets::snapshot;
-use super::state::{Loaded, restore_student};
+use super::nets::{Role, resume_net, start_net};
+use super::state::Loaded;
 use crate::Result;
 use crate::checkpoint::dit_from_tensors;
 use crate::config::RunConfig;
 use crate::nn::{Dit, DitConfig};
-use crate::train::Trainer;
+use crate::trainer::Trainer;
 
 /// What one update of a round-based distiller measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -53,12 +53,9 @@ impl RoundNets {
         origin: &std::path::Path,
     ) -> Result<Self> {
         cfg.validate()?;
-        let mut dit = dit_cfg.clone();
-        dit.dropout = cfg.dropout;
-        let student =
-            Trainer::from_weights(&cfg.network_config(teacher_cfg), &dit, weights, origin)?;
+        let student = start_net(cfg, teacher_cfg, dit_cfg, weights, origin, Role::Student)?;
         Ok(Self {
-            teacher: dit_from_tensors(weights, &dit, origin)?,
+            teacher: dit_from_tensors(weights, &student.arch, origin)?,
             teacher_weights: weights.clone(),
             student,
             round: 0,
@@ -68,7 +65,7 @@ impl RoundNets {
     /// Student, current teacher and round of a distillation checkpoint.
     pub fn from_loaded(l: &Loaded) -> Result<Self> {
         Ok(Self {
-            student: restore_student(l)?,
+            student: resume_net(l, Role::Student)?,
             teacher: dit_from_tensors(&l.teacher, &l.ck.meta.model, &l.ck.dir)?,
             teacher_weights: l.teacher.clone(),
             round: l.state.round,
@@ -80,7 +77,7 @@ impl RoundNets {
     pub fn end_update(&mut self, round_steps: u64) -> Result<()> {
         if self.student.step.is_multiple_of(round_steps) {
             self.round += 1;
-            (self.teacher_weights, self.teacher) = snapshot(&self.student)?;
+            (self.teacher_weights, self.teacher) = self.student.snapshot()?;
         }
         Ok(())
     }

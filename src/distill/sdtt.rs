@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::{D, Tensor};
 
 use super::config::DistillConfig;
+use super::distiller::RoundDistiller;
 use super::nets::{DistillRngs, active, corrupt, logits_at};
 use super::rounds::{RoundNets, RoundStats};
 use crate::Result;
@@ -197,4 +198,19 @@ fn teacher_targets(
         0,
     )?;
     Ok(Some((pos, tgt.detach())))
+}
+
+impl RoundDistiller for Sdtt {
+    fn nets(&self) -> &RoundNets {
+        &self.nets
+    }
+    fn rngs(&self) -> &DistillRngs {
+        &self.rngs
+    }
+    fn config_mut(&mut self) -> &mut DistillConfig {
+        &mut self.cfg
+    }
+    fn update(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<RoundStats> {
+        self.step(process, data)
+    }
 }

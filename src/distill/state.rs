@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::DistillConfig;
 use super::nets::DistillRngs;
-use crate::checkpoint::{self, Checkpoint, CheckpointTensors, DataInfo, load_safetensors};
-use crate::train::{TrainRngs, Trainer};
+use crate::checkpoint::{self, Checkpoint, DataInfo, load_safetensors};
+use crate::trainer::{TrainRngs, Trainer};
 use crate::{Error, Result};
 
 /// File holding the fake network (weights `w.*`, EMA `ema.*`, moments `m.*` / `v.*`).
@@ -108,7 +108,7 @@ pub fn net_tensors(tr: &Trainer, prefix: &str) -> Result<HashMap<String, Tensor>
 }
 
 /// Restore a trainer from [`net_tensors`] output.
-pub fn restore_net(
+pub fn restore_tensors(
     tr: &mut Trainer,
     t: &HashMap<String, Tensor>,
     prefix: &str,
@@ -123,7 +123,8 @@ pub fn restore_net(
     tr.restore(&sub("w."), &sub("ema."), t, prefix, origin)
 }
 
-/// Write a checkpoint of the run under `run_dir/checkpoints/`.
+/// Write a checkpoint of the run under `run_dir/checkpoints/`: the student in the public layout,
+/// the fake and the current teacher beside it, `state` in meta.json.
 #[allow(clippy::too_many_arguments)]
 pub fn save(
     run_dir: &Path,
@@ -144,24 +145,7 @@ pub fn save(
     if let Some(f) = fake {
         extra.push((FAKE_FILE, net_tensors(f, "")?));
     }
-    let (w, e, o) = (
-        student.weights(),
-        student.ema_weights(),
-        student.optim_tensors("")?,
-    );
-    checkpoint::save(
-        run_dir,
-        &meta,
-        &CheckpointTensors {
-            weights: &w,
-            ema: &e,
-            optim: &o,
-            inv_freq: student.model.inv_freq(),
-            tokenizer_json,
-            extra: &extra,
-        },
-        keep,
-    )
+    student.save_with(run_dir, &meta, tokenizer_json, &extra, keep)
 }
 
 /// Load a distillation checkpoint (a checkpoint or a run directory).
@@ -188,17 +172,4 @@ pub fn load(path: &Path) -> Result<Loaded> {
         teacher,
         fake,
     })
-}
-
-/// The student of a distillation checkpoint with its weights, EMA, AdamW state and counters.
-pub fn restore_student(l: &Loaded) -> Result<Trainer> {
-    let dir = &l.ck.dir;
-    let mut student = Trainer::new(&l.ck.meta.config, &l.ck.meta.model)?;
-    let ema =
-        l.ck.ema
-            .as_ref()
-            .ok_or_else(|| Error::ckpt(dir, "no student EMA: cannot resume"))?;
-    student.restore(&l.ck.weights, ema, &l.ck.optim()?, "", dir)?;
-    l.state.student.apply(&mut student);
-    Ok(student)
 }

@@ -8,6 +8,7 @@ pub mod ema;
 pub mod init;
 pub mod kv_cache;
 pub mod layers;
+pub mod network;
 pub mod ops;
 pub mod rotary;
 
@@ -16,3 +17,4 @@ pub use dit::{Dit, DitConfig, DitInput};
 pub use dropout::DropoutRng;
 pub use ema::Ema;
 pub use kv_cache::KvCache;
+pub use network::{Network, frozen};

@@ -4,6 +4,8 @@
 pub mod categorical;
 pub mod curriculum;
 pub mod duality;
+pub mod factory;
+pub mod family;
 pub mod masked;
 pub mod schedule;
 pub mod uniform;
@@ -15,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 pub use categorical::{draw_f64, race_f64};
+pub use factory::build_process;
+pub use family::ModelFamily;
 pub use masked::Masked;
 pub use schedule::LogLinear;
 pub use uniform::Uniform;
@@ -61,7 +65,8 @@ pub enum StepPlan {
     Full,
 }
 
-/// Which forward process a model was trained with.
+/// Which forward process a diffusion model was trained with (the AR baseline has none: see
+/// [`ModelFamily`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessKind {
@@ -69,8 +74,16 @@ pub enum ProcessKind {
     Mdlm,
     /// Uniform-state diffusion, Duo.
     Duo,
-    /// Not a diffusion process: the autoregressive baseline (a causal LM, `crate::ar`).
-    Ar,
+}
+
+impl ProcessKind {
+    /// The name in configs and checkpoints ("mdlm", "duo").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mdlm => "mdlm",
+            Self::Duo => "duo",
+        }
+    }
 }
 
 /// A discrete forward process q_t(x_t | x_0), its loss and its reverse posterior.

@@ -11,7 +11,6 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::ar::process_name;
 use crate::ar::{ArSamplerOptions, lm_from_checkpoint, run_ar_training, sample_ar};
 use crate::checkpoint;
 use crate::config::RunConfig;
@@ -19,10 +18,11 @@ use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
 use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
 use crate::eval::heldout::heldout_records;
 use crate::eval::protocol::{MauveEval, References, SampleRecord, evaluate_with, read_references};
+use crate::process::ModelFamily;
 use crate::process::{NoiseRemoval, ProcessKind};
-use crate::run::process_for;
-use crate::run::{TrainRunOptions, run_training};
+use crate::run::TrainRunOptions;
 use crate::sample::{Sample, SamplerOptions, sample};
+use crate::train::run_training;
 use crate::{Error, Result};
 
 /// One distilled model of the table.
@@ -339,7 +339,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
     let ar_dir = opts.work.join("ar");
     if p.ar_baseline {
         let mut cfg = cfg.clone();
-        cfg.train.process = ProcessKind::Ar;
+        cfg.train.process = ModelFamily::Ar;
         let t0 = Instant::now();
         let done = finished_steps(&ar_dir);
         let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
@@ -410,12 +410,8 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
     for (method, ck_path, steps) in &models {
         let ck = checkpoint::load(ck_path)?;
         let model = ck.dit(true)?;
-        let process = process_for(
-            ck.meta.process,
-            ck.meta.data.vocab_size,
-            ck.meta.data.mask_id,
-        )?;
-        let pname = process_name(ck.meta.process);
+        let process = ck.process(None)?;
+        let pname = ck.meta.process.name().to_string();
         let t_model = Instant::now();
         for &nr in &p.noise_removals {
             for &k in steps {
@@ -671,7 +667,7 @@ mod tests {
         for name in ["mini", "mini-duo"] {
             let p = preset(name).unwrap();
             let cfg = RunConfig::load(p.teacher_preset).unwrap();
-            assert_eq!(cfg.train.process, p.process, "{name}");
+            assert_eq!(cfg.train.process, p.process.into(), "{name}");
             let mut seen = vec!["teacher"];
             for s in &p.students {
                 let dc = DistillConfig::default()

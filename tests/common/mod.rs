@@ -95,7 +95,7 @@ pub fn train_tiny(run: &Path, data: &Path, overrides: &[String]) {
         .unwrap()
         .with_overrides(overrides)
         .unwrap();
-    idlm::run::run_training(&idlm::run::TrainRunOptions {
+    idlm::train::run_training(&idlm::run::TrainRunOptions {
         run_dir: run.to_path_buf(),
         data_dir: data.to_path_buf(),
         cfg,

@@ -1,0 +1,148 @@
+//! What every run shares (teacher, AR baseline, distillation): the one run loop (`driver`), the
+//! run directory's files (metrics.jsonl, truncation on resume, the "already holds a run" check)
+//! and the checks that data belongs to a checkpoint. It knows no trainer or network.
+
+pub mod driver;
+
+pub use driver::{Cadence, LoopEnd, RunJob, Validation, drive};
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::DataInfo;
+use crate::config::RunConfig;
+use crate::data::DataDir;
+use crate::process::{ForwardProcess, ProcessKind, build_process};
+use crate::{Error, Result};
+
+/// Seed of the fixed validation corruption, so successive evaluations are comparable.
+pub const VALID_SEED: u64 = 0x5eed;
+
+/// What `run_training` needs.
+pub struct TrainRunOptions {
+    /// Output directory (config, metrics, checkpoints).
+    pub run_dir: PathBuf,
+    /// Prepared data directory.
+    pub data_dir: PathBuf,
+    /// Resolved configuration.
+    pub cfg: RunConfig,
+    /// Continue from the run's latest checkpoint.
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Summary of a finished run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    /// Steps done in total.
+    pub step: u64,
+    /// Last training loss.
+    pub last_loss: f64,
+    /// Last validation NELBO (nats/token).
+    pub val_nelbo: Option<f64>,
+    /// Unigram entropy of the training tokens (nats/token), for comparison.
+    pub unigram_entropy: f64,
+    /// Final checkpoint.
+    pub checkpoint: PathBuf,
+    /// Training tokens per second in this invocation.
+    pub tokens_per_s: f64,
+}
+
+/// The diffusion process of a kind over a data directory's vocabulary.
+pub fn make_process(kind: ProcessKind, data: &DataDir) -> Result<Box<dyn ForwardProcess>> {
+    let t = &data.info.tokenizer;
+    build_process(kind, t.model_vocab_size, t.mask_id, None)
+}
+
+/// DataInfo recorded in checkpoints for a data directory.
+pub fn data_info(data: &DataDir) -> DataInfo {
+    let t = &data.info.tokenizer;
+    DataInfo {
+        tokenizer_sha256: data.tokenizer.sha256_hex(),
+        vocab_size: t.model_vocab_size,
+        mask_id: t.mask_id,
+        bos_id: t.bos_id,
+        eos_id: t.eos_id,
+        seq_len: data.info.seq_len,
+        data_dir: data.dir.display().to_string(),
+    }
+}
+
+/// Refuse data that does not belong to a checkpoint.
+pub fn check_data_matches(ck: &DataInfo, data: &DataInfo, ck_dir: &Path) -> Result<()> {
+    if ck.tokenizer_sha256 != data.tokenizer_sha256 {
+        return Err(Error::ckpt(
+            ck_dir,
+            format!(
+                "tokenizer mismatch: checkpoint {} vs data {} ({})",
+                &ck.tokenizer_sha256[..12.min(ck.tokenizer_sha256.len())],
+                &data.tokenizer_sha256[..12.min(data.tokenizer_sha256.len())],
+                data.data_dir
+            ),
+        ));
+    }
+    if ck.vocab_size != data.vocab_size || ck.mask_id != data.mask_id {
+        return Err(Error::ckpt(
+            ck_dir,
+            format!(
+                "vocabulary mismatch: checkpoint {} (mask {}) vs data {} (mask {})",
+                ck.vocab_size, ck.mask_id, data.vocab_size, data.mask_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Append one JSON line to a metrics file.
+pub fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io("opening", path, e))?;
+    writeln!(f, "{v}").map_err(|e| Error::io("writing", path, e))
+}
+
+/// Drop metric lines past `step` (written by a run that stopped after its last checkpoint).
+pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    let tmp = path.with_extension("jsonl.tmp");
+    fs::write(
+        &tmp,
+        kept.join("\n") + if kept.is_empty() { "" } else { "\n" },
+    )
+    .map_err(|e| Error::io("writing", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("renaming", path, e))
+}
+
+/// Create the run directory; refuse one that already holds a run unless resuming, and on resume
+/// drop the metric lines past the checkpoint's `step`. Returns the metrics file's path.
+pub fn open_run_dir(run_dir: &Path, resume_from: Option<u64>) -> Result<PathBuf> {
+    let metrics = run_dir.join("metrics.jsonl");
+    match resume_from {
+        Some(step) => truncate_metrics(&metrics, step)?,
+        None => {
+            if run_dir.join("checkpoints").join("latest").exists() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} already holds a run: pass --resume to continue it, or choose another --out",
+                    run_dir.display()
+                )));
+            }
+        }
+    }
+    fs::create_dir_all(run_dir).map_err(|e| Error::io("creating", run_dir, e))?;
+    Ok(metrics)
+}
