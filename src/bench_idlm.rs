@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::bench::BenchOptions;
 use crate::data::{PackedHeader, PackedTokens, PackedWriter};
 use crate::distill::{DistillConfig, Idlm};
+use crate::nn::Denoiser;
 use crate::process::Masked;
 use crate::train::{DiffusionObjective, Trainer};
 use crate::{Error, Result};
@@ -138,7 +139,8 @@ pub fn idlm_bench(o: &BenchOptions, teacher: &Trainer) -> Result<IdlmBench> {
             std::path::Path::new("bench"),
         )?;
         let (alt_ms, alt_peak) = measure(o.warmup, o.iters, || {
-            idlm.step(&frozen, &process, &data).map(|_| ())
+            idlm.step(&frozen as &dyn Denoiser, &process.relaxation(), &data)
+                .map(|_| ())
         })?;
         let ratio = match (alt_peak, teacher_peak) {
             (Some(a), Some(t)) if t > 0.0 => Some(a / (3.0 * t)),

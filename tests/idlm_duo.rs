@@ -8,12 +8,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use idlm::distill::idlm_duo::duo_generator_loss;
 use idlm::distill::{DistillConfig, DuoGradient, Method};
 use idlm::nn::init::init_dit;
 use idlm::nn::{Dit, DitConfig};
 use idlm::process::curriculum::{DuoConfig, DuoCurriculum};
 use idlm::process::duality::{alpha_tilde, sigma_tilde};
+use idlm::process::relaxation::gaussian::duo_generator_loss;
 use idlm::process::uniform::Signal;
 use rand::{Rng, SeedableRng};
 

@@ -6,6 +6,7 @@ mod common;
 use idlm::config::RunConfig;
 use idlm::data::PackedTokens;
 use idlm::distill::{DistillConfig, Idlm, TimeCoupling};
+use idlm::nn::Denoiser;
 use idlm::process::{LogLinear, Masked};
 use idlm::toy::{ExactDenoiser, ToyWorld};
 use idlm::toy_idlm::{entropy, k_step_distribution, kl, objective, p_theta, tabulate};
@@ -87,7 +88,9 @@ fn distill(
     let p0 = p_theta(world, &g0, s);
     let (j0, kl0) = (objective(world, &p0, s).unwrap(), kl(&p0, &world.p));
     for i in 0..steps {
-        let st = idlm.step(&teacher, &process, data).unwrap();
+        let st = idlm
+            .step(&teacher as &dyn Denoiser, &process.relaxation(), data)
+            .unwrap();
         if std::env::var("IDLM_TOY_TRACE").is_ok() && i % 50 == 0 {
             let g = tabulate(world, &idlm.student.model).unwrap();
             let p = p_theta(world, &g, s);

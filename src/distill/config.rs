@@ -54,16 +54,7 @@ pub enum TimeCoupling {
     Shared,
 }
 
-/// How G enters the re-noised input of IDLM-Duo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DuoGradient {
-    /// w = alpha~ G + sigma~ xi with gradient through the networks' inputs (the method).
-    #[default]
-    Pathwise,
-    /// The DMD-like ablation w = alpha~ sg(G) + sigma~ xi: G reaches the loss only as its target.
-    StopGradient,
-}
+pub use crate::process::relaxation::DuoGradient;
 
 /// Everything a distillation run needs besides the teacher and the data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,6 @@ pub mod config;
 pub mod dcd;
 pub mod distiller;
 pub mod idlm;
-pub mod idlm_duo;
 pub mod nets;
 pub mod rounds;
 pub mod run;

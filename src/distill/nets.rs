@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{DistillConfig, TimeCoupling};
 use super::state::{Loaded, restore_tensors};
 use crate::config::RunConfig;
-use crate::nn::{Dit, DitConfig, DitInput, DropoutRng};
-use crate::process::ForwardProcess;
+use crate::nn::DitConfig;
+pub use crate::process::relaxation::{active, corrupt, logits_at};
 use crate::process::schedule::antithetic_times;
 use crate::trainer::Trainer;
 use crate::{Error, Result};
@@ -44,40 +44,6 @@ impl DistillRngs {
     }
 }
 
-/// Logits (M, V) of `model` at the flat positions `pos` of `xt` (B, L), with the graph kept so a
-/// loss can backpropagate into the model; dropout when given.
-pub fn logits_at(
-    model: &Dit,
-    process: &dyn ForwardProcess,
-    xt: &[u32],
-    (b, l): (usize, usize),
-    t: &[f64],
-    pos: &[u32],
-    dropout: Option<&mut DropoutRng>,
-) -> Result<Tensor> {
-    let dev = model.device().clone();
-    let xtt = Tensor::from_slice(xt, (b, l), &dev)?;
-    let sigma: Vec<f32> = t.iter().map(|&ti| process.sigma(ti) as f32).collect();
-    let sigma = Tensor::from_vec(sigma, b, &dev)?;
-    model.head(&model.features_at(DitInput::Ids(&xtt), &sigma, pos, dropout)?)
-}
-
-/// x_t ~ q_t(. | x0) for every row of a (B, L) batch.
-pub fn corrupt(
-    process: &dyn ForwardProcess,
-    x0: &[u32],
-    l: usize,
-    t: &[f64],
-    rng: &mut ChaCha8Rng,
-) -> Vec<u32> {
-    let mut xt = vec![0u32; x0.len()];
-    for (r, &tr) in t.iter().enumerate() {
-        let row = r * l..(r + 1) * l;
-        process.corrupt_row(&x0[row.clone()], tr, rng, &mut xt[row]);
-    }
-    xt
-}
-
 /// The (t', t) pairs of one update's `n` samples: t' is stratified over the accumulated batch; t
 /// is a second stratified draw paired with it by stratum (shared) or shuffled (independent).
 pub fn phase_times(n: usize, coupling: TimeCoupling, rng: &mut ChaCha8Rng) -> (Vec<f64>, Vec<f64>) {
@@ -94,13 +60,6 @@ pub fn per_position(t: &[f64], l: usize) -> Vec<f64> {
     t.iter()
         .flat_map(|&ti| std::iter::repeat_n(ti, l))
         .collect()
-}
-
-/// Flat positions (into B x L) where the process can change a token (MDLM: the masked ones).
-pub fn active(process: &dyn ForwardProcess, xt: &[u32]) -> Vec<u32> {
-    process
-        .active_positions(xt)
-        .unwrap_or_else(|| (0..xt.len() as u32).collect())
 }
 
 /// Which network of a distillation run a trainer is.

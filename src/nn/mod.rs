@@ -2,6 +2,7 @@
 //! initialisation, EMA.
 
 pub mod causal_lm;
+pub mod denoiser;
 pub mod dit;
 pub mod dropout;
 pub mod ema;
@@ -13,6 +14,7 @@ pub mod ops;
 pub mod rotary;
 
 pub use causal_lm::{CausalLm, CausalLmConfig};
+pub use denoiser::Denoiser;
 pub use dit::{Dit, DitConfig, DitInput};
 pub use dropout::DropoutRng;
 pub use ema::Ema;

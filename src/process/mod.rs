@@ -7,6 +7,7 @@ pub mod duality;
 pub mod factory;
 pub mod family;
 pub mod masked;
+pub mod relaxation;
 pub mod schedule;
 pub mod uniform;
 
