@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::{self, Staging};
 use crate::config::RunConfig;
 use crate::nn::{Dit, DitConfig, frozen};
 use crate::process::{ForwardProcess, ModelFamily, build_process};
@@ -99,13 +100,6 @@ pub struct CheckpointTensors<'a> {
     pub extra: &'a [(&'a str, HashMap<String, Tensor>)],
 }
 
-fn sync_dir(path: &Path) {
-    // Best effort: a directory fsync makes the rename durable on Linux.
-    if let Ok(f) = fs::File::open(path) {
-        let _ = f.sync_all();
-    }
-}
-
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
     f.write_all(bytes)
@@ -156,23 +150,12 @@ pub fn save(
     let root = run_dir.join("checkpoints");
     fs::create_dir_all(&root).map_err(|e| Error::io("creating", &root, e))?;
     let name = format!("step-{:08}", meta.step);
-    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| Error::io("removing", &tmp, e))?;
-    }
-    fs::create_dir_all(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-    write_files(&tmp, meta, t)?;
+    let staged = Staging::new(&root, &name)?;
+    write_files(staged.path(), meta, t)?;
     let dst = root.join(&name);
-    if dst.exists() {
-        fs::remove_dir_all(&dst).map_err(|e| Error::io("removing", &dst, e))?;
-    }
-    fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming into", &dst, e))?;
-    sync_dir(&root);
-    let latest_tmp = root.join(".latest.tmp");
-    write_file(&latest_tmp, name.as_bytes())?;
-    let latest = root.join("latest");
-    fs::rename(&latest_tmp, &latest).map_err(|e| Error::io("renaming into", &latest, e))?;
-    sync_dir(&root);
+    staged.publish(&dst)?;
+    // `latest` moves only once the checkpoint it names is complete.
+    atomic::write_file(&root.join("latest"), name.as_bytes())?;
     prune(&root, &name, keep)?;
     Ok(dst)
 }

@@ -1,6 +1,7 @@
 //! idlm: few-step text diffusion (MDLM / Duo teachers, IDLM distillation) in Rust.
 
 pub mod ar;
+pub mod atomic;
 pub mod bench;
 pub mod bench_idlm;
 pub mod bench_sampler;

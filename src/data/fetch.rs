@@ -318,29 +318,22 @@ fn locate_verified(
     None
 }
 
-/// A temp folder inside the cache, removed when dropped (also on error).
+/// A scratch folder inside the cache (so the final rename stays on one file system), removed
+/// when dropped, also on error.
 struct WorkDir {
+    _staging: crate::atomic::Staging,
     path: PathBuf,
 }
 
 impl WorkDir {
-    /// Create `<cache>/.fetch-<pid>-<nanos>`; inside the cache so the final rename stays on one file system.
+    /// Create `<cache>/.fetch.tmp-<pid>-<nanos>`.
     fn new(cache_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(cache_dir)
-            .map_err(|e| Error::io("create cache folder", cache_dir, e))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = cache_dir.join(format!(".fetch-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|e| Error::io("create", &path, e))?;
-        Ok(WorkDir { path })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let staging = crate::atomic::Staging::new(cache_dir, "fetch")?;
+        let path = staging.path().to_path_buf();
+        Ok(WorkDir {
+            _staging: staging,
+            path,
+        })
     }
 }
 
@@ -403,12 +396,7 @@ fn install_from_unpacked(
     let text = cache_dir.join("text");
     std::fs::create_dir_all(&text).map_err(|e| Error::io("create", &text, e))?;
     let dest = text.join(corpus);
-    if dest.exists() {
-        // Move the stale copy into the work folder (deleted with it) rather than deleting in place.
-        let old = work.join(format!("old-{corpus}"));
-        std::fs::rename(&dest, &old).map_err(|e| Error::io("move aside", &dest, e))?;
-    }
-    std::fs::rename(&stage, &dest).map_err(|e| Error::io("rename into place", &dest, e))?;
+    crate::atomic::replace_dir(&stage, &dest)?;
     Ok(dest)
 }
 

@@ -11,7 +11,8 @@ use super::datadir::{
 };
 use super::packed::{PackedHeader, PackedWriter};
 use super::split::split_documents;
-use super::tokenizer::{TextTokenizer, write_atomic};
+use super::tokenizer::TextTokenizer;
+use crate::atomic::{Staging, write_file};
 use crate::error::{Error, Result};
 
 /// Default share of documents held out for validation.
@@ -192,9 +193,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     }
 
     let t3 = Instant::now();
-    let (tmp_dir, final_dir) = staging_dir(&opts.out_dir)?;
-    // Removes the staging folder on any early return; after publishing it is already gone.
-    let _staged = Staging(tmp_dir.clone());
+    let (staged, final_dir) = staging_dir(&opts.out_dir)?;
+    // Removed on any early return; after publishing it is already gone.
+    let tmp_dir = staged.path().to_path_buf();
     tokenizer.save(&tmp_dir.join(TOKENIZER_JSON))?;
     let header = PackedHeader::new(
         tokenizer.model_vocab_size() as u32,
@@ -258,8 +259,14 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     };
     let json = serde_json::to_string_pretty(&info)
         .map_err(|e| Error::Data(format!("serialising data.json: {e}")))?;
-    write_atomic(&tmp_dir.join(DATA_JSON), json.as_bytes())?;
-    publish(&tmp_dir, &final_dir, opts.overwrite)?;
+    write_file(&tmp_dir.join(DATA_JSON), json.as_bytes())?;
+    if final_dir.exists() && is_nonempty_dir(&final_dir) && !opts.overwrite {
+        return Err(Error::Data(format!(
+            "{} appeared while preparing; not replaced",
+            final_dir.display()
+        )));
+    }
+    staged.publish(&final_dir)?;
     Ok(PrepareReport {
         out_dir: final_dir,
         info,
@@ -351,8 +358,9 @@ pub fn unigram_entropy(counts: &[u64]) -> f64 {
         .sum()
 }
 
-/// A fresh temp folder beside `out_dir` (same file system, so the final rename is atomic).
-fn staging_dir(out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+/// A fresh staging folder beside `out_dir` (same file system, so the final rename is atomic),
+/// and the final path.
+fn staging_dir(out_dir: &Path) -> Result<(Staging, PathBuf)> {
     let name = out_dir
         .file_name()
         .ok_or_else(|| {
@@ -364,46 +372,7 @@ fn staging_dir(out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io("create", &parent, e))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove stale", &tmp, e))?;
-    }
-    std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    Ok((tmp, parent.join(name)))
-}
-
-/// Removes the staging folder when dropped (a no-op once it was renamed into place).
-struct Staging(PathBuf);
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Rename the finished staging folder to its final name, replacing an old one only when allowed.
-fn publish(tmp: &Path, dest: &Path, overwrite: bool) -> Result<()> {
-    if dest.exists() {
-        if is_nonempty_dir(dest) && !overwrite {
-            return Err(Error::Data(format!(
-                "{} appeared while preparing; not replaced",
-                dest.display()
-            )));
-        }
-        let mut old = dest.as_os_str().to_owned();
-        old.push(format!(".old-{}", std::process::id()));
-        let old = PathBuf::from(old);
-        std::fs::rename(dest, &old).map_err(|e| Error::io("move aside", dest, e))?;
-        std::fs::rename(tmp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
-        let _ = if old.is_dir() {
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::remove_file(&old)
-        };
-        return Ok(());
-    }
-    std::fs::rename(tmp, dest).map_err(|e| Error::io("rename into place", dest, e))
+    Ok((Staging::new(&parent, &name)?, parent.join(name)))
 }
 
 #[cfg(test)]

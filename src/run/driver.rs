@@ -9,6 +9,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::append_jsonl;
+use crate::atomic::Staging;
 use crate::{Error, Result};
 
 /// When a run stops and how often it logs, validates and checkpoints (0: never).
@@ -125,29 +126,15 @@ pub fn drive(
     Ok(LoopEnd { checkpoint, best })
 }
 
-/// Copy a checkpoint directory to `run_dir/best` (via a temp dir and a rename).
+/// Copy a checkpoint directory to `run_dir/best` (staged, then renamed into place).
 fn copy_as_best(src: &Path, run_dir: &Path) -> Result<PathBuf> {
-    let tmp = run_dir.join(".best.tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| Error::io("removing", &tmp, e))?;
-    }
-    fs::create_dir_all(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+    let staged = Staging::new(run_dir, "best")?;
     for entry in fs::read_dir(src).map_err(|e| Error::io("listing", src, e))? {
         let entry = entry.map_err(|e| Error::io("listing", src, e))?;
-        let to = tmp.join(entry.file_name());
+        let to = staged.path().join(entry.file_name());
         fs::copy(entry.path(), &to).map_err(|e| Error::io("copying into", &to, e))?;
     }
     let best = run_dir.join("best");
-    let old = run_dir.join(".best.old");
-    if best.exists() {
-        if old.exists() {
-            fs::remove_dir_all(&old).map_err(|e| Error::io("removing", &old, e))?;
-        }
-        fs::rename(&best, &old).map_err(|e| Error::io("renaming", &best, e))?;
-    }
-    fs::rename(&tmp, &best).map_err(|e| Error::io("renaming into", &best, e))?;
-    if old.exists() {
-        fs::remove_dir_all(&old).map_err(|e| Error::io("removing", &old, e))?;
-    }
+    staged.publish(&best)?;
     Ok(best)
 }

@@ -119,13 +119,8 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
                 .is_some_and(|s| s <= step)
         })
         .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    fs::write(
-        &tmp,
-        kept.join("\n") + if kept.is_empty() { "" } else { "\n" },
-    )
-    .map_err(|e| Error::io("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("renaming", path, e))
+    let text = kept.join("\n") + if kept.is_empty() { "" } else { "\n" };
+    crate::atomic::write_file(path, text.as_bytes())
 }
 
 /// Create the run directory; refuse one that already holds a run unless resuming, and on resume
