@@ -1,5 +1,5 @@
 //! The DiT and the MDLM loss against vectors computed by the reference PyTorch code
-//! (../shared/fixtures, see its README).
+//! (tests/fixtures, see its README).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -7,7 +7,7 @@ use idlm::nn::{Dit, DitConfig, DitInput};
 use idlm::process::uniform::Signal;
 use idlm::process::{ForwardProcess, Masked, Target, Uniform};
 
-const FIX: &str = "../shared/fixtures";
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn load(path: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(format!("{FIX}/{path}"), &Device::Cpu).unwrap()

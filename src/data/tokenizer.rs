@@ -248,6 +248,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs ../shared/data/gpt2_bpe beside the checkout: run by .ci/run"]
     fn gpt2_ids_mask_and_decode() {
         let t = TextTokenizer::load(Path::new(GPT2)).unwrap();
         assert_eq!(t.vocab_size(), 50257);
