@@ -243,17 +243,27 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
         }
     }
     let p1 = p_theta(&idlm.student.ema_model().unwrap(), &latent, &data, n, l);
-    let j1 = *traj.last().unwrap();
     let t: Vec<String> = traj.iter().map(|j| format!("{j:.4}")).collect();
     println!(
         "IDLM-Duo toy (seed {seed:?}): J every {EVERY} alternations [{}]; p_theta {p0:.3?} -> {p1:.3?}",
         t.join(", ")
     );
     assert!(traj.iter().all(|&j| j >= 0.0), "J {traj:?}");
-    // Measured: 0.329 -> 0.144 (200 alternations) -> 0.119 (400; lr 3e-4, batch 512), falling at
-    // every 25-step checkpoint. At lr 1e-3 the game oscillates (J between 0.02 and 0.33 from one
-    // checkpoint to the next), so an endpoint there depends on float summation order.
-    let j_mid = traj[traj.len() / 2];
-    assert!(j_mid < j0 && j1 < j_mid, "J {traj:?}");
-    assert!(j1 < 0.5 * j0, "J {traj:?}");
+    // The game is chaotic: a change of float summation order (the fused LayerNorm + modulation)
+    // gives another trajectory, as another seed does, so no single checkpoint can be asserted.
+    // Measured over seeds 1-8 (IDLM_DUO_TOY_SEED; seed 1 is the default), with and without the
+    // fused op, 16 runs: the mean of J over the last quarter's checkpoints (alternations 325-400)
+    // is 0.24-0.61 j0 for 15 runs and 0.96 j0 for one slow start (fused, seed 3: J rises to
+    // 1.045 j0 at 150, falls after 250, 0.58 j0 by 600-800); the highest checkpoint of any run is
+    // that 1.045 j0. The endpoint alone ranges 0.24-0.94 j0: the old check (J falls from the
+    // midpoint to the end, and ends below j0 / 2) held in 6 of 8 seeds without the fused op and 4
+    // of 8 with it (seed 1 with it: 0.43 j0 at 200, 0.48 j0 at 400, the CI failure). With the
+    // student loss's sign flipped J rises steadily (1.12 j0 at 75, 2.05 j0 at 400); with no
+    // student gradient it stays at j0. Hence: the late mean below 0.99 j0 (a fall, with room
+    // above the slow start's 0.96), and no checkpoint above 1.15 j0 (10% above the highest).
+    let late = &traj[1 + 3 * (traj.len() - 1) / 4..];
+    let late_mean = late.iter().sum::<f64>() / late.len() as f64;
+    assert!(late_mean < 0.99 * j0, "late mean {late_mean}; J {traj:?}");
+    let top = traj.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(top < 1.15 * j0, "highest J {top}; J {traj:?}");
 }
