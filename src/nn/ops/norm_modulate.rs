@@ -7,17 +7,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::{f32_data, lanes, par_fill, rows_per_task};
-use crate::nn::layers::LN_EPS;
-
-/// Mean and 1 / std of a row.
-#[inline(always)]
-fn stats(x: &[f32]) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = lanes::sum(x) / n;
-    let var = lanes::sum_sq_dev(x, mean) / n;
-    (mean, 1.0 / (var + LN_EPS as f32).sqrt())
-}
+use super::layer_norm::stats;
+use super::{f32_data, par_fill, rows_per_task};
 
 /// (N, L, D) of x against w (D) and the (N, 1, 2D) shift-and-scale.
 fn dims(
