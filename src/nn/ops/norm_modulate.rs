@@ -3,8 +3,6 @@
 //! Separately the norm and the modulation each made a full (N, L, D) pass and buffer both ways;
 //! fused, the forward reads x once and the backward reads x and dy once.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::layer_norm::stats;
@@ -128,13 +126,13 @@ impl CustomOp3 for NormModulateBwd {
         }
         let (nx, nss) = (n * l * d, n * 2 * d);
         let spt = seqs_per_task(l, d);
-        let dw_total = Mutex::new(vec![0f32; d]);
-        // SAFETY: task t writes dx rows and the d[shift | scale] rows of its own sequences, every
-        // element of them; dw is summed under the lock.
+        let tasks = n.div_ceil(spt);
+        // SAFETY: task t writes dx rows and the d[shift | scale] rows of its own sequences, and
+        // its partial dw in slot t after them, every element of them.
         let mut out = unsafe {
             par_fill(
-                nx + nss,
-                n.div_ceil(spt),
+                nx + nss + tasks * d,
+                tasks,
                 #[inline(always)]
                 |t, out| {
                     let (mut a, mut xhat, mut dw) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
@@ -174,12 +172,18 @@ impl CustomOp3 for NormModulateBwd {
                             o.write(*v);
                         }
                     }
-                    let mut total = dw_total.lock().unwrap_or_else(|p| p.into_inner());
-                    total.iter_mut().zip(&dw).for_each(|(t, v)| *t += v);
+                    out.put(nx + nss + t * d, &dw);
                 },
             )
         };
-        out.extend_from_slice(&dw_total.into_inner().unwrap_or_else(|p| p.into_inner()));
+        // The partials summed in task order, not in the order tasks finish: a run's weights then
+        // do not depend on thread timing.
+        let mut dw = vec![0f32; d];
+        for part in out[nx + nss..].chunks_exact(d) {
+            dw.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+        }
+        out.truncate(nx + nss);
+        out.extend_from_slice(&dw);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
