@@ -164,6 +164,14 @@ fn p_theta(
     p
 }
 
+/// A value parsed from the environment (how the seed sweep and the lr / step probes are run).
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Alternations between checkpoints of J.
+const EVERY: usize = 25;
+
 #[test]
 fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
     idlm::runtime::tune_malloc();
@@ -171,7 +179,13 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
     let (n, l) = (world.v + 1, world.l);
     let dir = tempfile::tempdir().unwrap();
     let data = common::toy_packed(&world, 16384, &dir.path().join("train.bin"));
-    let cfg = duo_cfg();
+    // IDLM_DUO_TOY_SEED=s seeds both the teacher's and the distillation's streams with s (the
+    // sweep behind the thresholds below); unset, the configs' own seeds (1 and 1).
+    let seed: Option<u64> = env("IDLM_DUO_TOY_SEED");
+    let mut cfg = duo_cfg();
+    if let Some(s) = seed {
+        cfg.train.seed = s;
+    }
     let latent = DuoCurriculum::new(
         &DuoConfig {
             table_points: 2000,
@@ -195,16 +209,16 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
         let x = world.decode(i);
         p_star[x.iter().fold(0, |a, &t| a * n + t as usize)] = pi;
     }
-    let dc = DistillConfig {
+    let mut dc = DistillConfig {
         batch_size: 512,
-        lr: std::env::var("IDLM_DUO_TOY_LR")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3e-4),
+        lr: env("IDLM_DUO_TOY_LR").unwrap_or(3e-4),
         warmup_steps: 10,
         ema_decay: 0.95,
         ..DistillConfig::default()
     };
+    if let Some(s) = seed {
+        dc.seed = s;
+    }
     let w = teacher.ema_weights();
     let tnet = teacher.ema_model().unwrap();
     let mut idlm = Idlm::new(
@@ -216,39 +230,42 @@ fn idlm_duo_lowers_the_exact_objective_in_the_toy_world() {
     )
     .unwrap();
     let relax = latent.relaxation(TAU, DuoGradient::Pathwise);
-    let p0 = p_theta(&idlm.student.model, &relax.latent, &data, n, l);
-    let j0 = objective(&p_star, &p0, n, l, &relax.latent);
-    let steps: usize = std::env::var("IDLM_DUO_TOY_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
-    let mut j_mid = f64::NAN;
+    let latent = &relax.latent;
+    let p0 = p_theta(&idlm.student.model, latent, &data, n, l);
+    let j0 = objective(&p_star, &p0, n, l, latent);
+    let steps: usize = env("IDLM_DUO_TOY_STEPS").unwrap_or(400);
+    // J of the student's EMA every EVERY alternations (the evaluation draws from its own stream,
+    // so it does not change the trajectory).
+    let mut traj = vec![j0];
     for s in 0..steps {
         idlm.step(&tnet, &relax, &data).unwrap();
-        if s + 1 == steps / 2 {
-            let p = p_theta(
-                &idlm.student.ema_model().unwrap(),
-                &relax.latent,
-                &data,
-                n,
-                l,
-            );
-            j_mid = objective(&p_star, &p, n, l, &relax.latent);
+        if (s + 1) % EVERY == 0 || s + 1 == steps {
+            let p = p_theta(&idlm.student.ema_model().unwrap(), latent, &data, n, l);
+            traj.push(objective(&p_star, &p, n, l, latent));
         }
     }
-    let p1 = p_theta(
-        &idlm.student.ema_model().unwrap(),
-        &relax.latent,
-        &data,
-        n,
-        l,
+    let p1 = p_theta(&idlm.student.ema_model().unwrap(), latent, &data, n, l);
+    let t: Vec<String> = traj.iter().map(|j| format!("{j:.4}")).collect();
+    println!(
+        "IDLM-Duo toy (seed {seed:?}): J every {EVERY} alternations [{}]; p_theta {p0:.3?} -> {p1:.3?}",
+        t.join(", ")
     );
-    let j1 = objective(&p_star, &p1, n, l, &relax.latent);
-    println!("IDLM-Duo toy: J {j0:.5} -> {j_mid:.5} -> {j1:.5}; p_theta {p0:.3?} -> {p1:.3?}");
-    assert!(j0 >= 0.0 && j1 >= 0.0);
-    // Measured: 0.329 -> 0.144 (200 alternations) -> 0.119 (400; lr 3e-4, batch 512), falling at
-    // every 25-step checkpoint. At lr 1e-3 the game oscillates (J between 0.02 and 0.33 from one
-    // checkpoint to the next), so an endpoint there depends on float summation order.
-    assert!(j_mid < j0 && j1 < j_mid, "J {j0} -> {j_mid} -> {j1}");
-    assert!(j1 < 0.5 * j0, "J {j0} -> {j1}");
+    assert!(traj.iter().all(|&j| j >= 0.0), "J {traj:?}");
+    // The game is chaotic: a change of float summation order (the fused LayerNorm + modulation)
+    // gives another trajectory, as another seed does, so no single checkpoint can be asserted.
+    // Measured over seeds 1-8 (IDLM_DUO_TOY_SEED; seed 1 is the default), with and without the
+    // fused op, 16 runs: the mean of J over the last quarter's checkpoints (alternations 325-400)
+    // is 0.24-0.61 j0 for 15 runs and 0.96 j0 for one slow start (fused, seed 3: J rises to
+    // 1.045 j0 at 150, falls after 250, 0.58 j0 by 600-800); the highest checkpoint of any run is
+    // that 1.045 j0. The endpoint alone ranges 0.24-0.94 j0: the old check (J falls from the
+    // midpoint to the end, and ends below j0 / 2) held in 6 of 8 seeds without the fused op and 4
+    // of 8 with it (seed 1 with it: 0.43 j0 at 200, 0.48 j0 at 400, the CI failure). With the
+    // student loss's sign flipped J rises steadily (1.12 j0 at 75, 2.05 j0 at 400); with no
+    // student gradient it stays at j0. Hence: the late mean below 0.99 j0 (a fall, with room
+    // above the slow start's 0.96), and no checkpoint above 1.15 j0 (10% above the highest).
+    let late = &traj[1 + 3 * (traj.len() - 1) / 4..];
+    let late_mean = late.iter().sum::<f64>() / late.len() as f64;
+    assert!(late_mean < 0.99 * j0, "late mean {late_mean}; J {traj:?}");
+    let top = traj.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(top < 1.15 * j0, "highest J {top}; J {traj:?}");
 }

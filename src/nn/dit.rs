@@ -7,9 +7,10 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::dropout::DropoutRng;
-use super::layers::{Linear, layer_norm_no_bias, modulate};
+use super::layers::Linear;
 use super::ops::attention::{RotaryAttention, rotary_attention};
 use super::ops::modulate::gated_residual;
+use super::ops::norm_modulate::norm_modulate;
 use super::ops::{gelu::gelu_tanh, softmax::softmax_last};
 use super::rotary::Rotary;
 use crate::{Error, Result};
@@ -166,8 +167,8 @@ impl Block {
         attn: &RotaryAttention,
     ) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
-        let (shift, scale) = (ada.narrow(2, 0, d)?, ada.narrow(2, d, d)?);
-        let h = modulate(&layer_norm_no_bias(x, &self.norm1)?, &shift, &scale)?;
+        // ada's first two chunks are [shift | scale] of the attention branch.
+        let h = norm_modulate(x, &self.norm1, &ada.narrow(2, 0, 2 * d)?)?;
         let qkv = self.qkv.forward(&h)?;
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             Ok(rotary_attention(&qkv, attn)?)
@@ -193,11 +194,8 @@ impl Block {
             None => y,
         };
         let x = gated_residual(x, &y, &chunk(2)?)?;
-        let h = modulate(
-            &layer_norm_no_bias(&x, &self.norm2)?,
-            &chunk(3)?,
-            &chunk(4)?,
-        )?;
+        // Chunks 3 and 4: [shift | scale] of the MLP branch.
+        let h = norm_modulate(&x, &self.norm2, &ada.narrow(2, 3 * d, 2 * d)?)?;
         let h = self.mlp2.forward(&gelu_tanh(&self.mlp0.forward(&h)?)?)?;
         let h = match drop {
             Some(r) => r.apply(&h)?,
@@ -415,9 +413,7 @@ impl Dit {
 
     /// The final LayerNorm and adaLN modulation of x (N, L', D) by its (N, 1, 2D) `ada`.
     fn final_norm(&self, x: &Tensor, ada: &Tensor) -> Result<Tensor> {
-        let d = self.cfg.hidden_size;
-        let (shift, scale) = (ada.narrow(2, 0, d)?, ada.narrow(2, d, d)?);
-        modulate(&layer_norm_no_bias(x, &self.norm_final)?, &shift, &scale)
+        Ok(norm_modulate(x, &self.norm_final, ada)?)
     }
 
     fn check_len(&self, l: usize) -> Result<()> {

@@ -59,8 +59,3 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let inv = (var + LN_EPS)?.sqrt()?.recip()?;
     Ok(xc.broadcast_mul(&inv)?.broadcast_mul(weight)?)
 }
-
-/// adaLN modulation `x (1 + scale) + shift` with (B, 1, D) shift and scale.
-pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    Ok(super::ops::modulate::modulate(x, shift, scale)?)
-}

@@ -9,8 +9,9 @@ use crate::nn::layers::LN_EPS;
 
 struct LayerNorm;
 
+/// Mean and 1 / std of a row.
 #[inline(always)]
-fn stats(x: &[f32]) -> (f32, f32) {
+pub(super) fn stats(x: &[f32]) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = lanes::sum(x) / n;
     let var = lanes::sum_sq_dev(x, mean) / n;

@@ -11,6 +11,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod modulate;
 pub mod nll;
+pub mod norm_modulate;
 pub mod simd;
 pub mod soft_nll;
 pub mod softmax;

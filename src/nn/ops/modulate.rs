@@ -1,6 +1,7 @@
-//! The adaLN elementwise ops as single graph nodes: `x (1 + scale) + shift` and the gated residual
-//! `x + gate h`, with (B, 1, D) per-sequence vectors. Composed, each is two or three broadcast nodes
-//! whose backward reduces over the length with extra full-size passes.
+//! The adaLN gated residual `x + gate h` as one graph node, with a (B, 1, D) per-sequence gate
+//! (composed, it is broadcast nodes whose backward reduces over the length with extra full-size
+//! passes), and the modulation `x (1 + scale) + shift` composed: the oracle of `norm_modulate.rs`,
+//! which fuses it with the LayerNorm before it.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
@@ -16,132 +17,6 @@ fn bld(x: &Layout, v: &Layout, name: &str) -> candle_core::Result<(usize, usize,
         )
     }
     Ok((b, l, d))
-}
-
-/// `x (1 + scale) + shift`.
-struct Modulate;
-
-impl CustomOp3 for Modulate {
-    fn name(&self) -> &'static str {
-        "modulate"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, self.name())?;
-        let shift = f32_data(s2, l2, self.name())?;
-        let scale = f32_data(s3, l3, self.name())?;
-        let (_, l, d) = bld(l1, l2, self.name())?;
-        // SAFETY: chunk bi is sequence bi, l whole rows of d, each element written.
-        let y = unsafe {
-            par_new(
-                x.len(),
-                l * d,
-                #[inline(always)]
-                |bi, y| {
-                    let x = &x[bi * l * d..bi * l * d + y.len()];
-                    let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
-                    for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                        for j in 0..d {
-                            y[j].write(x[j] * (1.0 + sc[j]) + sh[j]);
-                        }
-                    }
-                },
-            )
-        };
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        shift: &Tensor,
-        scale: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let n = x.elem_count();
-        let m = shift.elem_count();
-        let buf = x.apply_op3_no_bwd(scale, &g.contiguous()?, &ModulateBwd)?;
-        Ok((
-            Some(buf.narrow(0, 0, n)?.reshape(x.shape())?),
-            // The small parts in their own buffers: they reach the adaLN nodes late in the
-            // backward, and a view would keep the whole buffer alive until then (`copy` would
-            // clone the whole buffer: `force_contiguous` copies just the view).
-            Some(
-                buf.narrow(0, n, m)?
-                    .reshape(shift.shape())?
-                    .force_contiguous()?,
-            ),
-            Some(
-                buf.narrow(0, n + m, m)?
-                    .reshape(scale.shape())?
-                    .force_contiguous()?,
-            ),
-        ))
-    }
-}
-
-/// [dx | dshift | dscale] from (x, scale, g).
-struct ModulateBwd;
-
-impl CustomOp3 for ModulateBwd {
-    fn name(&self) -> &'static str {
-        "modulate-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, self.name())?;
-        let scale = f32_data(s2, l2, self.name())?;
-        let g = f32_data(s3, l3, self.name())?;
-        let (b, l, d) = bld(l1, l2, self.name())?;
-        let n = b * l * d + 2 * b * d;
-        // SAFETY: task bi writes sequence bi's dx rows and its dshift / dscale entries, all of
-        // them and nothing else.
-        let buf = unsafe {
-            par_fill(
-                n,
-                b,
-                #[inline(always)]
-                |bi, out| {
-                    let sc = &scale[bi * d..(bi + 1) * d];
-                    let xs = &x[bi * l * d..(bi + 1) * l * d];
-                    let gs = &g[bi * l * d..(bi + 1) * l * d];
-                    let dx = out.slice(bi * l * d, l * d);
-                    let (mut dsh, mut dsc) = (vec![0f32; d], vec![0f32; d]);
-                    for ((dx, x), g) in dx
-                        .chunks_exact_mut(d)
-                        .zip(xs.chunks_exact(d))
-                        .zip(gs.chunks_exact(d))
-                    {
-                        for j in 0..d {
-                            dx[j].write(g[j] * (1.0 + sc[j]));
-                            dsh[j] += g[j];
-                            dsc[j] += g[j] * x[j];
-                        }
-                    }
-                    out.put(b * l * d + bi * d, &dsh);
-                    out.put(b * l * d + b * d + bi * d, &dsc);
-                },
-            )
-        };
-        Ok((CpuStorage::F32(buf), Shape::from(n)))
-    }
 }
 
 /// `x + gate h`.
@@ -274,17 +149,7 @@ fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
-/// `x (1 + scale) + shift` for x (B, L, D) and (B, 1, D) shift / scale.
-pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
-    if fused(x) && x.rank() == 3 {
-        x.contiguous()?
-            .apply_op3(&shift.contiguous()?, &scale.contiguous()?, Modulate)
-    } else {
-        modulate_composed(x, shift, scale)
-    }
-}
-
-/// The composed modulation: the oracle.
+/// The modulation `x (1 + scale) + shift` composed (norm_modulate.rs fuses it with the norm).
 pub fn modulate_composed(
     x: &Tensor,
     shift: &Tensor,
@@ -324,20 +189,14 @@ mod tests {
     }
 
     #[test]
-    fn modulate_and_gated_residual_match_composed() {
+    fn gated_residual_matches_composed() {
         let (x, h) = (var((3, 5, 8)), var((3, 5, 8)));
         let (a, c) = (var((3, 1, 8)), var((3, 1, 8)));
         let r = Tensor::randn(0f32, 1.0, (3, 5, 8), &Device::Cpu).unwrap();
-        let pairs = [
-            (
-                modulate(x.as_tensor(), a.as_tensor(), c.as_tensor()).unwrap(),
-                modulate_composed(x.as_tensor(), a.as_tensor(), c.as_tensor()).unwrap(),
-            ),
-            (
-                gated_residual(x.as_tensor(), h.as_tensor(), a.as_tensor()).unwrap(),
-                (x.as_tensor() + h.as_tensor().broadcast_mul(a.as_tensor()).unwrap()).unwrap(),
-            ),
-        ];
+        let pairs = [(
+            gated_residual(x.as_tensor(), h.as_tensor(), a.as_tensor()).unwrap(),
+            (x.as_tensor() + h.as_tensor().broadcast_mul(a.as_tensor()).unwrap()).unwrap(),
+        )];
         for (y, y_ref) in pairs {
             assert!(max_diff(&y, &y_ref) < 1e-6);
             let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
