@@ -3,18 +3,16 @@
 //! prediction at the state of time s = t - dt, by KL(student || teacher); every round dt doubles
 //! and the teacher becomes the student's raw weights.
 
-use std::collections::HashMap;
-
 use candle_core::{D, Tensor};
 
 use super::config::DistillConfig;
 use super::distiller::RoundDistiller;
 use super::nets::DistillRngs;
-use super::rounds::{RoundNets, RoundStats};
+use super::rounds::{RoundNets, RoundStats, Weights};
 use crate::Result;
-use crate::config::RunConfig;
+use crate::checkpoint::Checkpoint;
 use crate::data::PackedTokens;
-use crate::nn::{DitConfig, DitInput, DropoutRng};
+use crate::nn::{DitInput, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::curriculum::{DuoConfig, DuoCurriculum, LatentPair};
 use crate::process::schedule::antithetic_times;
@@ -45,18 +43,12 @@ fn latent(cfg: &DistillConfig, vocab: usize) -> Result<DuoCurriculum> {
 
 impl Dcd {
     /// Student and round-0 teacher both from `weights` (the Duo teacher's EMA weights).
-    pub fn new(
-        cfg: &DistillConfig,
-        teacher_cfg: &RunConfig,
-        dit_cfg: &DitConfig,
-        weights: &HashMap<String, Tensor>,
-        origin: &std::path::Path,
-    ) -> Result<Self> {
+    pub fn new(cfg: &DistillConfig, teacher: &Checkpoint, weights: &Weights) -> Result<Self> {
         Ok(Self {
             cfg: cfg.clone(),
-            nets: RoundNets::new(cfg, teacher_cfg, dit_cfg, weights, origin)?,
+            nets: RoundNets::new(cfg, teacher, weights)?,
             rngs: DistillRngs::new(cfg.seed),
-            latent: latent(cfg, dit_cfg.vocab_size)?,
+            latent: latent(cfg, teacher.meta.model.vocab_size)?,
         })
     }
 

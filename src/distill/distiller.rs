@@ -92,8 +92,8 @@ pub fn start(cfg: &DistillConfig, ck: &Checkpoint) -> Result<Box<dyn Distiller>>
     let (m, dir) = (&ck.meta, ck.dir.as_path());
     Ok(match cfg.method {
         Method::Idlm => Box::new(IdlmRun::start(cfg, m, w, dir)?),
-        Method::Sdtt => Box::new(Sdtt::new(cfg, &m.config, &m.model, &w, dir)?),
-        Method::Dcd => Box::new(Dcd::new(cfg, &m.config, &m.model, &w, dir)?),
+        Method::Sdtt => Box::new(Sdtt::new(cfg, ck, &w)?),
+        Method::Dcd => Box::new(Dcd::new(cfg, ck, &w)?),
     })
 }
 

@@ -9,10 +9,12 @@ use super::config::DistillConfig;
 use super::nets::{Role, resume_net, start_net};
 use super::state::Loaded;
 use crate::Result;
-use crate::checkpoint::dit_from_tensors;
-use crate::config::RunConfig;
-use crate::nn::{Dit, DitConfig};
+use crate::checkpoint::{Checkpoint, dit_from_tensors};
+use crate::nn::Dit;
 use crate::trainer::Trainer;
+
+/// Weights by name.
+pub type Weights = HashMap<String, Tensor>;
 
 /// What one update of a round-based distiller measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -45,15 +47,10 @@ pub struct RoundNets {
 
 impl RoundNets {
     /// Student and round-0 teacher both from `weights` (the teacher's EMA weights).
-    pub fn new(
-        cfg: &DistillConfig,
-        teacher_cfg: &RunConfig,
-        dit_cfg: &DitConfig,
-        weights: &HashMap<String, Tensor>,
-        origin: &std::path::Path,
-    ) -> Result<Self> {
+    pub fn new(cfg: &DistillConfig, teacher: &Checkpoint, weights: &Weights) -> Result<Self> {
         cfg.validate()?;
-        let student = start_net(cfg, teacher_cfg, dit_cfg, weights, origin, Role::Student)?;
+        let (m, origin) = (&teacher.meta, teacher.dir.as_path());
+        let student = start_net(cfg, &m.config, &m.model, weights, origin, Role::Student)?;
         Ok(Self {
             teacher: dit_from_tensors(weights, &student.arch, origin)?,
             teacher_weights: weights.clone(),

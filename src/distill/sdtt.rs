@@ -2,18 +2,16 @@
 //! the teacher does in `sdtt_teacher_steps` ancestral steps of size dt, by KL(student || teacher)
 //! at the masked positions; every round the step size doubles and the teacher becomes the student.
 
-use std::collections::HashMap;
-
 use candle_core::{D, Tensor};
 
 use super::config::DistillConfig;
 use super::distiller::RoundDistiller;
 use super::nets::{DistillRngs, active, corrupt, logits_at};
-use super::rounds::{RoundNets, RoundStats};
+use super::rounds::{RoundNets, RoundStats, Weights};
 use crate::Result;
-use crate::config::RunConfig;
+use crate::checkpoint::Checkpoint;
 use crate::data::PackedTokens;
-use crate::nn::{Dit, DitConfig, DropoutRng};
+use crate::nn::{Dit, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::schedule::antithetic_times;
 use crate::sample::Denoiser;
@@ -36,16 +34,10 @@ pub struct Sdtt {
 
 impl Sdtt {
     /// Student and round-0 teacher both from `weights` (the teacher's EMA weights).
-    pub fn new(
-        cfg: &DistillConfig,
-        teacher_cfg: &RunConfig,
-        dit_cfg: &DitConfig,
-        weights: &HashMap<String, Tensor>,
-        origin: &std::path::Path,
-    ) -> Result<Self> {
+    pub fn new(cfg: &DistillConfig, teacher: &Checkpoint, weights: &Weights) -> Result<Self> {
         Ok(Self {
             cfg: cfg.clone(),
-            nets: RoundNets::new(cfg, teacher_cfg, dit_cfg, weights, origin)?,
+            nets: RoundNets::new(cfg, teacher, weights)?,
             rngs: DistillRngs::new(cfg.seed),
         })
     }

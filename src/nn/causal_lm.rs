@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use super::dit::DitConfig;
 use super::dropout::DropoutRng;
 use super::kv_cache::KvCache;
-use super::layers::{Linear, layer_norm_no_bias};
+use super::layers::{BlockWeights, Linear, layer_norm_no_bias};
 use super::ops::attention::{RotaryAttention, rotary_attention};
 use super::ops::{gelu::gelu_tanh, softmax::softmax_last};
 use super::rotary::Rotary;
@@ -87,27 +87,20 @@ impl CausalLmConfig {
 }
 
 struct Block {
-    norm1: Tensor,
-    norm2: Tensor,
-    qkv: Linear,
-    out: Linear,
-    mlp0: Linear,
-    mlp2: Linear,
-    n_heads: usize,
+    w: BlockWeights,
+}
+
+impl std::ops::Deref for Block {
+    type Target = BlockWeights;
+    fn deref(&self) -> &BlockWeights {
+        &self.w
+    }
 }
 
 impl Block {
     fn new(vb: VarBuilder, cfg: &CausalLmConfig) -> Result<Self> {
-        let d = cfg.hidden_size;
-        let m = cfg.mlp_ratio * d;
         Ok(Self {
-            norm1: vb.get_with_hints(d, "norm1.weight", candle_nn::Init::Const(1.0))?,
-            norm2: vb.get_with_hints(d, "norm2.weight", candle_nn::Init::Const(1.0))?,
-            qkv: Linear::new(vb.pp("attn_qkv"), d, 3 * d, false)?,
-            out: Linear::new(vb.pp("attn_out"), d, d, false)?,
-            mlp0: Linear::new(vb.pp("mlp.0"), d, m, true)?,
-            mlp2: Linear::new(vb.pp("mlp.2"), m, d, true)?,
-            n_heads: cfg.n_heads,
+            w: BlockWeights::new(&vb, cfg.hidden_size, cfg.mlp_ratio, cfg.n_heads)?,
         })
     }
 

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::dropout::DropoutRng;
-use super::layers::Linear;
+use super::layers::{BlockWeights, Linear};
 use super::ops::attention::{RotaryAttention, rotary_attention};
 use super::ops::modulate::gated_residual;
 use super::ops::norm_modulate::norm_modulate;
@@ -118,29 +118,23 @@ impl TimestepEmbedder {
 }
 
 struct Block {
-    norm1: Tensor,
-    norm2: Tensor,
-    qkv: Linear,
-    out: Linear,
-    mlp0: Linear,
-    mlp2: Linear,
+    w: BlockWeights,
     ada: Linear,
-    n_heads: usize,
+}
+
+impl std::ops::Deref for Block {
+    type Target = BlockWeights;
+    fn deref(&self) -> &BlockWeights {
+        &self.w
+    }
 }
 
 impl Block {
     fn new(vb: VarBuilder, cfg: &DitConfig) -> Result<Self> {
         let d = cfg.hidden_size;
-        let m = cfg.mlp_ratio * d;
         Ok(Self {
-            norm1: vb.get_with_hints(d, "norm1.weight", candle_nn::Init::Const(1.0))?,
-            norm2: vb.get_with_hints(d, "norm2.weight", candle_nn::Init::Const(1.0))?,
-            qkv: Linear::new(vb.pp("attn_qkv"), d, 3 * d, false)?,
-            out: Linear::new(vb.pp("attn_out"), d, d, false)?,
-            mlp0: Linear::new(vb.pp("mlp.0"), d, m, true)?,
-            mlp2: Linear::new(vb.pp("mlp.2"), m, d, true)?,
+            w: BlockWeights::new(&vb, d, cfg.mlp_ratio, cfg.n_heads)?,
             ada: Linear::new(vb.pp("adaLN_modulation"), cfg.cond_dim, 6 * d, true)?,
-            n_heads: cfg.n_heads,
         })
     }
 

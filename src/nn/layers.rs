@@ -59,3 +59,38 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let inv = (var + LN_EPS)?.sqrt()?.recip()?;
     Ok(xc.broadcast_mul(&inv)?.broadcast_mul(weight)?)
 }
+
+/// The weights every transformer block here has (the DiT's and the causal LM's): the pre-norms,
+/// the attention projections and the MLP, under the public layout's names.
+pub struct BlockWeights {
+    /// Pre-attention LayerNorm weight.
+    pub norm1: Tensor,
+    /// Pre-MLP LayerNorm weight.
+    pub norm2: Tensor,
+    /// Fused q, k, v projection.
+    pub qkv: Linear,
+    /// Attention output projection.
+    pub out: Linear,
+    /// MLP up-projection.
+    pub mlp0: Linear,
+    /// MLP down-projection.
+    pub mlp2: Linear,
+    /// Attention heads.
+    pub n_heads: usize,
+}
+
+impl BlockWeights {
+    /// Resolve the block's weights under `vb` for width `d`, MLP ratio and head count.
+    pub fn new(vb: &VarBuilder, d: usize, mlp_ratio: usize, n_heads: usize) -> Result<Self> {
+        let m = mlp_ratio * d;
+        Ok(Self {
+            norm1: vb.get_with_hints(d, "norm1.weight", candle_nn::Init::Const(1.0))?,
+            norm2: vb.get_with_hints(d, "norm2.weight", candle_nn::Init::Const(1.0))?,
+            qkv: Linear::new(vb.pp("attn_qkv"), d, 3 * d, false)?,
+            out: Linear::new(vb.pp("attn_out"), d, d, false)?,
+            mlp0: Linear::new(vb.pp("mlp.0"), d, m, true)?,
+            mlp2: Linear::new(vb.pp("mlp.2"), m, d, true)?,
+            n_heads,
+        })
+    }
+}
