@@ -1,19 +1,15 @@
-//! What the run loop needs of a distiller (IDLM, SDTT, DCD), and the two ways to get one: started
-//! from a teacher checkpoint or resumed from a distillation checkpoint.
+//! What the run loop needs of a distiller (IDLM, SDTT, DCD); SDTT and DCD share one
+//! implementation through [`RoundDistiller`].
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
 use serde_json::Value;
 
-use super::config::{DistillConfig, Method};
-use super::dcd::Dcd;
-use super::idlm::IdlmRun;
+use super::config::DistillConfig;
 use super::nets::DistillRngs;
 use super::rounds::{RoundNets, RoundStats};
-use super::sdtt::Sdtt;
-use super::state::{DistillState, Loaded};
-use crate::checkpoint::Checkpoint;
+use super::state::DistillState;
 use crate::data::PackedTokens;
 use crate::process::ForwardProcess;
 use crate::trainer::Trainer;
@@ -83,28 +79,4 @@ impl<T: RoundDistiller> Distiller for T {
         let v = serde_json::to_value(st).map_err(|e| Error::Config(e.to_string()))?;
         Ok((v, msg))
     }
-}
-
-/// A fresh distiller of `cfg.method` from a teacher checkpoint; every network starts from the
-/// teacher's EMA weights (the paper's initialisation).
-pub fn start(cfg: &DistillConfig, ck: &Checkpoint) -> Result<Box<dyn Distiller>> {
-    let w = ck.ema.clone().unwrap_or_else(|| ck.weights.clone());
-    let (m, dir) = (&ck.meta, ck.dir.as_path());
-    Ok(match cfg.method {
-        Method::Idlm => Box::new(IdlmRun::start(cfg, m, w, dir)?),
-        Method::Sdtt => Box::new(Sdtt::new(cfg, ck, &w)?),
-        Method::Dcd => Box::new(Dcd::new(cfg, ck, &w)?),
-    })
-}
-
-/// The distiller of a distillation checkpoint, with the settings `cfg` (the saved ones with the
-/// caller's overrides).
-pub fn resume(l: &Loaded, cfg: &DistillConfig) -> Result<Box<dyn Distiller>> {
-    let mut d: Box<dyn Distiller> = match l.state.config.method {
-        Method::Idlm => Box::new(IdlmRun::from_loaded(l)?),
-        Method::Sdtt => Box::new(Sdtt::from_loaded(l)?),
-        Method::Dcd => Box::new(Dcd::from_loaded(l)?),
-    };
-    d.set_config(cfg);
-    Ok(d)
 }

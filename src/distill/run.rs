@@ -9,10 +9,13 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::config::{DistillConfig, Method};
-use super::distiller::{self, Distiller};
+use super::dcd::Dcd;
+use super::distiller::Distiller;
+use super::idlm::IdlmRun;
 use super::nets::DistillRngs;
-use super::state::{self, DistillState, NetState};
-use crate::checkpoint::{self, DataInfo};
+use super::sdtt::Sdtt;
+use super::state::{self, DistillState, Loaded, NetState};
+use crate::checkpoint::{self, Checkpoint, DataInfo};
 use crate::data::DataDir;
 use crate::eval::entropy::entropy_stats;
 use crate::eval::genppl::GenPpl;
@@ -155,7 +158,7 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
         let data = open_data(opts, &l.ck.meta.data.data_dir, &l.ck)?;
         open_run_dir(run_dir, Some(l.ck.meta.step))?;
         let kind = l.ck.meta.process.diffusion(&l.ck.dir)?;
-        (distiller::resume(&l, &opts.cfg)?, st, data, kind)
+        (resume_distiller(&l, &opts.cfg)?, st, data, kind)
     } else {
         let ck = checkpoint::load(&opts.teacher)?;
         let kind = ck.meta.process.diffusion(&ck.dir)?;
@@ -164,7 +167,7 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
             tracing::info!("the teacher is itself a distilled student: distilling it further");
         }
         let data = open_data(opts, &ck.meta.data.data_dir, &ck)?;
-        let d = distiller::start(&opts.cfg, &ck)?;
+        let d = start_distiller(&opts.cfg, &ck)?;
         open_run_dir(run_dir, None)?;
         let st = DistillState {
             config: opts.cfg.clone(),
@@ -277,4 +280,28 @@ fn validate(
         None => None,
     };
     Ok((g, e))
+}
+
+/// A fresh distiller of `cfg.method` from a teacher checkpoint; every network starts from the
+/// teacher's EMA weights (the paper's initialisation).
+fn start_distiller(cfg: &DistillConfig, ck: &Checkpoint) -> Result<Box<dyn Distiller>> {
+    let w = ck.ema.clone().unwrap_or_else(|| ck.weights.clone());
+    let (m, dir) = (&ck.meta, ck.dir.as_path());
+    Ok(match cfg.method {
+        Method::Idlm => Box::new(IdlmRun::start(cfg, m, w, dir)?),
+        Method::Sdtt => Box::new(Sdtt::new(cfg, ck, &w)?),
+        Method::Dcd => Box::new(Dcd::new(cfg, ck, &w)?),
+    })
+}
+
+/// The distiller of a distillation checkpoint, with the settings `cfg` (the saved ones with the
+/// caller's overrides).
+fn resume_distiller(l: &Loaded, cfg: &DistillConfig) -> Result<Box<dyn Distiller>> {
+    let mut d: Box<dyn Distiller> = match l.state.config.method {
+        Method::Idlm => Box::new(IdlmRun::from_loaded(l)?),
+        Method::Sdtt => Box::new(Sdtt::from_loaded(l)?),
+        Method::Dcd => Box::new(Dcd::from_loaded(l)?),
+    };
+    d.set_config(cfg);
+    Ok(d)
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ProcessKind;
 use crate::{Error, Result};
 
-/// A diffusion model and its process, or the AR baseline (a causal LM, `crate::ar`).
+/// A diffusion model and its process, or the AR baseline (a causal LM, the `ar` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum ModelFamily {
