@@ -83,7 +83,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 /// Run `idlm reproduce`.
 pub fn reproduce(a: ReproduceArgs) -> Result<()> {
     use idlm::reproduce::{ReproduceOptions, preset, report_files};
-    let p = preset(&a.preset)?;
+    let p = preset(&a.preset)?.with_overrides(&a.set)?;
     let work = a
         .work
         .unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}", p.name)));

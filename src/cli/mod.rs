@@ -90,6 +90,10 @@ pub struct ReproduceArgs {
     /// Report directory (default results/<preset>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Preset overrides (repeatable): samples=N, seed=S, teacher_steps=[..], student_steps=[..],
+    /// teacher.train.max_steps=N (the teacher's config), idlm.max_steps=N (a student's).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
 }
 
 /// `idlm distill`

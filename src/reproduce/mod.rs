@@ -53,6 +53,9 @@ pub struct Preset {
     pub valid_fraction: f64,
     /// Teacher config preset.
     pub teacher_preset: &'static str,
+    /// `idlm train` overrides of the teacher config (`section.key=value`; also the AR baseline's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub teacher_overrides: Vec<String>,
     /// Distilled models.
     pub students: Vec<StudentSpec>,
     /// Samples per row (paired seeds across rows).
@@ -82,6 +85,7 @@ pub fn preset(name: &str) -> Result<Preset> {
             seq_len: 256,
             valid_fraction: 0.05,
             teacher_preset: "mini",
+            teacher_overrides: Vec::new(),
             students: vec![
                 StudentSpec {
                     method: "idlm",
@@ -137,6 +141,7 @@ pub fn preset(name: &str) -> Result<Preset> {
                 seq_len: 256,
                 valid_fraction: 0.05,
                 teacher_preset: "mini-duo",
+                teacher_overrides: Vec::new(),
                 students: vec![
                     StudentSpec {
                         method: "dcd",
@@ -166,6 +171,59 @@ pub fn preset(name: &str) -> Result<Preset> {
         _ => Err(Error::InvalidArgument(format!(
             "unknown reproduction preset '{name}': use mini or mini-duo"
         ))),
+    }
+}
+
+impl Preset {
+    /// Apply `--set` overrides: `samples`, `seed`, `teacher_steps`, `student_steps`,
+    /// `teacher.<section.key>` (the teacher's config) or `<student>.<key>` (its distill config).
+    pub fn with_overrides(mut self, sets: &[String]) -> Result<Self> {
+        for ov in sets {
+            let (key, raw) = ov.split_once('=').ok_or_else(|| {
+                Error::Config(format!("override '{ov}' is not of the form key=value"))
+            })?;
+            let key = key.trim();
+            let bad = |what: &str| Error::Config(format!("override '{ov}': {what}"));
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            let int = |v: &toml::Value| {
+                v.as_integer()
+                    .and_then(|i| usize::try_from(i).ok())
+                    .ok_or_else(|| bad("expected a non-negative integer"))
+            };
+            let ints = |v: &toml::Value| {
+                v.as_array()
+                    .ok_or_else(|| bad("expected a list of integers"))?
+                    .iter()
+                    .map(int)
+                    .collect::<Result<Vec<usize>>>()
+            };
+            match key.split_once('.') {
+                None => match key {
+                    "samples" => self.samples = int(&value)?,
+                    "seed" => self.seed = int(&value)? as u64,
+                    "teacher_steps" => self.teacher_steps = ints(&value)?,
+                    "student_steps" => self.student_steps = ints(&value)?,
+                    _ => {
+                        return Err(bad(
+                            "use samples, seed, teacher_steps, student_steps, teacher.<key> \
+                             or <student>.<key>",
+                        ));
+                    }
+                },
+                Some(("teacher", rest)) => self.teacher_overrides.push(format!("{rest}={raw}")),
+                Some((student, rest)) => self
+                    .students
+                    .iter_mut()
+                    .find(|s| s.method == student)
+                    .ok_or_else(|| bad(&format!("no student '{student}' in this preset")))?
+                    .overrides
+                    .push(format!("{rest}={raw}")),
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -244,7 +302,12 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
 
     // 2. Teacher.
     let teacher_dir = opts.work.join("teacher");
-    let cfg = RunConfig::load(p.teacher_preset)?;
+    let cfg = RunConfig::load(p.teacher_preset)?.with_overrides(&p.teacher_overrides)?;
+    let teacher_sets: String = p
+        .teacher_overrides
+        .iter()
+        .map(|o| format!(" --set '{o}'"))
+        .collect();
     let t0 = Instant::now();
     let done = finished_steps(&teacher_dir);
     let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
@@ -261,7 +324,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
     stages.push(Stage {
         name: "teacher".into(),
         command: format!(
-            "idlm train --data {} --preset {} --out {}",
+            "idlm train --data {} --preset {}{teacher_sets} --out {}",
             data_dir.display(),
             p.teacher_preset,
             teacher_dir.display()
@@ -356,7 +419,7 @@ pub fn reproduce(opts: &ReproduceOptions, log: &dyn Fn(&str)) -> Result<Vec<Row>
         stages.push(Stage {
             name: "train ar".into(),
             command: format!(
-                "idlm train --data {} --preset {} --process ar --out {}",
+                "idlm train --data {} --preset {}{teacher_sets} --process ar --out {}",
                 data_dir.display(),
                 p.teacher_preset,
                 ar_dir.display()
