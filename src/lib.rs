@@ -2,8 +2,6 @@
 
 pub mod ar;
 pub mod bench;
-pub mod bench_idlm;
-pub mod bench_sampler;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -290,7 +290,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         iters: a.iters,
     };
     if a.ar_only {
-        let tps = idlm::bench_sampler::ar_kv_tokens_per_s(&o, o.batch, o.batch)?;
+        let tps = idlm::bench::sampler::ar_kv_tokens_per_s(&o, o.batch, o.batch)?;
         let threads = rayon::current_num_threads();
         println!("threads {threads} | AR KV-cache decoding {tps:.0} tokens/s");
         if let Some(p) = a.json {
