@@ -18,7 +18,6 @@ pub mod run;
 pub mod runtime;
 pub mod sample;
 pub mod toy;
-pub mod toy_idlm;
 pub mod train;
 
 pub use error::{Error, Result};
