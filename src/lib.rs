@@ -12,6 +12,7 @@ pub mod nn;
 pub mod optim;
 pub mod plot;
 pub mod process;
+pub mod progress;
 pub mod report;
 pub mod reproduce;
 pub mod run;

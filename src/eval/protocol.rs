@@ -11,7 +11,7 @@ use super::mauve::{MauveOptions, mauve_of_texts};
 use super::minilm::{MAX_TOKENS, MODEL_NAME, MiniLm};
 use super::models::{MINILM, SMOLLM2};
 use crate::data::DataDir;
-use crate::sample::Progress;
+use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// The protocol name written into every result.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::nn::{Dit, DitInput};
 use crate::process::{ForwardProcess, NoiseRemoval};
+pub use crate::progress::Progress;
 pub use engine::{Request, sample_requests};
 
 /// Anything that maps noisy ids (B, L) and sigma (B,) to logits over the vocabulary.
@@ -91,9 +92,6 @@ pub struct Sample {
     /// equally by the sequences in the call, so the seconds of all samples add up to the wall time.
     pub seconds: f64,
 }
-
-/// Progress callback: (sequences finished, total).
-pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// Draw `n` sequences of length `len` with `den` under `process`, `opts.batch_size` at a time.
 pub fn sample(
