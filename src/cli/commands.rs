@@ -16,6 +16,7 @@ use idlm::config::RunConfig;
 use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
 use idlm::process::{Masked, NoiseRemoval, ProcessKind};
 use idlm::run::{TrainRunOptions, check_data_matches, data_info, make_process, run_training};
+use idlm::sample::record::{SampleRecord, serde_name, write_jsonl};
 use idlm::sample::{SamplerOptions, sample};
 use idlm::train::nelbo;
 
@@ -219,14 +220,20 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         "ancestral"
     };
     for s in &samples {
-        let text = tok.decode(&s.ids)?;
-        let line = json!({
-            "index": s.index, "ids": s.ids, "text": text, "steps": opts.steps, "nfe": s.nfe,
-            "seconds": s.seconds, "sampler": sampler, "noise_removal": opts.noise_removal,
-            "seed": opts.seed, "checkpoint": ck.dir.display().to_string(), "checkpoint_step": meta.step,
-            "weights": if a.raw { "raw" } else { "ema" }, "process": meta.process,
-        });
-        writeln!(out, "{line}")?;
+        let r = SampleRecord {
+            steps: Some(Some(opts.steps)),
+            nfe: Some(s.nfe),
+            seconds: Some(s.seconds),
+            sampler: Some(sampler.into()),
+            noise_removal: Some(opts.noise_removal),
+            seed: Some(opts.seed),
+            checkpoint: Some(ck.dir.display().to_string()),
+            checkpoint_step: Some(meta.step),
+            weights: Some(if a.raw { "raw" } else { "ema" }.into()),
+            process: Some(serde_name(&meta.process)),
+            ..SampleRecord::new(s.index, tok.decode(&s.ids)?, Some(s.ids.clone()))
+        };
+        out.write_all(r.to_line()?.as_bytes())?;
     }
     out.flush()?;
     let nfe: f64 = samples.iter().map(|s| s.nfe as f64).sum::<f64>() / samples.len().max(1) as f64;
@@ -430,7 +437,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     out["source"] = json!(a.samples.display().to_string());
-    out["sample_info"] = protocol::sample_info(&a.samples)?;
+    out["sample_info"] = protocol::sample_info(&samples)?;
     out["eval_seconds"] = json!(t0.elapsed().as_secs_f64());
     let text = serde_json::to_string_pretty(&out)?;
     match &a.out {
@@ -454,13 +461,16 @@ fn heldout(
     } else {
         "held-out text"
     };
-    let mut text = String::new();
-    for (i, r) in recs.iter().enumerate() {
-        let line = json!({"index": i, "text": r.text, "ids": r.ids, "method": method,
-                          "source": data.display().to_string(), "shuffle_seed": shuffle});
-        text.push_str(&format!("{line}\n"));
-    }
-    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    let recs: Vec<SampleRecord> = recs
+        .into_iter()
+        .map(|r| SampleRecord {
+            method: Some(method.into()),
+            source: Some(data.display().to_string()),
+            shuffle_seed: Some(shuffle),
+            ..r
+        })
+        .collect();
+    write_jsonl(out, &recs)?;
     eprintln!("{} texts ({method}) -> {}", recs.len(), out.display());
     Ok(())
 }

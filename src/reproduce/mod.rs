@@ -18,10 +18,11 @@ use crate::config::RunConfig;
 use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
 use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
 use crate::eval::heldout::heldout_records;
-use crate::eval::protocol::{MauveEval, References, SampleRecord, evaluate_with, read_references};
+use crate::eval::protocol::{MauveEval, References, evaluate_with, read_references};
 use crate::process::{NoiseRemoval, ProcessKind};
 use crate::run::process_for;
 use crate::run::{TrainRunOptions, run_training};
+use crate::sample::record::{SampleRecord, write_jsonl};
 use crate::sample::{Sample, SamplerOptions, sample};
 use crate::{Error, Result};
 
@@ -610,11 +611,13 @@ impl EvalContext<'_> {
     fn records(&self, samples: &[Sample]) -> Result<Vec<SampleRecord>> {
         samples
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 Ok(SampleRecord {
-                    text: self.data.tokenizer.decode(&s.ids)?,
-                    ids: Some(s.ids.clone()),
+                    nfe: Some(s.nfe),
+                    seconds: Some(s.seconds),
                     seed: Some(self.seed),
+                    ..SampleRecord::new(i, self.data.tokenizer.decode(&s.ids)?, Some(s.ids.clone()))
                 })
             })
             .collect()
@@ -631,23 +634,22 @@ impl EvalContext<'_> {
     ) -> Result<(Row, Value)> {
         let method = spec.method;
         let k = spec.steps;
-        let mut lines = String::new();
-        for (i, r) in recs.iter().enumerate() {
-            let mut line = json!({"index": i, "ids": r.ids, "text": r.text, "steps": k,
-                                  "method": method, "process": spec.process});
-            if let Some(s) = generated.and_then(|g| g.get(i)) {
-                line["nfe"] = json!(s.nfe);
-                line["seconds"] = json!(s.seconds);
-                line["seed"] = json!(self.seed);
-            }
-            lines.push_str(&format!("{line}\n"));
-        }
+        // Every row's file has the steps, method and process keys (steps null for held-out text).
+        let lines: Vec<SampleRecord> = recs
+            .iter()
+            .map(|r| SampleRecord {
+                steps: Some(k),
+                method: Some(method.to_string()),
+                process: Some(spec.process.to_string()),
+                ..r.clone()
+            })
+            .collect();
         let name = match k {
             Some(k) => format!("{method}-{k}{}", spec.tag),
             None => method.replace(' ', "-"),
         };
         let sp = self.sample_dir.join(format!("{name}.jsonl"));
-        fs::write(&sp, lines).map_err(|e| Error::io("writing", &sp, e))?;
+        write_jsonl(&sp, &lines)?;
         (self.log)(&format!("evaluating {name}"));
         let metrics: Vec<String> = ["genppl", "entropy", "mauve"]
             .iter()

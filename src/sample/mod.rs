@@ -2,6 +2,7 @@
 //! f64 categorical draw (algorithms.md §1, §2.3), with continuous batching across requests.
 
 mod engine;
+pub mod record;
 mod sequence;
 
 use candle_core::{Device, Tensor};
