@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::choices::{SamplerArg, name_of};
 use super::{NllArgs, SampleArgs};
 use idlm::ar::{ArSamplerOptions, ar_nll, lm_from_checkpoint, sample_ar};
 use idlm::checkpoint::Checkpoint;
@@ -24,10 +25,12 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
     if a.noise_removal.is_some() {
         bail!("{dir} holds an AR model: --noise-removal applies to diffusion checkpoints");
     }
-    if !matches!(a.sampler.as_str(), "ancestral-cache" | "kv-cache") {
+    if let Some(s) = a.sampler
+        && s != SamplerArg::KvCache
+    {
         bail!(
             "{dir} holds an AR model: sampler '{}' is a diffusion sampler (use kv-cache)",
-            a.sampler
+            name_of(s)
         );
     }
     let meta = &ck.meta;

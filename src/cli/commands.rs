@@ -8,13 +8,14 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::choices::{SamplerArg, name_of};
 use super::{
     BenchArgs, Cli, Command, DataCmd, EvalArgs, NllArgs, PrepareArgs, SampleArgs, TrainArgs,
 };
 use idlm::checkpoint;
 use idlm::config::RunConfig;
 use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
-use idlm::process::{Masked, NoiseRemoval, ProcessKind};
+use idlm::process::{Masked, ProcessKind};
 use idlm::run::{TrainRunOptions, check_data_matches, data_info, make_process, run_training};
 use idlm::sample::record::{SampleRecord, serde_name, write_jsonl};
 use idlm::sample::{SamplerOptions, sample};
@@ -102,8 +103,8 @@ fn prepare(a: PrepareArgs) -> Result<()> {
 
 fn train(a: TrainArgs) -> Result<()> {
     let mut sets = a.set.clone();
-    if let Some(p) = &a.process {
-        sets.push(format!("train.process={p}"));
+    if let Some(p) = a.process {
+        sets.push(format!("train.process={}", name_of(p)));
     }
     if let Some(n) = a.max_steps {
         sets.push(format!("train.max_steps={n}"));
@@ -169,13 +170,17 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     if let Some(s) = a.seed {
         opts.seed = s;
     }
-    if let Some(n) = &a.noise_removal {
-        opts.noise_removal = n.parse::<NoiseRemoval>()?;
+    if let Some(n) = a.noise_removal {
+        opts.noise_removal = n.into();
     }
-    opts.cache = match a.sampler.as_str() {
-        "ancestral-cache" | "ancestral_cache" => true,
-        "ancestral" => false,
-        s => bail!("unknown sampler '{s}': use ancestral-cache or ancestral"),
+    opts.cache = match a.sampler.unwrap_or(SamplerArg::AncestralCache) {
+        SamplerArg::AncestralCache => true,
+        SamplerArg::Ancestral => false,
+        SamplerArg::KvCache => bail!(
+            "{} holds a diffusion model: kv-cache is the AR sampler (use ancestral-cache or \
+             ancestral)",
+            ck.dir.display()
+        ),
     };
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
@@ -375,7 +380,8 @@ fn bench(a: BenchArgs) -> Result<()> {
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     use idlm::eval::protocol;
-    let metrics = protocol::parse_metrics(&a.metrics)?;
+    let names: Vec<String> = a.metrics.iter().map(|m| name_of(*m)).collect();
+    let metrics = protocol::parse_metrics(&names.join(","))?;
     let samples = protocol::read_samples(&a.samples)?;
     let cache = data::cache_dir();
     let model = idlm::eval::smollm2_path(&cache);
