@@ -84,8 +84,9 @@ pub fn command_line() -> String {
 /// `idlm reproduce`
 #[derive(clap::Args, Debug)]
 pub struct ReproduceArgs {
-    /// Preset: mini (MDLM, §7.1) or mini-duo (Duo, §7.2-7.3).
-    #[arg(long, default_value = "mini")]
+    /// Reproduction preset (configs/reproduce/<name>.toml; built into the binary).
+    #[arg(long, default_value = "mini",
+          value_parser = clap::builder::PossibleValuesParser::new(idlm::reproduce::names()))]
     pub preset: String,
     /// Working directory for data, runs and samples (default runs/<preset>).
     #[arg(long)]
@@ -93,8 +94,8 @@ pub struct ReproduceArgs {
     /// Report directory (default results/<preset>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Preset overrides (repeatable): samples=N, seed=S, teacher_steps=[..], student_steps=[..],
-    /// teacher.train.max_steps=N (the teacher's config), idlm.max_steps=N (a student's).
+    /// Preset overrides (repeatable): a preset key (samples=8, teacher_steps=[8,4]), the
+    /// teacher's config (teacher.train.max_steps=4) or a student's (idlm.max_steps=2).
     #[arg(long = "set")]
     pub set: Vec<String>,
 }
