@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
     };
     let cfg = idlm::bench::bench_config(&o)?;
     let tr = Trainer::new(&cfg, &cfg.model.dit(o.vocab, o.len))?;
-    let r = idlm::bench_idlm::idlm_bench(&o, &tr)?;
+    let r = idlm::bench::idlm::idlm_bench(&o, &tr)?;
     println!(
         "teacher step {:.1} ms, IDLM alternation {:.1} ms ({:.2}x)",
         r.teacher_step_ms, r.idlm_alternation_ms, r.idlm_alternation_per_teacher_step

@@ -3,8 +3,6 @@
 pub mod ar;
 pub mod atomic;
 pub mod bench;
-pub mod bench_idlm;
-pub mod bench_sampler;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -15,13 +13,13 @@ pub mod nn;
 pub mod optim;
 pub mod plot;
 pub mod process;
+pub mod progress;
 pub mod report;
 pub mod reproduce;
 pub mod run;
 pub mod runtime;
 pub mod sample;
 pub mod toy;
-pub mod toy_idlm;
 pub mod train;
 pub mod trainer;
 

@@ -115,11 +115,7 @@ fn mauve_eval_on_validation_rows() {
     let samples: Vec<SampleRecord> = refs
         .texts
         .iter()
-        .map(|t| SampleRecord {
-            text: t.clone(),
-            ids: Some(vec![1, 2, 3]),
-            seed: None,
-        })
+        .map(|t| SampleRecord::new(0, t.clone(), Some(vec![1, 2, 3])))
         .collect();
     let eval = MauveEval {
         model_dir: idlm::eval::minilm_dir(&cache_dir()).unwrap(),

@@ -8,8 +8,8 @@ use idlm::data::PackedTokens;
 use idlm::distill::{DistillConfig, Idlm, TimeCoupling};
 use idlm::nn::Denoiser;
 use idlm::process::{LogLinear, Masked};
+use idlm::toy::idlm::{entropy, k_step_distribution, kl, objective, p_theta, tabulate};
 use idlm::toy::{ExactDenoiser, ToyWorld};
-use idlm::toy_idlm::{entropy, k_step_distribution, kl, objective, p_theta, tabulate};
 use idlm::train::{DiffusionObjective, Trainer};
 
 fn tiny_cfg() -> RunConfig {
@@ -48,7 +48,7 @@ struct Outcome {
     j: f64,
     kl0: f64,
     kl: f64,
-    table: idlm::toy_idlm::Table,
+    table: idlm::toy::idlm::Table,
 }
 
 fn distill(
@@ -150,7 +150,7 @@ fn idlm_from_the_exact_teacher_lowers_the_exact_objective_and_sharpens_few_step_
     assert!(out.j < out.j0 * 2.0 / 3.0, "J {} -> {}", out.j0, out.j);
     assert!(out.kl < out.kl0 * 2.0 / 3.0, "KL {} -> {}", out.kl0, out.kl);
     // (c) Reported, not asserted: the K-step distributions of teacher and student.
-    let teacher = idlm::toy_idlm::teacher_table(&world);
+    let teacher = idlm::toy::idlm::teacher_table(&world);
     println!(
         "K | teacher KL(pK||p*) | student KL(pK||p*) | student KL(p*||pK) | student H | teacher H"
     );

@@ -8,11 +8,13 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::choices::{SamplerArg, name_of};
 use super::{NllArgs, SampleArgs};
 use idlm::ar::{ArSamplerOptions, ar_nll, lm_from_checkpoint, sample_ar};
 use idlm::checkpoint::Checkpoint;
 use idlm::data::{DataDir, TextTokenizer};
 use idlm::run::{check_data_matches, data_info};
+use idlm::sample::record::SampleRecord;
 
 /// Sample an AR checkpoint with the KV-cache sampler; writes the diffusion samples' JSONL shape.
 pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
@@ -23,10 +25,12 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
     if a.noise_removal.is_some() {
         bail!("{dir} holds an AR model: --noise-removal applies to diffusion checkpoints");
     }
-    if !matches!(a.sampler.as_str(), "ancestral-cache" | "kv-cache") {
+    if let Some(s) = a.sampler
+        && s != SamplerArg::KvCache
+    {
         bail!(
             "{dir} holds an AR model: sampler '{}' is a diffusion sampler (use kv-cache)",
-            a.sampler
+            name_of(s)
         );
     }
     let meta = &ck.meta;
@@ -65,15 +69,21 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
     };
     let steps = len.saturating_sub(1);
     for s in &samples {
-        let text = tok.decode(&s.ids)?;
-        let line = json!({
-            "index": s.index, "ids": s.ids, "text": text, "steps": steps, "nfe": s.nfe,
-            "seconds": s.seconds, "sampler": "ar_kv_cache", "temperature": opts.temperature,
-            "top_p": opts.top_p, "seed": opts.seed, "checkpoint": ck.dir.display().to_string(),
-            "checkpoint_step": meta.step, "weights": if a.raw { "raw" } else { "ema" },
-            "process": meta.process,
-        });
-        writeln!(out, "{line}")?;
+        let r = SampleRecord {
+            steps: Some(Some(steps)),
+            nfe: Some(s.nfe),
+            seconds: Some(s.seconds),
+            sampler: Some("ar_kv_cache".into()),
+            temperature: Some(opts.temperature),
+            top_p: Some(opts.top_p),
+            seed: Some(opts.seed),
+            checkpoint: Some(ck.dir.display().to_string()),
+            checkpoint_step: Some(meta.step),
+            weights: Some(if a.raw { "raw" } else { "ema" }.into()),
+            process: Some(meta.process.name().to_string()),
+            ..SampleRecord::new(s.index, tok.decode(&s.ids)?, Some(s.ids.clone()))
+        };
+        out.write_all(r.to_line()?.as_bytes())?;
     }
     out.flush()?;
     let el = t0.elapsed().as_secs_f64();

@@ -8,14 +8,16 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::choices::{SamplerArg, name_of};
 use super::{
     BenchArgs, Cli, Command, DataCmd, EvalArgs, NllArgs, PrepareArgs, SampleArgs, TrainArgs,
 };
 use idlm::checkpoint;
 use idlm::config::RunConfig;
 use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
-use idlm::process::{ModelFamily, NoiseRemoval};
+use idlm::process::ModelFamily;
 use idlm::run::{TrainRunOptions, check_data_matches, data_info, make_process};
+use idlm::sample::record::{SampleRecord, write_jsonl};
 use idlm::sample::{SamplerOptions, sample};
 use idlm::train::{nelbo, run_training};
 
@@ -101,8 +103,8 @@ fn prepare(a: PrepareArgs) -> Result<()> {
 
 fn train(a: TrainArgs) -> Result<()> {
     let mut sets = a.set.clone();
-    if let Some(p) = &a.process {
-        sets.push(format!("train.process={p}"));
+    if let Some(p) = a.process {
+        sets.push(format!("train.process={}", name_of(p)));
     }
     if let Some(n) = a.max_steps {
         sets.push(format!("train.max_steps={n}"));
@@ -168,13 +170,17 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     if let Some(s) = a.seed {
         opts.seed = s;
     }
-    if let Some(n) = &a.noise_removal {
-        opts.noise_removal = n.parse::<NoiseRemoval>()?;
+    if let Some(n) = a.noise_removal {
+        opts.noise_removal = n.into();
     }
-    opts.cache = match a.sampler.as_str() {
-        "ancestral-cache" | "ancestral_cache" => true,
-        "ancestral" => false,
-        s => bail!("unknown sampler '{s}': use ancestral-cache or ancestral"),
+    opts.cache = match a.sampler.unwrap_or(SamplerArg::AncestralCache) {
+        SamplerArg::AncestralCache => true,
+        SamplerArg::Ancestral => false,
+        SamplerArg::KvCache => bail!(
+            "{} holds a diffusion model: kv-cache is the AR sampler (use ancestral-cache or \
+             ancestral)",
+            ck.dir.display()
+        ),
     };
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
@@ -204,14 +210,20 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         "ancestral"
     };
     for s in &samples {
-        let text = tok.decode(&s.ids)?;
-        let line = json!({
-            "index": s.index, "ids": s.ids, "text": text, "steps": opts.steps, "nfe": s.nfe,
-            "seconds": s.seconds, "sampler": sampler, "noise_removal": opts.noise_removal,
-            "seed": opts.seed, "checkpoint": ck.dir.display().to_string(), "checkpoint_step": meta.step,
-            "weights": if a.raw { "raw" } else { "ema" }, "process": meta.process,
-        });
-        writeln!(out, "{line}")?;
+        let r = SampleRecord {
+            steps: Some(Some(opts.steps)),
+            nfe: Some(s.nfe),
+            seconds: Some(s.seconds),
+            sampler: Some(sampler.into()),
+            noise_removal: Some(opts.noise_removal),
+            seed: Some(opts.seed),
+            checkpoint: Some(ck.dir.display().to_string()),
+            checkpoint_step: Some(meta.step),
+            weights: Some(if a.raw { "raw" } else { "ema" }.into()),
+            process: Some(meta.process.name().to_string()),
+            ..SampleRecord::new(s.index, tok.decode(&s.ids)?, Some(s.ids.clone()))
+        };
+        out.write_all(r.to_line()?.as_bytes())?;
     }
     out.flush()?;
     let nfe: f64 = samples.iter().map(|s| s.nfe as f64).sum::<f64>() / samples.len().max(1) as f64;
@@ -275,7 +287,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         iters: a.iters,
     };
     if a.ar_only {
-        let tps = idlm::bench_sampler::ar_kv_tokens_per_s(&o, o.batch, o.batch)?;
+        let tps = idlm::bench::sampler::ar_kv_tokens_per_s(&o, o.batch, o.batch)?;
         let threads = rayon::current_num_threads();
         println!("threads {threads} | AR KV-cache decoding {tps:.0} tokens/s");
         if let Some(p) = a.json {
@@ -353,7 +365,8 @@ fn bench(a: BenchArgs) -> Result<()> {
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     use idlm::eval::protocol;
-    let metrics = protocol::parse_metrics(&a.metrics)?;
+    let names: Vec<String> = a.metrics.iter().map(|m| name_of(*m)).collect();
+    let metrics = protocol::parse_metrics(&names.join(","))?;
     let samples = protocol::read_samples(&a.samples)?;
     let cache = data::cache_dir();
     let model = idlm::eval::smollm2_path(&cache);
@@ -415,7 +428,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     out["source"] = json!(a.samples.display().to_string());
-    out["sample_info"] = protocol::sample_info(&a.samples)?;
+    out["sample_info"] = protocol::sample_info(&samples)?;
     out["eval_seconds"] = json!(t0.elapsed().as_secs_f64());
     let text = serde_json::to_string_pretty(&out)?;
     match &a.out {
@@ -439,13 +452,16 @@ fn heldout(
     } else {
         "held-out text"
     };
-    let mut text = String::new();
-    for (i, r) in recs.iter().enumerate() {
-        let line = json!({"index": i, "text": r.text, "ids": r.ids, "method": method,
-                          "source": data.display().to_string(), "shuffle_seed": shuffle});
-        text.push_str(&format!("{line}\n"));
-    }
-    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    let recs: Vec<SampleRecord> = recs
+        .into_iter()
+        .map(|r| SampleRecord {
+            method: Some(method.into()),
+            source: Some(data.display().to_string()),
+            shuffle_seed: Some(shuffle),
+            ..r
+        })
+        .collect();
+    write_jsonl(out, &recs)?;
     eprintln!("{} texts ({method}) -> {}", recs.len(), out.display());
     Ok(())
 }

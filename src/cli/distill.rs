@@ -15,7 +15,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
     if let Some(m) = a.max_minutes {
         sets.push(format!("max_minutes={m}"));
     }
-    let method: Option<Method> = a.method.as_deref().map(str::parse).transpose()?;
+    let method: Option<Method> = a.method.map(Method::from);
     let base = if a.resume {
         let saved = a.out.join("distill.toml");
         let text = std::fs::read_to_string(&saved)
@@ -83,7 +83,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 /// Run `idlm reproduce`.
 pub fn reproduce(a: ReproduceArgs) -> Result<()> {
     use idlm::reproduce::{ReproduceOptions, preset, report_files};
-    let p = preset(&a.preset)?;
+    let p = preset(&a.preset)?.with_overrides(&a.set)?;
     let work = a
         .work
         .unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}", p.name)));

@@ -1,12 +1,15 @@
 //! The `idlm` command line: parse, load config, call the library. No math here.
 
 mod ar;
+mod choices;
 mod commands;
 mod distill;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use choices::{MethodArg, MetricArg, NoiseRemovalArg, ProcessArg, SamplerArg};
 
 pub use commands::dispatch;
 
@@ -49,9 +52,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Plot a run's loss curve (training loss and validation NELBO) to PNG.
     PlotMetrics(PlotMetricsArgs),
-    /// Distil a teacher into a few-step student (IDLM; the SDTT baseline).
+    /// Distil a teacher into a few-step student (IDLM; the SDTT and DCD baselines).
     Distill(DistillArgs),
-    /// The paper's main table in miniature: data, teacher, IDLM, SDTT, samples, eval, report.
+    /// The paper's tables in miniature: data, teacher, students, AR baseline, samples, eval, report.
     Reproduce(ReproduceArgs),
     /// Render a markdown table and PNG plots from `idlm eval` JSON files.
     Report(ReportArgs),
@@ -81,8 +84,9 @@ pub fn command_line() -> String {
 /// `idlm reproduce`
 #[derive(clap::Args, Debug)]
 pub struct ReproduceArgs {
-    /// Preset: mini (MDLM, §7.1) or mini-duo (Duo, §7.2-7.3).
-    #[arg(long, default_value = "mini")]
+    /// Reproduction preset (configs/reproduce/<name>.toml; built into the binary).
+    #[arg(long, default_value = "mini",
+          value_parser = clap::builder::PossibleValuesParser::new(idlm::reproduce::names()))]
     pub preset: String,
     /// Working directory for data, runs and samples (default runs/<preset>).
     #[arg(long)]
@@ -90,17 +94,21 @@ pub struct ReproduceArgs {
     /// Report directory (default results/<preset>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Preset overrides (repeatable): a preset key (samples=8, teacher_steps=[8,4]), the
+    /// teacher's config (teacher.train.max_steps=4) or a student's (idlm.max_steps=2).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
 }
 
 /// `idlm distill`
 #[derive(clap::Args, Debug)]
 pub struct DistillArgs {
-    /// Teacher checkpoint or run directory (MDLM).
+    /// Teacher checkpoint or run directory (MDLM, or Duo for DCD and IDLM-Duo).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
-    /// idlm (default) or sdtt.
-    #[arg(long)]
-    pub method: Option<String>,
+    /// Distillation method (default: the config's, idlm).
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
     /// Prepared data directory (default: the teacher's).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -135,9 +143,10 @@ pub struct DistillArgs {
 pub struct EvalArgs {
     /// Samples JSONL (idlm samples, or any JSONL with a `text` field).
     pub samples: PathBuf,
-    /// Comma-separated metrics: genppl, entropy, mauve (mauve needs --reference).
-    #[arg(long, default_value = "genppl,entropy")]
-    pub metrics: String,
+    /// Metrics, comma-separated (default genppl,entropy; mauve needs --reference).
+    #[arg(long, value_enum, value_delimiter = ',', hide_default_value = true,
+          default_values_t = [MetricArg::Genppl, MetricArg::Entropy])]
+    pub metrics: Vec<MetricArg>,
     /// MAUVE reference texts, as many as samples: a prepared data folder (its validation rows,
     /// evenly spaced) or a JSONL with a `text` field (its first lines).
     #[arg(long)]
@@ -268,7 +277,7 @@ pub struct TrainArgs {
     /// Prepared data directory.
     #[arg(long)]
     pub data: PathBuf,
-    /// Preset (tiny, small, base) or a TOML config file.
+    /// Preset (tiny, small, base, mini, mini-duo) or a TOML config file.
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Run directory.
@@ -277,9 +286,9 @@ pub struct TrainArgs {
     /// Config overrides, e.g. --set train.lr=3e-4 (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
-    /// Shorthand for --set train.process=P: mdlm, duo, or ar for the autoregressive baseline.
-    #[arg(long)]
-    pub process: Option<String>,
+    /// Shorthand for --set train.process=P.
+    #[arg(long, value_enum)]
+    pub process: Option<ProcessArg>,
     /// Shorthand for --set train.max_steps=N.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -315,12 +324,12 @@ pub struct SampleArgs {
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// ancestral or greedy.
-    #[arg(long)]
-    pub noise_removal: Option<String>,
-    /// Sampler: ancestral-cache (skips calls a step cannot use) or ancestral (a call per step).
-    #[arg(long, default_value = "ancestral-cache")]
-    pub sampler: String,
+    /// Final noise removal of a diffusion sampler (default: the checkpoint's).
+    #[arg(long, value_enum)]
+    pub noise_removal: Option<NoiseRemovalArg>,
+    /// Sampler (default: ancestral-cache for diffusion checkpoints, kv-cache for AR).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
     /// Use the raw weights instead of the EMA.
     #[arg(long)]
     pub raw: bool,

@@ -25,7 +25,7 @@ use candle_core::Tensor;
 use super::gguf_tokenizer::GgufTokenizer;
 use super::llama::{QLlama, WeightMode, in_file, target_log_probs};
 use crate::error::{Error, Result};
-use crate::sample::Progress;
+use crate::progress::Progress;
 
 /// The protocol's eval context in tokens (the reference's gpt2-large context).
 pub const DEFAULT_CONTEXT: usize = 1024;

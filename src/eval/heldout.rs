@@ -8,8 +8,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::protocol::SampleRecord;
 use crate::data::DataDir;
+use crate::sample::record::SampleRecord;
 use crate::{Error, Result};
 
 /// `n` validation rows of a prepared data folder, rows `floor((2i + 1) N / 2n)` of its N (the
@@ -37,19 +37,11 @@ pub fn heldout_records(
             let ids = data.valid.row((2 * i + 1) * rows / (2 * n))?;
             let text = data.tokenizer.decode(&ids)?;
             Ok(match rng.as_mut() {
-                None => SampleRecord {
-                    text,
-                    ids: Some(ids),
-                    seed: None,
-                },
+                None => SampleRecord::new(i, text, Some(ids)),
                 Some(r) => {
                     let mut words: Vec<&str> = text.split_whitespace().collect();
                     words.shuffle(r);
-                    SampleRecord {
-                        text: words.join(" "),
-                        ids: None,
-                        seed: None,
-                    }
+                    SampleRecord::new(i, words.join(" "), None)
                 }
             })
         })

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use super::cluster::{kmeans, l2_normalise_rows, pca_project};
 use super::minilm::MiniLm;
 use crate::error::{Error, Result};
-use crate::sample::Progress;
+use crate::progress::Progress;
 
 /// The MAUVE parameters (defaults: the reference `compute_mauve`'s).
 #[derive(Debug, Clone, PartialEq)]

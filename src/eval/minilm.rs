@@ -12,7 +12,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::models::{FETCH_COMMAND, MINILM, minilm_dir, verify_model_dir};
 use crate::error::{Error, Result};
-use crate::sample::Progress;
+use crate::progress::Progress;
 
 /// Longest input in tokens, special tokens included.
 pub const MAX_TOKENS: usize = 256;

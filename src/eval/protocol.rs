@@ -11,7 +11,9 @@ use super::mauve::{MauveOptions, mauve_of_texts};
 use super::minilm::{MAX_TOKENS, MODEL_NAME, MiniLm};
 use super::models::{MINILM, SMOLLM2};
 use crate::data::DataDir;
-use crate::sample::Progress;
+use crate::progress::Progress;
+pub use crate::sample::record::SampleRecord;
+use crate::sample::record::read_jsonl;
 use crate::{Error, Result};
 
 /// The protocol name written into every result.
@@ -86,58 +88,15 @@ pub struct MauveEval<'a> {
     pub progress: Option<Progress<'a>>,
 }
 
-/// One sample read from a JSONL file.
-#[derive(Debug, Clone)]
-pub struct SampleRecord {
-    /// Decoded text.
-    pub text: String,
-    /// The generator's own token ids, when the file has them (idlm samples).
-    pub ids: Option<Vec<u32>>,
-    /// Sampler seed recorded with the sample, if any.
-    pub seed: Option<u64>,
-}
-
-/// Read a samples file: one JSON object per line with a `text` string and optional `ids`.
+/// Read a samples file (`idlm sample`, `idlm data heldout`, or any JSONL with a `text` string).
 pub fn read_samples(path: &Path) -> Result<Vec<SampleRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |m: &str| Error::Data(format!("{} line {}: {m}", path.display(), i + 1));
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(&format!("not JSON: {e}")))?;
-        let text = v
-            .get("text")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| bad("no \"text\" string"))?
-            .to_string();
-        let ids = match v.get("ids") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(a)) => Some(
-                a.iter()
-                    .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
-                    .collect::<Option<Vec<u32>>>()
-                    .ok_or_else(|| bad("\"ids\" must be non-negative integers"))?,
-            ),
-            Some(_) => return Err(bad("\"ids\" must be an array")),
-        };
-        out.push(SampleRecord {
-            text,
-            ids,
-            seed: v.get("seed").and_then(|s| s.as_u64()),
-        });
-    }
-    if out.is_empty() {
-        return Err(Error::Data(format!("{} has no samples", path.display())));
-    }
-    Ok(out)
+    read_jsonl(path)
 }
 
-/// What a samples file says about how it was made: the keys every line agrees on (method,
+/// What a samples file says about how it was made: the keys every record agrees on (method,
 /// process, steps, sampler, noise removal, checkpoint, ...) and the mean NFE and seconds per
-/// sample, for reports. Lines that are not JSON objects were already rejected by [`read_samples`].
-pub fn sample_info(path: &Path) -> Result<Value> {
+/// sample, for reports.
+pub fn sample_info(records: &[SampleRecord]) -> Result<Value> {
     const SHARED: &[&str] = &[
         "method",
         "process",
@@ -150,12 +109,12 @@ pub fn sample_info(path: &Path) -> Result<Value> {
         "temperature",
         "top_p",
     ];
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-    let lines: Vec<Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    // The records as written, so the keys are those of the file.
+    let lines: Vec<Value> = records
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Data(format!("cannot serialise a sample record: {e}")))?;
     let mut info = serde_json::Map::new();
     if let Some(first) = lines.first() {
         for &k in SHARED {
@@ -365,11 +324,13 @@ mod tests {
                 text: "x".into(),
                 ids: Some(vec![1, 1, 2, 2]),
                 seed: Some(3),
+                ..Default::default()
             },
             SampleRecord {
                 text: "y".into(),
                 ids: Some(vec![5, 5, 5, 5]),
                 seed: Some(3),
+                ..Default::default()
             },
         ];
         let v = evaluate(&s, &["entropy".to_string()], None, 1, None).unwrap();

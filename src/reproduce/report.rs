@@ -4,10 +4,25 @@
 use std::fs;
 use std::path::Path;
 
+use serde::Serialize;
 use serde_json::json;
 
-use super::{Preset, Row, Stage};
+use super::preset::Preset;
+use crate::report::ResultRow as Row;
 use crate::{Error, Result};
+
+/// One stage of the pipeline, as the report lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    /// What it did.
+    pub name: String,
+    /// The equivalent stand-alone command.
+    pub command: String,
+    /// Wall-clock seconds (0 when reused).
+    pub seconds: f64,
+    /// Whether an existing result was reused.
+    pub reused: bool,
+}
 
 /// Everything a report is made from.
 pub struct Report<'a> {

@@ -2,12 +2,14 @@
 //! f64 categorical draw (algorithms.md §1, §2.3), with continuous batching across requests.
 
 mod engine;
+pub mod record;
 mod sequence;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::process::{ForwardProcess, NoiseRemoval};
+pub use crate::progress::Progress;
 pub use engine::{Request, sample_requests};
 
 pub use crate::nn::Denoiser;
@@ -55,9 +57,6 @@ pub struct Sample {
     /// equally by the sequences in the call, so the seconds of all samples add up to the wall time.
     pub seconds: f64,
 }
-
-/// Progress callback: (sequences finished, total).
-pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// Draw `n` sequences of length `len` with `den` under `process`, `opts.batch_size` at a time.
 pub fn sample(

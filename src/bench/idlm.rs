@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::bench::BenchOptions;
+use crate::bench::options::BenchOptions;
 use crate::data::{PackedHeader, PackedTokens, PackedWriter};
 use crate::distill::{DistillConfig, Idlm};
 use crate::nn::Denoiser;

@@ -15,44 +15,11 @@ use crate::nn::ops::head_nll::NllRows;
 use crate::process::Masked;
 use crate::train::{Trainer, batch_loss};
 
-/// Sizes and repetitions of a benchmark run.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchOptions {
-    /// Vocabulary (the last id is MASK).
-    pub vocab: usize,
-    /// Width.
-    pub hidden: usize,
-    /// Blocks.
-    pub blocks: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Time-conditioning width.
-    pub cond_dim: usize,
-    /// Sequence length.
-    pub len: usize,
-    /// Batch size.
-    pub batch: usize,
-    /// Untimed iterations first.
-    pub warmup: usize,
-    /// Timed iterations (the median is reported).
-    pub iters: usize,
-}
+pub mod idlm;
+pub mod options;
+pub mod sampler;
 
-impl Default for BenchOptions {
-    fn default() -> Self {
-        Self {
-            vocab: 8192,
-            hidden: 256,
-            blocks: 4,
-            heads: 4,
-            cond_dim: 128,
-            len: 128,
-            batch: 32,
-            warmup: 1,
-            iters: 5,
-        }
-    }
-}
+pub use options::BenchOptions;
 
 /// Median times of each phase.
 #[derive(Debug, Clone, Serialize)]
@@ -101,9 +68,9 @@ pub struct BenchReport {
     /// Tokens per second of AR KV-cache decoding (causal LM of the same width and depth).
     pub ar_kv_tokens_per_s: f64,
     /// The sampler at 4 / 16 / 1024 steps and batch 1 against AR decoding.
-    pub sampler: crate::bench_sampler::SamplerBench,
+    pub sampler: sampler::SamplerBench,
     /// One IDLM alternation against one teacher step: time and peak memory.
-    pub idlm: crate::bench_idlm::IdlmBench,
+    pub idlm: idlm::IdlmBench,
 }
 
 /// The machine's f32 GEMM rate (2048^3, all threads), measured next to each timed iteration: this
@@ -298,7 +265,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
-    let idlm = crate::bench_idlm::idlm_bench(o, &tr)?;
+    let idlm = idlm::idlm_bench(o, &tr)?;
     let model = tr.ema_model()?;
     let (inp, _, ts) = make_batch(&mut rng, o);
     let x = Tensor::from_slice(&inp, (b, l), &dev)?;
@@ -319,7 +286,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
     let mut untimed = tr.arch.clone();
     untimed.time_conditioning = false;
     let cached = checkpoint::dit_from_tensors(&tr.ema_weights(), &untimed, Path::new("EMA"))?;
-    let sampler = crate::bench_sampler::sampler_bench(&model, &cached, o)?;
+    let sampler = sampler::sampler_bench(&model, &cached, o)?;
 
     let fwd_gflop = forward_gflop(o);
     let peaks = [full_peak.as_slice(), fwd_peak.as_slice()].concat();

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::Result;
-use crate::bench::BenchOptions;
+use crate::bench::options::BenchOptions;
 use crate::nn::Dit;
 use crate::process::{Masked, NoiseRemoval};
 use crate::sample::{SamplerOptions, sample};

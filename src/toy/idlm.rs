@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use crate::process::LogLinear;
 use crate::process::schedule::{SAMPLING_EPS, T_FINAL, sampling_grid};
 use crate::sample::Denoiser;
-use crate::toy::{ToyWorld, gauss_legendre};
+use crate::toy::world::{ToyWorld, gauss_legendre};
 use crate::{Error, Result};
 
 /// A denoiser tabulated on every noisy state: `table[s]` is l x v (row-major) for the state
