@@ -46,7 +46,7 @@ res = {
     "command": "python3 bench/compare.py %d %s" % (rounds, threads),
     "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     "threads": int(threads),
-    "model": "vocab 8192, d 256, 4 layers, 4 heads, T 128, B 32 (design.md section 3)",
+    "model": "vocab 8192, d 256, 4 layers, 4 heads, T 128, B 32 (docs/design.md section 3)",
     "idlm_train_step_ms": med([x["train_step_ms"] for x in runs["idlm"]]),
     "idlm_mdlm_train_step_ms": med([x["mdlm_train_step_ms"] for x in runs["idlm"]]),
     "idlm_forward_ms": med([x["forward_ms"] for x in runs["idlm"]]),

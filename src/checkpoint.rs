@@ -1,5 +1,5 @@
 //! Checkpoints: a directory of safetensors + meta.json, written to a temp dir and renamed, so a
-//! crash never leaves a torn checkpoint (design.md §5).
+//! crash never leaves a torn checkpoint (docs/design.md §5).
 
 use std::collections::HashMap;
 use std::fs;

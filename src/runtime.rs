@@ -1,4 +1,4 @@
-//! Process-wide settings: the allocator fix, the thread count and the device (design.md §3).
+//! Process-wide settings: the allocator fix, the thread count and the device (docs/design.md §3).
 
 use std::sync::OnceLock;
 
@@ -56,7 +56,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 }
 
 /// Stop glibc from returning large buffers to the OS on every free: tensor buffers are
-/// reallocated every step, and mmap/munmap of each one costs more than the math (design.md §3).
+/// reallocated every step, and mmap/munmap of each one costs more than the math (docs/design.md §3).
 pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning parameters; called before any threads start.

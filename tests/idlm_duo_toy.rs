@@ -1,4 +1,4 @@
-//! IDLM-Duo in the exact toy world (toy-world.md's p*, with the MASK id as a third uniform state):
+//! IDLM-Duo in the exact toy world (docs/toy-world.md's p*, with the MASK id as a third uniform state):
 //! a tiny Duo teacher trained through the Gaussian curriculum, distilled with IDLM-Duo. The exact
 //! objective over the Gaussian window, J = L(f*, p_theta) - min_f L(f, p_theta) with f* the exact
 //! denoiser of p* and the minimiser the exact denoiser of p_theta (both the leave-one-out

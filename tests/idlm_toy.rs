@@ -1,4 +1,4 @@
-//! IDLM in the exact toy world of toy-world.md: a tiny DiT student distilled from the exact
+//! IDLM in the exact toy world of docs/toy-world.md: a tiny DiT student distilled from the exact
 //! teacher, with p_theta, the objective J and the K-step sampler distributions computed exactly.
 
 mod common;
@@ -145,7 +145,7 @@ fn idlm_from_the_exact_teacher_lowers_the_exact_objective_and_sharpens_few_step_
         "independent: J {:.5} -> {:.5}, KL(p_theta||p*) {:.5} -> {:.5}",
         out.j0, out.j, out.kl0, out.kl
     );
-    // toy-world.md: J = 0.0745 at the exact teacher, 0.0442 at the optimum (a 41% reduction).
+    // docs/toy-world.md: J = 0.0745 at the exact teacher, 0.0442 at the optimum (a 41% reduction).
     assert!((out.j0 - 0.0745).abs() < 0.01, "J at init {}", out.j0);
     assert!(out.j < out.j0 * 2.0 / 3.0, "J {} -> {}", out.j0, out.j);
     assert!(out.kl < out.kl0 * 2.0 / 3.0, "KL {} -> {}", out.kl0, out.kl);

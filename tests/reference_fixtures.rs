@@ -79,7 +79,7 @@ fn dit_logits_match_reference_on_soft_input() {
 
 #[test]
 fn param_count_formula_matches_the_public_small_model() {
-    // 169,627,218 trainable parameters for V = 50258 (algorithms.md §2.4).
+    // 169,627,218 trainable parameters for V = 50258 (docs/algorithms.md §2.4).
     let cfg = DitConfig {
         vocab_size: 50258,
         hidden_size: 768,

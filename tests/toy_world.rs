@@ -1,4 +1,4 @@
-//! The exact toy world (design.md §7): the MDLM loss, a trained tiny DiT and the ancestral sampler
+//! The exact toy world (docs/design.md §7): the MDLM loss, a trained tiny DiT and the ancestral sampler
 //! against quantities computed by enumeration.
 
 use candle_core::{Device, Tensor};

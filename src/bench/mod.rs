@@ -1,4 +1,4 @@
-//! `idlm bench`: the training step and forward of the benchmark DiT (design.md §3), on the same
+//! `idlm bench`: the training step and forward of the benchmark DiT (docs/design.md §3), on the same
 //! synthetic batches as `../shared/bench/torch_dit_bench.py`, so the two can be compared.
 
 use std::path::Path;

@@ -181,7 +181,7 @@ pub struct PlotMetricsArgs {
     pub smooth: usize,
 }
 
-/// `idlm bench` (defaults: the benchmark DiT of design.md §3).
+/// `idlm bench` (defaults: the benchmark DiT of docs/design.md §3).
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Vocabulary.

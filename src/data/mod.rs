@@ -4,7 +4,9 @@ pub mod corpus;
 pub mod datadir;
 pub mod fetch;
 pub mod packed;
+pub mod packed_writer;
 pub mod prepare;
+pub mod registry;
 pub mod split;
 pub mod tokenizer;
 

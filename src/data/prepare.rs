@@ -1,5 +1,5 @@
 //! `idlm prepare`: documents -> tokenizer -> packed train/validation rows `[BOS] chunk [EOS]`
-//! (algorithms.md §2.5), written atomically into a data folder.
+//! (docs/algorithms.md §2.5), written atomically into a data folder.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

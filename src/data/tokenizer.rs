@@ -13,7 +13,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use super::corpus::Document;
 use crate::error::{Error, Result};
 
-/// The end-of-text token; it doubles as BOS and EOS (algorithms.md §1, §2.5).
+/// The end-of-text token; it doubles as BOS and EOS (docs/algorithms.md §1, §2.5).
 pub const EOT: &str = "<|endoftext|>";
 /// How the mask id is rendered by [`TextTokenizer::decode`].
 pub const MASK_TEXT: &str = "[MASK]";

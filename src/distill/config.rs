@@ -9,11 +9,11 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Inverse distillation (algorithms.md §4).
+    /// Inverse distillation (docs/algorithms.md §4).
     Idlm,
-    /// Self-distillation through time (algorithms.md §5.2), for masked teachers.
+    /// Self-distillation through time (docs/algorithms.md §5.2), for masked teachers.
     Sdtt,
-    /// Discrete consistency distillation (algorithms.md §3.7), for uniform (Duo) teachers.
+    /// Discrete consistency distillation (docs/algorithms.md §3.7), for uniform (Duo) teachers.
     Dcd,
 }
 

@@ -1,4 +1,4 @@
-//! DCD, Duo's discrete consistency distillation (algorithms.md §3.7): on one deterministic Gaussian
+//! DCD, Duo's discrete consistency distillation (docs/algorithms.md §3.7): on one deterministic Gaussian
 //! trajectory (a shared xi), the student at the hard state of time t learns the frozen teacher's
 //! prediction at the state of time s = t - dt, by KL(student || teacher); every round dt doubles
 //! and the teacher becomes the student's raw weights.

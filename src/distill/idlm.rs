@@ -1,4 +1,4 @@
-//! IDLM, as coded in the reference (algorithms.md §4): a frozen teacher f*, a fake f refitted on
+//! IDLM, as coded in the reference (docs/algorithms.md §4): a frozen teacher f*, a fake f refitted on
 //! the student's samples, and the student G; one fake update then one student update, the student
 //! loss L(f*, G) - L(f, G). One step serves every process: what is process-specific (the student's
 //! input, the re-noising of G, the losses) is its [`Relaxation`].

@@ -1,4 +1,4 @@
-//! Distillation of a diffusion teacher into a few-step student (algorithms.md §4, §5.2): IDLM
+//! Distillation of a diffusion teacher into a few-step student (docs/algorithms.md §4, §5.2): IDLM
 //! (three networks, one fake update then one student update), the SDTT baseline (masked teachers)
 //! and DCD (Duo teachers).
 

@@ -1,4 +1,4 @@
-//! SDTT, self-distillation through time (algorithms.md §5.2): the student learns in one step what
+//! SDTT, self-distillation through time (docs/algorithms.md §5.2): the student learns in one step what
 //! the teacher does in `sdtt_teacher_steps` ancestral steps of size dt, by KL(student || teacher)
 //! at the masked positions; every round the step size doubles and the teacher becomes the student.
 

@@ -1,4 +1,4 @@
-//! PCA and k-means for MAUVE (algorithms.md §6.3): PCA as sklearn's full PCA (thin SVD of the
+//! PCA and k-means for MAUVE (docs/algorithms.md §6.3): PCA as sklearn's full PCA (thin SVD of the
 //! centred data, by faer), k-means as k-means++ seeding and Lloyd iterations, best of several runs.
 
 use faer::Mat;

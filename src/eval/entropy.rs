@@ -1,4 +1,4 @@
-//! Unigram entropy of token sequences (algorithms.md §6.2): per sample, the entropy in nats of the
+//! Unigram entropy of token sequences (docs/algorithms.md §6.2): per sample, the entropy in nats of the
 //! sample's own token-frequency distribution, `H = -Σ p ln p`; reported as the mean over samples,
 //! plus the pooled entropy of all samples' tokens together.
 

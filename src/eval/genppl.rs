@@ -1,4 +1,4 @@
-//! Generative perplexity (algorithms.md §6.1, design.md §6) under the SmolLM2 eval model.
+//! Generative perplexity (docs/algorithms.md §6.1, docs/design.md §6) under the SmolLM2 eval model.
 //!
 //! Texts are retokenised with the eval tokenizer (no BOS added); every token after the first is
 //! scored with `nll_i = -ln p(token_i | tokens_<i)`; the weights are the §6.1 mask, non-EOS tokens

@@ -1,4 +1,4 @@
-//! MAUVE (algorithms.md §6.3) from two feature matrices: p = human/reference, q = model samples.
+//! MAUVE (docs/algorithms.md §6.3) from two feature matrices: p = human/reference, q = model samples.
 //!
 //! Stack `[q; p]`, L2-normalise rows, PCA (thin SVD of the centred data, as sklearn's full PCA)
 //! keeping the first k+1 components where k is the first index whose cumulative explained-variance

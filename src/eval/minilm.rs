@@ -1,4 +1,4 @@
-//! all-MiniLM-L6-v2 sentence features for MAUVE (design.md §4): the model's WordPiece
+//! all-MiniLM-L6-v2 sentence features for MAUVE (docs/design.md §4): the model's WordPiece
 //! `tokenizer.json`, candle-transformers' BERT, mean pooling over the attention mask, L2
 //! normalisation; at most 256 tokens ([CLS] and [SEP] included, as sentence-transformers'
 //! `max_seq_length`). Texts are batched longest first so each batch pads little.

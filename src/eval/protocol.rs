@@ -1,4 +1,4 @@
-//! Evaluation protocol idlm-eval-v1 (design.md §6): read a samples JSONL, compute the chosen
+//! Evaluation protocol idlm-eval-v1 (docs/design.md §6): read a samples JSONL, compute the chosen
 //! metrics, and write one JSON that records the protocol, its parameters and the eval models.
 
 use std::path::{Path, PathBuf};

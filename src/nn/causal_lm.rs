@@ -1,6 +1,6 @@
 //! The autoregressive baseline: a GPT-style pre-LN causal transformer with rotary attention, built
 //! from the DiT's parts at the DiT's width and depth but without adaLN or the time embedding (MDLM's
-//! `causal_attention=True` variant, algorithms.md §2.4 step 7). Weights use the same public
+//! `causal_attention=True` variant, docs/algorithms.md §2.4 step 7). Weights use the same public
 //! `backbone.*` names. `step` decodes one token per sequence against a KV cache.
 
 use candle_core::{DType, Device, Tensor};

@@ -1,4 +1,4 @@
-//! The DiT backbone of MDLM / Duo / IDLM (algorithms.md §2.4), with parameter names in the public
+//! The DiT backbone of MDLM / Duo / IDLM (docs/algorithms.md §2.4), with parameter names in the public
 //! `backbone.*` layout (§8) so public checkpoints load by name.
 
 use crate::nn::ops::head_nll::NllRows;

@@ -1,4 +1,4 @@
-//! Exponential moving average of parameters with the reference warm-up (algorithms.md §2.5).
+//! Exponential moving average of parameters with the reference warm-up (docs/algorithms.md §2.5).
 
 use candle_core::{Tensor, Var};
 

@@ -1,4 +1,4 @@
-//! GPT-NeoX "rotate-half" rotary embedding on q and k (algorithms.md §2.4, step 3).
+//! GPT-NeoX "rotate-half" rotary embedding on q and k (docs/algorithms.md §2.4, step 3).
 
 use candle_core::{Device, Tensor};
 

@@ -1,5 +1,5 @@
 //! Categorical draws from unnormalised probability rows, in f64 whatever the row's type (f32
-//! tables, Duo's f64 posterior). The reference draws by an exponential race (algorithms.md §0:
+//! tables, Duo's f64 posterior). The reference draws by an exponential race (docs/algorithms.md §0:
 //! one uniform and one log per class, in f64 so the tail is not truncated); `draw_f64` draws from
 //! the same distribution by the inverse CDF in f64 (one uniform per draw), which took the race's
 //! 8192 logs per token from 25% of a 4-step sampler's time to nothing. The race is kept as its

@@ -1,4 +1,4 @@
-//! Duo's training curriculum (algorithms.md §3.5): the Gaussian latent w = alpha~ e_x0 + sigma~ xi
+//! Duo's training curriculum (docs/algorithms.md §3.5): the Gaussian latent w = alpha~ e_x0 + sigma~ xi
 //! over one-hot vectors, seen by the network as softmax(w / tau), with the loss at the hard token
 //! argmax w and the discrete signal alpha_t = T(gamma_t) of the duality (§3.3).
 
@@ -206,7 +206,7 @@ impl DuoCurriculum {
         })
     }
 
-    /// DCD's pair (algorithms.md §3.7): w_t = alpha~_t x0 + sigma~_t xi and w_s = alpha~_s x0 +
+    /// DCD's pair (docs/algorithms.md §3.7): w_t = alpha~_t x0 + sigma~_t xi and w_s = alpha~_s x0 +
     /// sigma~_s xi with one shared xi per position, taken to their hard argmax tokens.
     pub fn pair(
         &self,

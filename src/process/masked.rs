@@ -1,4 +1,4 @@
-//! MDLM: masked (absorbing-state) diffusion with the SUBS parameterisation (algorithms.md §2).
+//! MDLM: masked (absorbing-state) diffusion with the SUBS parameterisation (docs/algorithms.md §2).
 
 use candle_core::{D, DType, Tensor};
 use rand::Rng;

@@ -1,5 +1,5 @@
 //! Forward processes behind one trait: the sampler, trainer and distillers are written once against
-//! it (design.md §2). MDLM (masked) lives in `masked.rs`, Duo (uniform) in `uniform.rs`.
+//! it (docs/design.md §2). MDLM (masked) lives in `masked.rs`, Duo (uniform) in `uniform.rs`.
 
 pub mod categorical;
 pub mod curriculum;

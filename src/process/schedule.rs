@@ -1,4 +1,4 @@
-//! Noise schedule, training-time sampling and the sampling grid (algorithms.md §1).
+//! Noise schedule, training-time sampling and the sampling grid (docs/algorithms.md §1).
 
 use rand::Rng;
 

@@ -1,4 +1,4 @@
-//! Duo: uniform-state diffusion with the "mean" parameterisation (algorithms.md §3.1-3.2, §3.6).
+//! Duo: uniform-state diffusion with the "mean" parameterisation (docs/algorithms.md §3.1-3.2, §3.6).
 //! A token is kept with probability alpha_t and otherwise replaced by a uniform id; the network
 //! outputs f = softmax(logits) with no carry-over, since every token can be revised.
 

@@ -1,4 +1,4 @@
-//! `idlm reproduce`: the paper's tables (algorithms.md §7) in miniature, as one command that
+//! `idlm reproduce`: the paper's tables (docs/algorithms.md §7) in miniature, as one command that
 //! prepares the corpus, trains (or reuses) a teacher, distils it into the preset's students,
 //! samples every model at every step count with paired seeds, evaluates under protocol v1, and
 //! writes a report. What it runs is a preset (`configs/reproduce/*.toml`, see [`preset`]).

@@ -1,5 +1,5 @@
 //! One sampler for every forward process: the grid, per-sequence caching, noise removal and the
-//! f64 categorical draw (algorithms.md §1, §2.3), with continuous batching across requests.
+//! f64 categorical draw (docs/algorithms.md §1, §2.3), with continuous batching across requests.
 
 mod engine;
 pub mod record;

@@ -1,4 +1,4 @@
-//! IDLM in an exact toy world (toy-world.md): the student's training-time distribution
+//! IDLM in an exact toy world (docs/toy-world.md): the student's training-time distribution
 //! p_theta = E_eps[prod_l G_l(eps)], the exact objective J = L(f*, p_theta) - min_f L(f, p_theta),
 //! and the exact distribution a K-step ancestral sampler produces, all by enumeration.
 
@@ -246,7 +246,7 @@ pub fn k_step_distribution(world: &ToyWorld, g: &Table, k: usize, schedule: LogL
 mod tests {
     use super::*;
 
-    /// The reference numbers of toy-world.md, with the student equal to the exact teacher.
+    /// The reference numbers of docs/toy-world.md, with the student equal to the exact teacher.
     #[test]
     fn reference_numbers_at_init() {
         let w = ToyWorld::two_by_two();
@@ -260,7 +260,7 @@ mod tests {
         let j = objective(&w, &p, s).unwrap();
         assert!((j - 0.07449).abs() < 2e-4, "J = {j}");
         assert!((kl(&p, &w.p) - 0.07464).abs() < 1e-4);
-        // The teacher's K-step distributions of the table in toy-world.md.
+        // The teacher's K-step distributions of the table in docs/toy-world.md.
         for (k, want) in [
             (1, 0.5108),
             (2, 0.1537),

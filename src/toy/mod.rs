@@ -1,4 +1,4 @@
-//! Exact toy worlds (toy-world.md): `world` enumerates p*, its exact denoisers and quadrature;
+//! Exact toy worlds (docs/toy-world.md): `world` enumerates p*, its exact denoisers and quadrature;
 //! `idlm` tabulates the IDLM objective and K-step samplers on top of it.
 
 pub mod idlm;

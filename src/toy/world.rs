@@ -1,4 +1,4 @@
-//! Exactly enumerable toy worlds (design.md §7, toy-world.md): a small vocabulary plus MASK, a short
+//! Exactly enumerable toy worlds (docs/design.md §7, docs/toy-world.md): a small vocabulary plus MASK, a short
 //! length and an explicit joint p*. Everything here is computed by enumeration, not sampling, so it
 //! serves as the oracle for the loss, the trainer and the samplers.
 
@@ -38,7 +38,7 @@ impl ToyWorld {
         })
     }
 
-    /// The world of toy-world.md: {A, B}, L = 2, AA .45, AB .05, BA .05, BB .45.
+    /// The world of docs/toy-world.md: {A, B}, L = 2, AA .45, AB .05, BA .05, BB .45.
     pub fn two_by_two() -> Self {
         Self {
             v: 2,

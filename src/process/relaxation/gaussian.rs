@@ -1,4 +1,4 @@
-//! IDLM's relaxation for uniform-state (Duo) teachers, as coded in the reference (algorithms.md
+//! IDLM's relaxation for uniform-state (Duo) teachers, as coded in the reference (docs/algorithms.md
 //! §4.3): the student sees the Gaussian-relaxed data w'/tau; its simplex G is re-noised by the
 //! Gaussian reparameterisation w = (alpha~_t G + sigma~_t xi) / tau; the frozen teacher and fake
 //! both see the soft input softmax(w), and the student loss l(f*, G) - l(f, G) reaches G through

@@ -1,5 +1,5 @@
 //! IDLM's relaxation for processes with hard states (masked diffusion, as coded in the reference,
-//! algorithms.md §4.2, §4.4): the student sees a hard x_t' ~ q_t'(. | x0); its simplex G (the
+//! docs/algorithms.md §4.2, §4.4): the student sees a hard x_t' ~ q_t'(. | x0); its simplex G (the
 //! parameterisation's p(x0 | x_t') where x_t' can change, one-hot data elsewhere) is re-noised to a
 //! hard x_t ~ q_t(. | G); the losses are the soft-target NELBO integrand at x_t's active positions,
 //! so the gradient reaches the student only through the target G.

@@ -1,4 +1,4 @@
-//! The process-specific part of IDLM (algorithms.md §4.2-§4.4): how the student's input is formed
+//! The process-specific part of IDLM (docs/algorithms.md §4.2-§4.4): how the student's input is formed
 //! from real rows, how its simplex G is re-noised into the state x_t the teacher and the fake see,
 //! and the two losses on that state. One IDLM step (`distill::Idlm::step`) is written against this
 //! trait; masked diffusion re-noises G into hard tokens ([`Hard`]), Duo through its Gaussian
