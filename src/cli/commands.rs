@@ -16,7 +16,7 @@ use idlm::checkpoint;
 use idlm::config::RunConfig;
 use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
 use idlm::process::ModelFamily;
-use idlm::run::{TrainRunOptions, check_data_matches, data_info, make_process};
+use idlm::run::{TrainRunOptions, check_data_matches, data_info};
 use idlm::sample::record::{SampleRecord, write_jsonl};
 use idlm::sample::{SamplerOptions, sample};
 use idlm::train::{nelbo, run_training};
@@ -249,7 +249,7 @@ fn nll(a: NllArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(&ck.meta.data.data_dir));
     let data = DataDir::open(&dir).with_context(|| format!("opening data {}", dir.display()))?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
-    let process = make_process(ck.meta.process.diffusion(&ck.dir)?, &data)?;
+    let process = ck.process(None)?;
     let model = ck.dit(!a.raw)?;
     let rows = a.rows.unwrap_or(data.valid.n_rows());
     let s = nelbo(
