@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::dit::DitConfig;
+use super::dit::{DitConfig, qkv_heads};
 use super::dropout::DropoutRng;
 use super::kv_cache::KvCache;
 use super::layers::{BlockWeights, Linear, layer_norm_no_bias};
@@ -169,17 +169,7 @@ pub fn causal_attention_composed(
     d: usize,
 ) -> Result<Tensor> {
     let dh = d / h;
-    let qkv = qkv.reshape((b, l, 3, h, dh))?;
-    let take = |i: usize| -> Result<Tensor> {
-        Ok(qkv
-            .narrow(2, i, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?)
-    };
-    let q = rotary.apply(&take(0)?)?;
-    let k = rotary.apply(&take(1)?)?;
-    let v = take(2)?;
+    let (q, k, v) = qkv_heads(qkv, rotary, h, b, l, d)?;
     let att = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
     // A large finite negative rather than -inf: exp underflows to 0 without inf - inf = NaN.
     let mask: Vec<f32> = (0..l * l)

@@ -199,6 +199,28 @@ impl Block {
     }
 }
 
+/// Packed qkv (B, L, 3D) split into per-head q, k, v (B, H, L, dh), rotary applied to q and k:
+/// the first half of both composed attention oracles.
+pub(crate) fn qkv_heads(
+    qkv: &Tensor,
+    rotary: &Rotary,
+    h: usize,
+    b: usize,
+    l: usize,
+    d: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let qkv = qkv.reshape((b, l, 3, h, d / h))?;
+    // (B, L, H, dh) -> (B, H, L, dh)
+    let take = |i: usize| -> Result<Tensor> {
+        Ok(qkv
+            .narrow(2, i, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    Ok((rotary.apply(&take(0)?)?, rotary.apply(&take(1)?)?, take(2)?))
+}
+
 /// Attention on packed qkv (B, L, 3D) with composed ops: the fused kernel's oracle and the path on
 /// other devices.
 pub fn attention_composed(
@@ -209,20 +231,8 @@ pub fn attention_composed(
     l: usize,
     d: usize,
 ) -> Result<Tensor> {
-    let dh = d / h;
-    let qkv = qkv.reshape((b, l, 3, h, dh))?;
-    // (B, L, H, dh) -> (B, H, L, dh)
-    let take = |i: usize| -> Result<Tensor> {
-        Ok(qkv
-            .narrow(2, i, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?)
-    };
-    let q = rotary.apply(&take(0)?)?;
-    let k = rotary.apply(&take(1)?)?;
-    let v = take(2)?;
-    let scale = 1.0 / (dh as f64).sqrt();
+    let (q, k, v) = qkv_heads(qkv, rotary, h, b, l, d)?;
+    let scale = 1.0 / ((d / h) as f64).sqrt();
     let att = (q.matmul(&k.t()?)? * scale)?;
     let att = softmax_last(&att)?;
     Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?)
