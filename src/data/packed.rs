@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-pub use super::packed_writer::PackedWriter;
 use crate::error::{Error, Result};
 
 /// The eight bytes every packed token file starts with.
@@ -351,6 +350,7 @@ impl PackedTokens {
 
 #[cfg(test)]
 mod tests {
+    use super::super::packed_writer::PackedWriter;
     use super::*;
 
     fn header(vocab: u32, row_len: u32) -> PackedHeader {

@@ -9,7 +9,8 @@ use super::datadir::{
     DATA_FORMAT, DATA_JSON, DataInfo, SplitInfo, SplitStats, TOKENIZER_JSON, TRAIN_BIN, Timings,
     TokenizerInfo, VALID_BIN,
 };
-use super::packed::{PackedHeader, PackedWriter};
+use super::packed::PackedHeader;
+use super::packed_writer::PackedWriter;
 use super::split::split_documents;
 use super::tokenizer::TextTokenizer;
 use crate::atomic::{Staging, write_file};

@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Tensor;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use super::config::{DistillConfig, TimeCoupling};
+pub use super::state::DistillRngs;
 use super::state::{Loaded, restore_tensors};
 use crate::config::RunConfig;
 use crate::nn::DitConfig;
@@ -19,30 +18,6 @@ pub use crate::process::relaxation::{active, corrupt, logits_at};
 use crate::process::schedule::antithetic_times;
 use crate::trainer::Trainer;
 use crate::{Error, Result};
-
-/// Random streams of a distiller (the networks' dropout streams live in their trainers).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DistillRngs {
-    /// Diffusion times.
-    pub time: ChaCha8Rng,
-    /// Forward-process noise and re-noising draws.
-    pub noise: ChaCha8Rng,
-}
-
-impl DistillRngs {
-    /// Streams derived from one seed (distinct from the trainers' streams of the same seed).
-    pub fn new(seed: u64) -> Self {
-        let stream = |s: u64| {
-            let mut r = ChaCha8Rng::seed_from_u64(seed);
-            r.set_stream(s);
-            r
-        };
-        Self {
-            time: stream(11),
-            noise: stream(12),
-        }
-    }
-}
 
 /// The (t', t) pairs of one update's `n` samples: t' is stratified over the accumulated batch; t
 /// is a second stratified draw paired with it by stratum (shared) or shuffled (independent).
@@ -126,6 +101,7 @@ pub fn resume_net(l: &Loaded, role: Role) -> Result<Trainer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     #[test]
     fn shared_times_share_a_stratum_and_independent_ones_do_not() {

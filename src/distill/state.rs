@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::DistillConfig;
-use super::nets::DistillRngs;
 use crate::checkpoint::{self, Checkpoint, DataInfo, load_safetensors};
 use crate::trainer::{TrainRngs, Trainer};
 use crate::{Error, Result};
@@ -18,6 +19,30 @@ use crate::{Error, Result};
 pub const FAKE_FILE: &str = "fake.safetensors";
 /// File holding the (current) teacher's weights.
 pub const TEACHER_FILE: &str = "teacher.safetensors";
+
+/// Random streams of a distiller (the networks' dropout streams live in their trainers).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillRngs {
+    /// Diffusion times.
+    pub time: ChaCha8Rng,
+    /// Forward-process noise and re-noising draws.
+    pub noise: ChaCha8Rng,
+}
+
+impl DistillRngs {
+    /// Streams derived from one seed (distinct from the trainers' streams of the same seed).
+    pub fn new(seed: u64) -> Self {
+        let stream = |s: u64| {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            r.set_stream(s);
+            r
+        };
+        Self {
+            time: stream(11),
+            noise: stream(12),
+        }
+    }
+}
 
 /// Counters and streams of one trained network.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,13 +1,12 @@
 //! Small building blocks of the DiT: a linear layer, bias-free LayerNorm, adaLN modulation.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::ops::head_nll::NllRows;
 use crate::Result;
 
-/// LayerNorm epsilon of the reference (`F.layer_norm` default).
-pub const LN_EPS: f64 = 1e-5;
+pub use super::ops::layer_norm::{LN_EPS, layer_norm_composed};
 
 /// A linear layer `y = x W^T + b` with PyTorch's `[out, in]` weight layout.
 pub struct Linear {
@@ -49,15 +48,6 @@ impl Linear {
 /// Bias-free LayerNorm over the last dimension, times `weight` (fused kernel on CPU).
 pub fn layer_norm_no_bias(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     Ok(super::ops::layer_norm::layer_norm_fused(x, weight)?)
-}
-
-/// The composed bias-free LayerNorm: the fused kernel's oracle and the path on other devices.
-pub fn layer_norm_composed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (var + LN_EPS)?.sqrt()?.recip()?;
-    Ok(xc.broadcast_mul(&inv)?.broadcast_mul(weight)?)
 }
 
 /// The weights every transformer block here has (the DiT's and the causal LM's): the pre-norms,

@@ -1,11 +1,13 @@
 //! Bias-free LayerNorm times a weight (the DiT's norm1 / norm2 / norm_final) with a fused backward:
 //! candle's fused layer norm has no backward, and the composed one makes ~10 passes each way.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{f32_data, lanes, par_new, rows_per_task, simd};
-use crate::nn::layers::LN_EPS;
+
+/// LayerNorm epsilon of the reference (`F.layer_norm` default).
+pub const LN_EPS: f64 = 1e-5;
 
 struct LayerNorm;
 
@@ -147,9 +149,17 @@ pub fn layer_norm_fused(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tens
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
         x.contiguous()?.apply_op2(&weight.contiguous()?, LayerNorm)
     } else {
-        crate::nn::layers::layer_norm_composed(x, weight)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        layer_norm_composed(x, weight)
     }
+}
+
+/// The composed bias-free LayerNorm: the fused kernel's oracle and the path on other devices.
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (var + LN_EPS)?.sqrt()?.recip()?;
+    xc.broadcast_mul(&inv)?.broadcast_mul(weight)
 }
 
 #[cfg(test)]
@@ -164,7 +174,7 @@ mod tests {
         let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 24, &Device::Cpu).unwrap()).unwrap();
         let r = Tensor::randn(0f32, 1.0, (4, 7, 24), &Device::Cpu).unwrap();
         let y = layer_norm_fused(x.as_tensor(), w.as_tensor()).unwrap();
-        let y_ref = crate::nn::layers::layer_norm_composed(x.as_tensor(), w.as_tensor()).unwrap();
+        let y_ref = layer_norm_composed(x.as_tensor(), w.as_tensor()).unwrap();
         let d = (&y - &y_ref).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();

@@ -225,7 +225,7 @@ pub fn norm_modulate_composed(
     shift_scale: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let d = w.elem_count();
-    let h = crate::nn::layers::layer_norm_composed(x, w)
+    let h = super::layer_norm::layer_norm_composed(x, w)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let (shift, scale) = (shift_scale.narrow(2, 0, d)?, shift_scale.narrow(2, d, d)?);
     super::modulate::modulate_composed(&h, &shift, &scale)
