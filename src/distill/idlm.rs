@@ -14,7 +14,7 @@ use super::nets::{DistillRngs, Role, phase_times, resume_net, start_net};
 use crate::checkpoint::{CheckpointMeta, dit_from_tensors};
 use crate::config::RunConfig;
 use crate::data::PackedTokens;
-use crate::nn::{Denoiser, Dit, DitConfig, DropoutRng, Network, frozen};
+use crate::nn::{Denoiser, Dit, DitConfig, DropoutRng};
 use crate::process::curriculum::DuoCurriculum;
 use crate::process::relaxation::{Gaussian, Hard, Relaxation};
 use crate::process::{ForwardProcess, ModelFamily};
@@ -134,7 +134,7 @@ impl Idlm {
         // network on its current weights, so no weight gradients are built for it).
         let jobs = self.jobs(relax, data)?;
         let fake = match &self.fake {
-            Some(f) => Some(frozen_view(f)?),
+            Some(f) => Some(f.frozen_view()?),
             None => None,
         };
         let noise = &mut self.rngs.noise;
@@ -158,19 +158,6 @@ impl Idlm {
             lr: st.lr,
         })
     }
-}
-
-/// A frozen network on a trainer's current weights, sharing their storage (valid until the next
-/// update of the trainer).
-fn frozen_view<N: Network + crate::trainer::Trainable>(
-    tr: &crate::trainer::TrainerCore<N>,
-) -> Result<N> {
-    let w: HashMap<String, Tensor> = tr
-        .weights()
-        .into_iter()
-        .map(|(k, v)| (k, v.detach()))
-        .collect();
-    frozen(&w, &tr.arch, std::path::Path::new("frozen view"))
 }
 
 impl Idlm {

@@ -124,8 +124,8 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 }
 
 /// Create the run directory; refuse one that already holds a run unless resuming, and on resume
-/// drop the metric lines past the checkpoint's `step`. Returns the metrics file's path.
-pub fn open_run_dir(run_dir: &Path, resume_from: Option<u64>) -> Result<PathBuf> {
+/// drop the metric lines past the checkpoint's `step`.
+pub fn open_run_dir(run_dir: &Path, resume_from: Option<u64>) -> Result<()> {
     let metrics = run_dir.join("metrics.jsonl");
     match resume_from {
         Some(step) => truncate_metrics(&metrics, step)?,
@@ -138,6 +138,5 @@ pub fn open_run_dir(run_dir: &Path, resume_from: Option<u64>) -> Result<PathBuf>
             }
         }
     }
-    fs::create_dir_all(run_dir).map_err(|e| Error::io("creating", run_dir, e))?;
-    Ok(metrics)
+    fs::create_dir_all(run_dir).map_err(|e| Error::io("creating", run_dir, e))
 }

@@ -405,6 +405,17 @@ impl<N: Trainable> TrainerCore<N> {
         frozen(&self.ema_weights(), &self.arch, Path::new("EMA"))
     }
 
+    /// A frozen network on the current raw weights, sharing their storage: valid until the next
+    /// update (which overwrites the variables in place), with no copy and no graph.
+    pub fn frozen_view(&self) -> Result<N> {
+        let w: HashMap<String, Tensor> = self
+            .weights()
+            .into_iter()
+            .map(|(k, v)| (k, v.detach()))
+            .collect();
+        frozen(&w, &self.arch, Path::new("frozen view"))
+    }
+
     /// A frozen network with a copy of the current raw weights (later updates do not reach it:
     /// the variables are overwritten in place), and that copy.
     pub fn snapshot(&self) -> Result<(HashMap<String, Tensor>, N)> {
