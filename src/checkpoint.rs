@@ -82,6 +82,8 @@ pub struct Checkpoint {
     pub weights: HashMap<String, Tensor>,
     /// EMA weights (names without the prefix), if saved.
     pub ema: Option<HashMap<String, Tensor>>,
+    /// The tokenizer of a released checkpoint read in place (idlm's own keep tokenizer.json).
+    tokenizer: Option<String>,
 }
 
 /// Tensors to write: weights, EMA, optimizer moments (names without prefixes).
@@ -230,8 +232,12 @@ pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         .map_err(|e| Error::ckpt(path, format!("corrupt or unreadable safetensors: {e}")))
 }
 
-/// Load a checkpoint (a checkpoint dir or a run dir).
+/// Load a checkpoint: an idlm checkpoint or run directory, or a released one (a Hugging Face
+/// directory or a Lightning `.ckpt`, read in place with default import options).
 pub fn load(path: &Path) -> Result<Checkpoint> {
+    if crate::interop::is_released(path) {
+        return crate::interop::import(path, &crate::interop::ImportOptions::default());
+    }
     let dir = resolve(path)?;
     let meta = read_meta(&dir)?;
     let all = load_safetensors(&dir.join("model.safetensors"))?;
@@ -253,10 +259,28 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         meta,
         weights,
         ema: if ema.is_empty() { None } else { Some(ema) },
+        tokenizer: None,
     })
 }
 
 impl Checkpoint {
+    /// A checkpoint read from a released file or directory (`dir`), with its tokenizer JSON.
+    pub fn imported(
+        dir: PathBuf,
+        meta: CheckpointMeta,
+        weights: HashMap<String, Tensor>,
+        ema: Option<HashMap<String, Tensor>>,
+        tokenizer_json: String,
+    ) -> Self {
+        Checkpoint {
+            dir,
+            meta,
+            weights,
+            ema,
+            tokenizer: Some(tokenizer_json),
+        }
+    }
+
     /// Build the network from the EMA weights (if present and `use_ema`) or the raw weights.
     pub fn dit(&self, use_ema: bool) -> Result<Dit> {
         self.meta.process.diffusion(&self.dir)?;
@@ -278,6 +302,9 @@ impl Checkpoint {
 
     /// The tokenizer JSON stored in the checkpoint.
     pub fn tokenizer_json(&self) -> Result<String> {
+        if let Some(t) = &self.tokenizer {
+            return Ok(t.clone());
+        }
         let p = self.dir.join("tokenizer.json");
         fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))
     }

@@ -24,6 +24,38 @@ pub enum ProcessArg {
     Ar,
 }
 
+impl ProcessArg {
+    /// The diffusion process named, or None for the AR baseline.
+    pub fn diffusion(self) -> Option<idlm::process::ProcessKind> {
+        match self {
+            ProcessArg::Mdlm => Some(idlm::process::ProcessKind::Mdlm),
+            ProcessArg::Duo => Some(idlm::process::ProcessKind::Duo),
+            ProcessArg::Ar => None,
+        }
+    }
+}
+
+/// `idlm import --role`: which network of a Lightning checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// `backbone.*`: the trained model (a distillation run's student).
+    Student,
+    /// `teacher.*`: IDLM's frozen teacher.
+    Teacher,
+    /// `fake_model.*`: IDLM's fake denoiser.
+    Fake,
+}
+
+impl From<RoleArg> for idlm::interop::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Student => Self::Student,
+            RoleArg::Teacher => Self::Teacher,
+            RoleArg::Fake => Self::Fake,
+        }
+    }
+}
+
 /// `idlm distill --method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {

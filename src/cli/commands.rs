@@ -59,6 +59,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Import(a) => super::interop::import(a),
+        Command::Export(a) => super::interop::export(a),
         Command::PlotMetrics(a) => {
             let h = match &a.data {
                 Some(d) => Some(DataDir::open(d)?.info.unigram_entropy_nats),

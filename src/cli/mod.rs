@@ -4,6 +4,7 @@ mod ar;
 mod choices;
 mod commands;
 mod distill;
+mod interop;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,10 @@ pub enum Command {
     Reproduce(ReproduceArgs),
     /// Render a markdown table and PNG plots from `idlm eval` JSON files.
     Report(ReportArgs),
+    /// Read a released checkpoint (Hugging Face directory or Lightning .ckpt) into an idlm one.
+    Import(interop::ImportArgs),
+    /// Write a checkpoint in the mdlm-owt Hugging Face layout.
+    Export(interop::ExportArgs),
 }
 
 /// `idlm report`
@@ -306,7 +311,8 @@ pub struct TrainArgs {
 /// `idlm sample`
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
-    /// Checkpoint or run directory.
+    /// Checkpoint or run directory, or a released checkpoint (Hugging Face directory or
+    /// Lightning .ckpt; see `idlm import`).
     #[arg(long)]
     pub ckpt: PathBuf,
     /// Reverse steps K (default: the checkpoint's sampler default).
@@ -347,7 +353,8 @@ pub struct SampleArgs {
 /// `idlm nll`
 #[derive(clap::Args, Debug)]
 pub struct NllArgs {
-    /// Checkpoint or run directory.
+    /// Checkpoint or run directory, or a released checkpoint (Hugging Face directory or
+    /// Lightning .ckpt; see `idlm import`).
     #[arg(long)]
     pub ckpt: PathBuf,
     /// Data directory (default: the one the checkpoint was trained on).

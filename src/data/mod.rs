@@ -3,6 +3,7 @@
 pub mod corpus;
 pub mod datadir;
 pub mod fetch;
+pub mod gpt2_bpe;
 pub mod packed;
 pub mod packed_writer;
 pub mod prepare;
