@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::bench::memory::{reset_peak, rss_mib};
 use crate::bench::options::BenchOptions;
 use crate::data::{PackedHeader, PackedTokens, PackedWriter};
 use crate::distill::{DistillConfig, Idlm};
@@ -31,17 +32,6 @@ pub struct IdlmBench {
     pub idlm_peak_per_3_teacher_steps: Option<f64>,
 }
 
-/// (VmRSS, VmHWM) in MiB from /proc/self/status (None off Linux).
-fn rss_mib() -> Option<(f64, f64)> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<f64> {
-        let line = s.lines().find(|l| l.starts_with(name))?;
-        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb / 1024.0)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Median wall time (ms) of `iters` calls after `warmup`, and the peak resident memory of the
 /// calls above the live memory before them (MiB). The allocator keeps freed memory (see
 /// `runtime::tune_malloc`), so it is first given back with malloc_trim and the kernel's
@@ -51,13 +41,8 @@ fn measure(
     iters: usize,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<(f64, Option<f64>)> {
-    // SAFETY: malloc_trim only returns free heap memory to the OS.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    // Writing 5 resets VmHWM to the current RSS (Linux >= 4.0); harmless where unsupported.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    // Where the reset is unsupported the peak is the process's, an overestimate.
+    reset_peak();
     let before = rss_mib();
     let mut times = Vec::new();
     for i in 0..warmup + iters {

@@ -15,8 +15,11 @@ use crate::nn::ops::head_nll::NllRows;
 use crate::process::Masked;
 use crate::train::{Trainer, batch_loss};
 
+pub mod budget;
 pub mod idlm;
+pub mod memory;
 pub mod options;
+pub mod paper_scale;
 pub mod sampler;
 
 pub use options::BenchOptions;

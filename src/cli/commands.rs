@@ -273,6 +273,41 @@ fn nll(a: NllArgs) -> Result<()> {
     Ok(())
 }
 
+/// `idlm bench --paper-scale`: one configuration in this process (`--only`), or all of them in
+/// child processes, one JSON record per line on stdout (and the list in `--json`).
+fn paper_scale(a: &BenchArgs) -> Result<()> {
+    use idlm::bench::paper_scale::{PaperShape, run_all, run_config};
+    let shape = if a.smoke {
+        PaperShape::smoke()
+    } else {
+        PaperShape::paper()
+    };
+    let records = match &a.only {
+        Some(c) => vec![run_config(c, a.batch, a.calls, &shape)?],
+        None => run_all(&a.batches, a.calls, a.smoke, |r| {
+            eprintln!(
+                "{:>11} batch {}: {:.2} s/sample, {} calls ({:.1} per sequence, {} timed{}), peak {:.0} MiB",
+                r.config,
+                r.batch,
+                r.seconds_per_sample,
+                r.calls,
+                r.nfe_per_seq,
+                r.measured_calls,
+                if r.extrapolated { ", extrapolated" } else { "" },
+                r.peak_rss_mib.unwrap_or(f64::NAN)
+            )
+        })?,
+    };
+    for r in &records {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&records)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn bench(a: BenchArgs) -> Result<()> {
     if a.iters == 0 || a.vocab < 2 || a.batch == 0 || a.len == 0 {
         bail!("bench needs --iters, --batch, --len >= 1 and --vocab >= 2");
@@ -288,6 +323,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         iters: a.iters,
     };
+    if a.paper_scale {
+        return paper_scale(&a);
+    }
     if a.ar_only {
         let tps = idlm::bench::sampler::ar_kv_tokens_per_s(&o, o.batch, o.batch)?;
         let threads = rayon::current_num_threads();

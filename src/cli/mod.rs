@@ -219,6 +219,30 @@ pub struct BenchArgs {
     /// Time only the AR KV-cache decoding (same vocabulary, width, depth, length and batch).
     #[arg(long)]
     pub ar_only: bool,
+    /// Seconds per 1024-token sample and peak memory at the paper's size (mdlm-owt's DiT, random
+    /// weights): teacher at 1024 cached steps, student at 16 / 8 / 4, AR KV decoding; each
+    /// configuration and batch in its own process. The size options above are not read.
+    #[arg(long)]
+    pub paper_scale: bool,
+    /// With --paper-scale: run only this configuration (teacher1024, student16, student8,
+    /// student4, ar) at --batch, in this process, and print its JSON record.
+    #[arg(long, requires = "paper_scale")]
+    pub only: Option<String>,
+    /// With --paper-scale: compute only the first K network calls of a diffusion run and
+    /// extrapolate the rest (the calls themselves are still made and counted; labelled).
+    #[arg(long, requires = "paper_scale")]
+    pub calls: Option<usize>,
+    /// With --paper-scale: batch sizes of the full sitting.
+    #[arg(
+        long,
+        requires = "paper_scale",
+        value_delimiter = ',',
+        default_value = "1,8"
+    )]
+    pub batches: Vec<usize>,
+    /// With --paper-scale: a tiny shape that checks the code paths (never a reported figure).
+    #[arg(long, requires = "paper_scale")]
+    pub smoke: bool,
 }
 
 /// `idlm data ...`
