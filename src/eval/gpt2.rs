@@ -167,9 +167,10 @@ struct Weights {
 impl Weights {
     /// `map` in the bare (`GPT2Model`) or `transformer.`-prefixed (`GPT2LMHeadModel`) naming.
     fn new(map: HashMap<String, Tensor>, other: HashMap<String, String>) -> Result<Self> {
-        let prefix = if map.contains_key("wte.weight") {
+        let has = |n: &str| map.contains_key(n) || other.contains_key(n);
+        let prefix = if has("wte.weight") {
             ""
-        } else if map.contains_key("transformer.wte.weight") {
+        } else if has("transformer.wte.weight") {
             "transformer."
         } else {
             return Err(Error::EvalModel(
