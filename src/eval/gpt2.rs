@@ -128,6 +128,12 @@ impl Gpt2Config {
                 "config.json scale_attn_by_inverse_layer_idx = true is not supported".into(),
             ));
         }
+        if cfg.get("tie_word_embeddings") == Some(&Value::Bool(false)) {
+            return Err(Error::EvalModel(
+                "config.json tie_word_embeddings = false is not supported (GPT-2's head is wte)"
+                    .into(),
+            ));
+        }
         if cfg.get("scale_attn_weights") == Some(&Value::Bool(false)) {
             return Err(Error::EvalModel(
                 "config.json scale_attn_weights = false is not supported".into(),
@@ -487,6 +493,9 @@ mod tests {
         );
         v = cfg();
         v["activation_function"] = json!("relu");
+        assert!(Gpt2Config::from_json(&v).is_err());
+        v = cfg();
+        v["tie_word_embeddings"] = json!(false);
         assert!(Gpt2Config::from_json(&v).is_err());
     }
 
