@@ -157,7 +157,7 @@ fn batching_windows_and_eos_mask() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let ids = m.tokenizer().encode_batch(&texts).unwrap();
+    let ids = m.encode_batch(&texts).unwrap();
     let one = m.score(&texts, 1, None).unwrap();
     let all = m.score(&texts, 4, None).unwrap();
     for (a, b) in one.per_sample.iter().zip(&all.per_sample) {

@@ -404,12 +404,12 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
-    use idlm::eval::protocol;
+    use idlm::eval::{ScorerSource, protocol};
     let names: Vec<String> = a.metrics.iter().map(|m| name_of(*m)).collect();
     let metrics = protocol::parse_metrics(&names.join(","))?;
     let samples = protocol::read_samples(&a.samples)?;
     let cache = data::cache_dir();
-    let model = idlm::eval::smollm2_path(&cache);
+    let smollm2 = idlm::eval::smollm2_path(&cache);
     let wants = |name: &str| metrics.iter().any(|m| m == name);
     let needs_model =
         wants("genppl") || (wants("entropy") && samples.iter().any(|s| s.ids.is_none()));
@@ -425,7 +425,16 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
         (false, None) => None,
     };
-    let model = if needs_model { Some(model?) } else { None };
+    // --scorer replaces SmolLM2, which then need not be in the cache.
+    let smollm2 = match (needs_model, &a.scorer) {
+        (true, None) => Some(smollm2?),
+        _ => None,
+    };
+    let model = match (needs_model, &a.scorer, &smollm2) {
+        (true, Some(dir), _) => Some(ScorerSource::Gpt2(dir)),
+        (true, None, Some(path)) => Some(ScorerSource::SmolLm2(path)),
+        _ => None,
+    };
     // One bar; its prefix names the metric running now.
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template(
@@ -461,7 +470,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let mut out = protocol::evaluate_with(
         &samples,
         &metrics,
-        model.as_deref(),
+        model,
         a.batch_size,
         Some(&genppl_progress),
         mauve.as_ref(),

@@ -168,6 +168,11 @@ pub struct EvalArgs {
     /// Texts per forward pass of the eval model.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
+    /// Score GenPPL with GPT-2 from this Hugging Face directory (config.json, model.safetensors,
+    /// tokenizer.json or vocab.json + merges.txt; e.g. gpt2-large, the paper's scorer) instead
+    /// of SmolLM2-135M. Runs on --device.
+    #[arg(long, value_name = "DIR")]
+    pub scorer: Option<PathBuf>,
 }
 
 /// `idlm plot-metrics`

@@ -1,4 +1,5 @@
-//! Generative perplexity (docs/algorithms.md §6.1, docs/design.md §6) under the SmolLM2 eval model.
+//! Generative perplexity (docs/algorithms.md §6.1, docs/design.md §6) under the SmolLM2 eval model
+//! (the default) or GPT-2 ([`super::scorer`]).
 //!
 //! Texts are retokenised with the eval tokenizer (no BOS added); every token after the first is
 //! scored with `nll_i = -ln p(token_i | tokens_<i)`; the weights are the §6.1 mask, non-EOS tokens
@@ -20,10 +21,10 @@
 use std::ops::Range;
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
-use super::gguf_tokenizer::GgufTokenizer;
-use super::llama::{QLlama, WeightMode, in_file, target_log_probs};
+use super::llama::{WeightMode, in_file, target_log_probs};
+use super::scorer::{ScorerLm, ScorerSource};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -79,11 +80,10 @@ pub fn windows(n: usize, ctx: usize) -> Vec<Range<usize>> {
     }
 }
 
-/// The GenPPL scorer: the eval LM, its tokenizer, the EOS id of the mask rule, the context.
+/// The GenPPL scorer: the eval LM with its tokenizer, the EOS id of the mask rule, the context.
 #[derive(Debug)]
 pub struct GenPpl {
-    model: QLlama,
-    tokenizer: GgufTokenizer,
+    lm: ScorerLm,
     eos_id: u32,
     context: usize,
 }
@@ -103,23 +103,39 @@ impl GenPpl {
 
     /// [`Self::load`] with the weights held as `mode` says.
     pub fn load_with(path: &Path, mode: WeightMode) -> Result<Self> {
-        let (model, content) = QLlama::load(path, mode)?;
-        let tokenizer = GgufTokenizer::from_gguf(&content).map_err(|e| in_file(path, e))?;
-        if tokenizer.vocab_size() > model.config().vocab {
+        Self::from_lm(ScorerLm::smollm2(path, mode)?).map_err(|e| in_file(path, e))
+    }
+
+    /// GPT-2 from a Hugging Face directory (`--scorer DIR`), on `device`.
+    pub fn load_gpt2(dir: &Path, device: &Device) -> Result<Self> {
+        Self::from_lm(ScorerLm::gpt2(dir, device)?).map_err(|e| in_file(dir, e))
+    }
+
+    /// The scorer `source` names (GPT-2 on `device`; SmolLM2 always on the CPU).
+    pub fn open(source: ScorerSource, device: &Device) -> Result<Self> {
+        match source {
+            ScorerSource::SmolLm2(p) => Self::load(p),
+            ScorerSource::Gpt2(d) => Self::load_gpt2(d, device),
+        }
+    }
+
+    /// Score with `lm`: the EOS of the mask rule is the id of `<|endoftext|>` (else the GGUF's
+    /// EOS), the context min(1024, the model's).
+    pub fn from_lm(lm: ScorerLm) -> Result<Self> {
+        if lm.tokenizer_vocab() > lm.vocab() {
             return Err(Error::EvalModel(format!(
-                "{}: tokenizer has {} tokens, the embedding {}",
-                path.display(),
-                tokenizer.vocab_size(),
-                model.config().vocab
+                "tokenizer has {} tokens, the embedding {}",
+                lm.tokenizer_vocab(),
+                lm.vocab()
             )));
         }
-        let eos_id = tokenizer
+        let eos_id = lm
             .token_to_id(EOS_TEXT)
-            .unwrap_or(tokenizer.eos_id());
-        let context = DEFAULT_CONTEXT.min(model.config().context_length);
+            .or(lm.fallback_eos())
+            .ok_or_else(|| Error::EvalModel(format!("the tokenizer has no {EOS_TEXT} token")))?;
+        let context = DEFAULT_CONTEXT.min(lm.context_length());
         Ok(GenPpl {
-            model,
-            tokenizer,
+            lm,
             eos_id,
             context,
         })
@@ -127,7 +143,7 @@ impl GenPpl {
 
     /// Use windows of `context` tokens (2..=the model's training context).
     pub fn with_context(mut self, context: usize) -> Result<Self> {
-        let max = self.model.config().context_length;
+        let max = self.lm.context_length();
         if !(2..=max).contains(&context) {
             return Err(Error::InvalidArgument(format!(
                 "eval context {context} must be in 2..={max}"
@@ -139,27 +155,27 @@ impl GenPpl {
 
     /// Use another EOS id for the mask rule.
     pub fn with_eos(mut self, eos: u32) -> Result<Self> {
-        if eos as usize >= self.tokenizer.vocab_size() {
+        let n = self.lm.tokenizer_vocab();
+        if eos as usize >= n {
             return Err(Error::InvalidArgument(format!(
-                "EOS id {eos} is outside the eval vocabulary of {}",
-                self.tokenizer.vocab_size()
+                "EOS id {eos} is outside the eval vocabulary of {n}"
             )));
         }
         self.eos_id = eos;
         Ok(self)
     }
 
-    /// The eval model.
-    pub fn model(&self) -> &QLlama {
-        &self.model
+    /// The eval model with its tokenizer.
+    pub fn lm(&self) -> &ScorerLm {
+        &self.lm
     }
 
-    /// The eval tokenizer.
-    pub fn tokenizer(&self) -> &GgufTokenizer {
-        &self.tokenizer
+    /// Eval-tokenizer ids of `texts` (no BOS).
+    pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        self.lm.encode_batch(texts)
     }
 
-    /// The EOS id of the mask rule (SmolLM2: 0, `<|endoftext|>`).
+    /// The EOS id of the mask rule (SmolLM2: 0, GPT-2: 50256; both `<|endoftext|>`).
     pub fn eos_id(&self) -> u32 {
         self.eos_id
     }
@@ -177,7 +193,7 @@ impl GenPpl {
         batch: usize,
         progress: Option<Progress>,
     ) -> Result<GenPplResult> {
-        let ids = self.tokenizer.encode_batch(texts)?;
+        let ids = self.lm.encode_batch(texts)?;
         self.score_ids(&ids, batch, progress)
     }
 
@@ -193,7 +209,7 @@ impl GenPpl {
                 "GenPPL batch size must be at least 1".into(),
             ));
         }
-        let vocab = self.model.config().vocab;
+        let vocab = self.lm.vocab();
         for (i, s) in seqs.iter().enumerate() {
             if let Some(&bad) = s.iter().find(|&&t| t as usize >= vocab) {
                 return Err(Error::InvalidArgument(format!(
@@ -277,9 +293,9 @@ impl GenPpl {
                 }
             }
         }
-        let dev = self.model.device();
+        let dev = self.lm.device();
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
-        let hidden = self.model.hidden(&ids)?;
+        let hidden = self.lm.hidden(&ids)?;
         let d = hidden.dim(2)?;
         let hidden = hidden.reshape((b * t, d))?;
         let mut out = vec![0f64; b];
@@ -287,7 +303,7 @@ impl GenPpl {
             let end = (start + HEAD_ROWS).min(rows.len());
             let idx = Tensor::from_slice(&rows[start..end], end - start, dev)?;
             let h = hidden.index_select(&idx, 0)?;
-            let logits = self.model.logits(&h)?;
+            let logits = self.lm.logits(&h)?;
             let lp = target_log_probs(&logits, &targets[start..end])?;
             for (k, v) in lp.into_iter().enumerate() {
                 if !v.is_finite() {

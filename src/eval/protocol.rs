@@ -9,7 +9,8 @@ use super::entropy::entropy_stats;
 use super::genppl::GenPpl;
 use super::mauve::{MauveOptions, mauve_of_texts};
 use super::minilm::{MAX_TOKENS, MODEL_NAME, MiniLm};
-use super::models::{MINILM, SMOLLM2};
+use super::models::MINILM;
+use super::scorer::ScorerSource;
 use crate::data::DataDir;
 use crate::progress::Progress;
 pub use crate::sample::record::SampleRecord;
@@ -155,11 +156,12 @@ pub fn parse_metrics(list: &str) -> Result<Vec<String>> {
     Ok(m)
 }
 
-/// Evaluate `samples` with `metrics` other than MAUVE; `genppl_model` is the SmolLM2 GGUF path.
+/// Evaluate `samples` with `metrics` other than MAUVE; `genppl_model` is the scorer (SmolLM2's
+/// GGUF, or a GPT-2 directory).
 pub fn evaluate(
     samples: &[SampleRecord],
     metrics: &[String],
-    genppl_model: Option<&Path>,
+    genppl_model: Option<ScorerSource>,
     batch: usize,
     progress: Option<Progress>,
 ) -> Result<Value> {
@@ -170,7 +172,7 @@ pub fn evaluate(
 pub fn evaluate_with(
     samples: &[SampleRecord],
     metrics: &[String],
-    genppl_model: Option<&Path>,
+    genppl_model: Option<ScorerSource>,
     batch: usize,
     progress: Option<Progress>,
     mauve: Option<&MauveEval>,
@@ -187,10 +189,10 @@ pub fn evaluate_with(
     let wants = |name: &str| metrics.iter().any(|m| m == name);
     // The eval tokenizer stands in for missing generator ids, which only entropy needs.
     let scorer = if wants("genppl") || (wants("entropy") && !has_ids) {
-        let path = genppl_model.ok_or_else(|| {
+        let source = genppl_model.ok_or_else(|| {
             Error::EvalModel("the GenPPL model is needed; run `idlm data fetch`".into())
         })?;
-        Some(GenPpl::load(path)?)
+        Some(GenPpl::open(source, &crate::runtime::device())?)
     } else {
         None
     };
@@ -205,16 +207,17 @@ pub fn evaluate_with(
         timing["genppl_samples_per_s"] = json!(texts.len() as f64 / secs.max(1e-9));
         out["genppl"] = json!(r.genppl);
         out["genppl_tokens"] = json!(r.tokens);
+        let (model, retokenize) = g.lm().describe();
         params["genppl"] = json!({
-            "model": "SmolLM2-135M-Instruct Q4_1 GGUF (weights dequantised to f32)",
-            "retokenize": "eval tokenizer from the GGUF, no BOS added",
+            "model": model,
+            "retokenize": retokenize,
             "scored": "every token after the first",
             "mask": "non-EOS tokens plus the first EOS",
             "eos_id": g.eos_id(),
             "context": g.context(),
             "aggregate": "exp(sum NLL / count) over all samples",
         });
-        out["eval_model_sha256"] = json!({ "smollm2": SMOLLM2.files[0].sha256 });
+        out["eval_model_sha256"] = g.lm().sha256_entry();
     }
     if metrics.iter().any(|m| m == "entropy") {
         let (ids, source): (Vec<Vec<u32>>, &str) = if has_ids {
@@ -227,7 +230,7 @@ pub fn evaluate_with(
                 .as_ref()
                 .ok_or_else(|| Error::EvalModel("eval tokenizer not loaded".into()))?;
             (
-                g.tokenizer().encode_batch(&texts)?,
+                g.encode_batch(&texts)?,
                 "eval tokenizer ids (the file has no generator ids)",
             )
         };

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::data::DataDir;
 use crate::eval::protocol::{MauveEval, References, evaluate_with};
+use crate::eval::scorer::ScorerSource;
 use crate::report::ResultRow as Row;
 use crate::sample::Sample;
 use crate::sample::record::{SampleRecord, write_jsonl};
@@ -87,7 +88,7 @@ impl EvalContext<'_> {
         let ev = evaluate_with(
             recs,
             &metrics,
-            Some(self.genppl_model),
+            Some(ScorerSource::SmolLm2(self.genppl_model)),
             8,
             None,
             Some(&mauve),
