@@ -37,8 +37,23 @@ pub struct DataInfo {
     pub eos_id: u32,
     /// Row length of the training data.
     pub seq_len: usize,
-    /// Where the data was read from.
+    /// Where the data was read from (empty for a released checkpoint, which names none).
     pub data_dir: String,
+}
+
+impl DataInfo {
+    /// The data folder to use: `given`, else the one the checkpoint was trained on; an error
+    /// naming the checkpoint when it names none (a released one).
+    pub fn data_dir_or(&self, given: Option<&Path>, ckpt: &Path) -> Result<PathBuf> {
+        match given {
+            Some(p) => Ok(p.to_path_buf()),
+            None if self.data_dir.is_empty() => Err(Error::ckpt(
+                ckpt,
+                "names no training data (a released checkpoint): pass --data DIR, prepared with its tokenizer",
+            )),
+            None => Ok(PathBuf::from(&self.data_dir)),
+        }
+    }
 }
 
 /// Everything in meta.json.
@@ -70,6 +85,9 @@ pub struct CheckpointMeta {
     /// A distillation run's own state (method, config, counters, streams); None for teachers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<serde_json::Value>,
+    /// Where a released checkpoint came from and its layout; None for idlm's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A loaded checkpoint.

@@ -414,3 +414,81 @@ fn cli_samples_a_released_checkpoint_in_place_and_after_import() {
     let e = err(&idlm(&["import", ckpt, "--out", "imp"], cwd));
     assert!(e.contains("already exists"), "{e}");
 }
+
+#[test]
+fn a_released_teacher_scores_and_distils_on_data_prepared_with_its_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    hf_dir(cwd, &reference(), mdlm_owt_config());
+    let corp = cwd.join("corp");
+    std::fs::create_dir_all(&corp).unwrap();
+    for d in 0..8 {
+        let words: Vec<String> = (0..60)
+            .map(|i| format!("w{}", (i * 7 + d * 3) % 59))
+            .collect();
+        std::fs::write(corp.join(format!("d{d}.txt")), words.join(" ")).unwrap();
+    }
+    std::fs::write(cwd.join("tok.json"), tiny_tokenizer_json()).unwrap();
+    ok(&idlm(
+        &[
+            "prepare",
+            "--corpus",
+            "corp",
+            "--tokenizer",
+            "tok.json",
+            "--seq-len",
+            "24",
+            "--valid-fraction",
+            "0.25",
+            "--out",
+            "data",
+        ],
+        cwd,
+    ));
+    // A released checkpoint names no data: the error says what to pass.
+    let e = err(&idlm(&["nll", "--ckpt", "hf"], cwd));
+    assert!(e.contains("pass --data"), "{e}");
+    ok(&idlm(
+        &[
+            "nll",
+            "--ckpt",
+            "hf",
+            "--data",
+            "data",
+            "--time-samples",
+            "1",
+        ],
+        cwd,
+    ));
+    ok(&idlm(
+        &[
+            "distill",
+            "--teacher",
+            "hf",
+            "--data",
+            "data",
+            "--method",
+            "idlm",
+            "--out",
+            "st",
+            "--max-steps",
+            "2",
+            "--no-genppl",
+            "--quiet",
+            "--set",
+            "batch_size=2",
+            "--set",
+            "val_every=0",
+        ],
+        cwd,
+    ));
+    ok(&idlm(
+        &[
+            "sample", "--ckpt", "st", "--steps", "4", "-n", "2", "--out", "st.jsonl",
+        ],
+        cwd,
+    ));
+    // The student is an idlm checkpoint, so it exports to the released layout.
+    ok(&idlm(&["export", "st", "--hf", "st-hf"], cwd));
+    assert!(cwd.join("st-hf/model.safetensors").is_file());
+}

@@ -1,7 +1,6 @@
 //! `idlm sample` and `idlm nll` on an AR checkpoint: glue between arguments and `idlm::ar`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -98,10 +97,7 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
 
 /// Exact validation NLL per token of an AR checkpoint (its perplexity is exp of it).
 pub fn nll(a: NllArgs, ck: &Checkpoint) -> Result<()> {
-    let dir = a
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&ck.meta.data.data_dir));
+    let dir = ck.meta.data.data_dir_or(a.data.as_deref(), &ck.dir)?;
     let data = DataDir::open(&dir).with_context(|| format!("opening data {}", dir.display()))?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
     let model = lm_from_checkpoint(ck, !a.raw)?;

@@ -245,10 +245,7 @@ fn nll(a: NllArgs) -> Result<()> {
     if ck.meta.process.is_ar() {
         return super::ar::nll(a, &ck);
     }
-    let dir = a
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&ck.meta.data.data_dir));
+    let dir = ck.meta.data.data_dir_or(a.data.as_deref(), &ck.dir)?;
     let data = DataDir::open(&dir).with_context(|| format!("opening data {}", dir.display()))?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
     let process = ck.process(None)?;

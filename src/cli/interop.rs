@@ -86,7 +86,7 @@ pub fn import(a: ImportArgs) -> Result<()> {
     println!(
         "{}: {} ({:?}, {} parameters, vocab {}, length {}, {}); wrote {}",
         a.src.display(),
-        ck.meta.data.data_dir,
+        ck.meta.source.as_deref().unwrap_or(""),
         ck.meta.process,
         m.n_params(),
         m.vocab_size,

@@ -89,23 +89,35 @@ pub fn gpt2_bpe_dir(cache: &Path) -> Result<PathBuf> {
     Ok(cached)
 }
 
-/// Build GPT-2's tokenizer from `encoder.json` + `vocab.bpe` (HF `vocab.json` + `merges.txt`):
-/// BPE, byte-level pre-tokenizer without a prefix space, byte-level post-processor and decoder,
-/// and `<|endoftext|>` as a special token.
-pub fn build(vocab: &Path, merges: &Path) -> Result<TextTokenizer> {
-    let (v, m) = (vocab.to_string_lossy(), merges.to_string_lossy());
+/// A byte-level BPE from `encoder.json` + `vocab.bpe` (HF `vocab.json` + `merges.txt`), set up as
+/// HF `gpt2`'s tokenizer.json is: byte-level pre-tokenizer with GPT-2's regex and no prefix space,
+/// byte-level post-processor and decoder (their flags only touch offsets), and `<|endoftext|>`, when
+/// the vocabulary has it, a special token so that its text maps to its id. The canonical JSON of
+/// GPT-2's equals shared/data's tokenizer.json, so data prepared with either has one hash.
+pub fn build_tokenizer(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
+    let path_str = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Tokenizer(format!("{}: the path is not UTF-8", p.display())))
+    };
+    let (v, m) = (path_str(vocab)?, path_str(merges)?);
     let bpe = BPE::from_file(&v, &m)
         .build()
         .map_err(|e| Error::Tokenizer(format!("{v} + {m}: {e}")))?;
     let mut tok = Tokenizer::new(bpe);
-    // The settings of HF `gpt2`'s tokenizer.json (the post-processor and decoder flags only touch
-    // offsets), so the canonical JSON, hence the data hash, equals shared/data's.
     tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tok.with_post_processor(Some(ByteLevel::new(true, false, true)));
     tok.with_decoder(Some(ByteLevel::new(true, true, true)));
-    tok.add_special_tokens(vec![AddedToken::from(EOT, true)])
-        .map_err(|e| Error::Tokenizer(format!("adding {EOT} to GPT-2's tokenizer: {e}")))?;
-    let json = tok
+    if tok.token_to_id(EOT).is_some() {
+        tok.add_special_tokens(vec![AddedToken::from(EOT, true)])
+            .map_err(|e| Error::Tokenizer(format!("{v}: adding {EOT}: {e}")))?;
+    }
+    Ok(tok)
+}
+
+/// [`build_tokenizer`] as idlm's [`TextTokenizer`].
+pub fn build(vocab: &Path, merges: &Path) -> Result<TextTokenizer> {
+    let json = build_tokenizer(vocab, merges)?
         .to_string(false)
         .map_err(|e| Error::Tokenizer(format!("serialising GPT-2's tokenizer: {e}")))?;
     TextTokenizer::from_json(&json)

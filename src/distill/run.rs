@@ -222,10 +222,15 @@ fn open_data(
     saved: &str,
     ck: &checkpoint::Checkpoint,
 ) -> Result<DataDir> {
-    let dir = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(saved));
+    let dir = if saved.is_empty() {
+        ck.meta
+            .data
+            .data_dir_or(opts.data_dir.as_deref(), &ck.dir)?
+    } else {
+        opts.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(saved))
+    };
     let data = DataDir::open(&dir)?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
     Ok(data)

@@ -1,16 +1,11 @@
 //! The tokenizer of a Hugging Face GPT-2 directory: its `tokenizer.json` when there is one, else
-//! the byte-level BPE rebuilt from `vocab.json` + `merges.txt` the way HF's `GPT2Tokenizer` reads
-//! them (byte-level pre-tokenizer with GPT-2's regex, no prefix space, byte-level decoder), with
-//! `<|endoftext|>` a special token so that its text in an input maps to its id.
+//! the byte-level BPE rebuilt from `vocab.json` + `merges.txt` (`data::gpt2_bpe::build_tokenizer`).
 
 use std::path::Path;
 use std::str::FromStr;
 
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::Tokenizer;
 
-use super::genppl::EOS_TEXT;
 use crate::error::{Error, Result};
 
 /// A tokenizer error about `path`.
@@ -34,20 +29,5 @@ pub fn load_gpt2_tokenizer(dir: &Path) -> Result<Tokenizer> {
             ));
         }
     }
-    let to_str = |p: &Path| {
-        p.to_str()
-            .map(str::to_owned)
-            .ok_or_else(|| bad(p, "the path is not UTF-8"))
-    };
-    let bpe = BPE::from_file(&to_str(&vocab)?, &to_str(&merges)?)
-        .build()
-        .map_err(|e| bad(dir, format!("vocab.json + merges.txt: {e}")))?;
-    let mut tok = Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-    tok.with_decoder(Some(ByteLevel::new(false, true, true)));
-    if tok.token_to_id(EOS_TEXT).is_some() {
-        tok.add_special_tokens([AddedToken::from(EOS_TEXT, true)])
-            .map_err(|e| bad(dir, format!("adding {EOS_TEXT}: {e}")))?;
-    }
-    Ok(tok)
+    crate::data::gpt2_bpe::build_tokenizer(&vocab, &merges)
 }

@@ -486,7 +486,7 @@ fn finish(path: &Path, src: Source, opts: &ImportOptions) -> Result<Checkpoint> 
         bos_id: tok.bos_id(),
         eos_id: tok.eos_id(),
         seq_len: cfg.length,
-        data_dir: format!("released checkpoint {} ({})", path.display(), src.layout),
+        data_dir: String::new(),
     };
     let mut weights = src.weights;
     weights.remove(INV_FREQ);
@@ -503,6 +503,7 @@ fn finish(path: &Path, src: Source, opts: &ImportOptions) -> Result<Checkpoint> 
         val_nelbo: None,
         train_seconds: 0.0,
         distill: None,
+        source: Some(format!("{} ({})", path.display(), src.layout)),
     };
     Ok(Checkpoint::imported(
         path.to_path_buf(),

@@ -444,6 +444,7 @@ impl<N: Trainable> TrainerCore<N> {
             val_nelbo: val,
             train_seconds: self.train_seconds,
             distill: None,
+            source: None,
         })
     }
 
