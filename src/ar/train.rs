@@ -71,6 +71,16 @@ pub fn init_lm(cfg: &CausalLmConfig, seed: u64) -> Result<(VarMap, CausalLm)> {
     Ok((varmap, model))
 }
 
+/// A causal LM initialised as [`init_lm`] does, on plain tensors (no autograd graph): what the
+/// sampling benchmarks decode with, as `idlm sample` does with a checkpoint.
+pub fn random_frozen_lm(cfg: &CausalLmConfig, seed: u64) -> Result<CausalLm> {
+    let (vars, _) = init_lm(cfg, seed)?;
+    let w = crate::nn::init::detached(&vars)?;
+    drop(vars);
+    let vb = VarBuilder::from_tensors(w, DType::F32, &crate::runtime::device());
+    CausalLm::new(vb, cfg)
+}
+
 /// Per-target next-token NLL (B (L-1),) of rows (B x L, flat) and the number of real targets
 /// (MASK targets, which packed data never holds, get weight 0).
 pub fn next_token_losses(

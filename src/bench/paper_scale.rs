@@ -5,6 +5,7 @@
 //! (`--only`), so each peak is its own; long runs may time only their first K network calls
 //! (`budget`), and such figures are labelled as extrapolated.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::budget::{Budgeted, extrapolate};
 use crate::bench::memory::{reset_peak, rss_mib};
-use crate::nn::{CausalLmConfig, Denoiser, Dit, DitConfig, init::init_dit};
+use crate::nn::init::{detached, init_dit};
+use crate::nn::{CausalLmConfig, Denoiser, Dit, DitConfig, frozen};
 use crate::process::{Masked, NoiseRemoval};
 use crate::sample::{SamplerOptions, sample};
 use crate::{Error, Result};
@@ -129,13 +131,15 @@ pub struct PaperRecord {
     pub shape: PaperShape,
 }
 
-/// A random-weight DiT of `cfg` (the project's initialisation from a seed).
-fn random_dit(cfg: &DitConfig) -> Result<(VarMap, Dit)> {
+/// A random-weight DiT of `cfg` (the project's initialisation from a seed), frozen.
+fn random_dit(cfg: &DitConfig) -> Result<Dit> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &crate::runtime::device());
-    let dit = Dit::new(vb, cfg)?;
+    Dit::new(vb, cfg)?;
     init_dit(&varmap, 0)?;
-    Ok((varmap, dit))
+    let w = detached(&varmap)?;
+    drop(varmap);
+    frozen(&w, cfg, Path::new("random weights"))
 }
 
 /// Steps of a diffusion configuration (None for the AR one); an unknown name is an error.
@@ -188,8 +192,8 @@ pub fn run_config(
         };
     let Some(steps) = steps else {
         let cfg = shape.causal_lm();
-        let (vars, lm) = crate::ar::init_lm(&cfg, 0)?;
-        let n: usize = vars.all_vars().iter().map(|v| v.elem_count()).sum();
+        let lm = crate::ar::random_frozen_lm(&cfg, 0)?;
+        let n = cfg.n_params();
         let opts = crate::ar::ArSamplerOptions {
             batch_size: batch,
             ..Default::default()
@@ -209,7 +213,7 @@ pub fn run_config(
         ));
     };
     let cfg = shape.dit();
-    let (_vars, dit) = random_dit(&cfg)?;
+    let dit = random_dit(&cfg)?;
     let process = Masked::new(shape.vocab, (shape.vocab - 1) as u32)?;
     // One full-batch forward first, untimed, for the same reason.
     let warm = crate::runtime::device();

@@ -110,7 +110,7 @@ pub fn ar_kv_tokens_per_s(o: &BenchOptions, batch: usize, n: usize) -> Result<f6
         length: o.len,
         dropout: 0.0,
     };
-    let (_vars, lm) = crate::ar::init_lm(&cfg, 1)?;
+    let lm = crate::ar::random_frozen_lm(&cfg, 1)?;
     let opts = crate::ar::ArSamplerOptions {
         batch_size: batch,
         ..Default::default()

@@ -5,7 +5,55 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{column_sums, f32_data, gemm_append_short_rows, gemm_new, rows_per_task, simd};
+use super::{column_sums, f32_data, gemm_append_short_rows, gemm_new, lanes, rows_per_task, simd};
+
+/// Inputs of at most this many rows take [`few_rows_xwt`] (KV-cache decoding: one row per sequence).
+const FEW_ROWS: usize = 8;
+/// Weight rows per parallel task of [`few_rows_xwt`].
+const W_ROWS_PER_TASK: usize = 64;
+
+/// `x W^T` (rows x out) for a few rows of `x`: each weight row is read once, contiguously, and
+/// dotted with every input row. A GEMV-shaped call is bound by reading W, which the GEMM kernel
+/// first packs (an extra pass over W per call); this reads it once (docs/engineering.md).
+fn few_rows_xwt(rows: usize, out: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    // Column-major result first (one contiguous run per weight row), transposed after: rows is small.
+    let mut yt = vec![0f32; out * rows];
+    yt.par_chunks_mut(W_ROWS_PER_TASK * rows)
+        .enumerate()
+        .for_each(|(c, ys)| {
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    for (j, yr) in ys.chunks_exact_mut(rows).enumerate() {
+                        let n = c * W_ROWS_PER_TASK + j;
+                        let wr = &w[n * k..(n + 1) * k];
+                        for (r, y) in yr.iter_mut().enumerate() {
+                            *y = lanes::dot(&x[r * k..(r + 1) * k], wr);
+                        }
+                    }
+                },
+            )
+        });
+    if rows == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; rows * out];
+    for (n, yr) in yt.chunks_exact(rows).enumerate() {
+        for (r, v) in yr.iter().enumerate() {
+            y[r * out + n] = *v;
+        }
+    }
+    y
+}
+
+/// `x W^T` (rows x out) with W in PyTorch's `[out, k]` layout.
+fn xwt(rows: usize, out: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if rows <= FEW_ROWS && k > 0 {
+        few_rows_xwt(rows, out, k, x, w)
+    } else {
+        gemm_new(rows, out, k, x, k, 1, w, 1, k)
+    }
+}
 
 #[inline(always)]
 fn add_assign(r: &mut [f32], b: &[f32]) {
@@ -59,7 +107,7 @@ impl CustomOp3 for LinearBias {
         let b = f32_data(s3, l3, self.name())?;
         let (rows, k, out) = dims(l1, l2, self.name())?;
         // The GEMM into fresh memory, then the bias added in the same (cache-warm) row order.
-        let mut y = gemm_new(rows, out, k, x, k, 1, w, 1, k);
+        let mut y = xwt(rows, out, k, x, w);
         y.par_chunks_mut(out * rows_per_task(out)).for_each(|r| {
             simd::dispatch(
                 #[inline(always)]
@@ -100,7 +148,7 @@ impl CustomOp2 for LinearNoBias {
         let x = f32_data(s1, l1, self.name())?;
         let w = f32_data(s2, l2, self.name())?;
         let (rows, k, out) = dims(l1, l2, self.name())?;
-        let y = gemm_new(rows, out, k, x, k, 1, w, 1, k);
+        let y = xwt(rows, out, k, x, w);
         Ok((CpuStorage::F32(y), out_shape(l1, out)))
     }
 
@@ -223,8 +271,15 @@ mod tests {
     #[test]
     fn matches_composed_forward_and_gradients() {
         let dev = Device::Cpu;
-        // The second shape takes the threaded GEMM and several bias-add tasks.
-        for (b0, l, k, out) in [(3, 5, 7, 9), (4, 75, 64, 130)] {
+        // The second shape takes the threaded GEMM and several bias-add tasks; the others the
+        // few-rows path (1, 2 and 8 rows; several weight-row tasks and a ragged last one).
+        for (b0, l, k, out) in [
+            (3, 5, 7, 9),
+            (4, 75, 64, 130),
+            (1, 1, 37, 150),
+            (2, 1, 64, 129),
+            (8, 1, 19, 200),
+        ] {
             check_linear(&dev, b0, l, k, out);
         }
     }
