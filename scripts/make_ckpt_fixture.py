@@ -14,11 +14,10 @@ Run once with torch, omegaconf and transformers installed:
     /tmp/tv/bin/python scripts/make_ckpt_fixture.py
 """
 import collections
-import json
 import os
+import sys
 
 import torch
-from torch import nn
 from safetensors.torch import load_file
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
@@ -27,70 +26,17 @@ from tokenizers.pre_tokenizers import Whitespace
 from transformers import PreTrainedTokenizerFast
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import check_export  # noqa: E402
 FIX = os.path.join(HERE, "..", "tests", "fixtures")
 V, D, HEADS, BLOCKS, COND = 61, 64, 4, 2, 32
-
-
-class LayerNorm(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-
-
-class Block(nn.Module):  # DDiTBlock's registration order
-    def __init__(self):
-        super().__init__()
-        self.norm1 = LayerNorm(D)
-        self.attn_qkv = nn.Linear(D, 3 * D, bias=False)
-        self.attn_out = nn.Linear(D, D, bias=False)
-        self.dropout1 = nn.Dropout(0.1)
-        self.norm2 = LayerNorm(D)
-        self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(approximate="tanh"), nn.Linear(4 * D, D))
-        self.dropout2 = nn.Dropout(0.1)
-        self.adaLN_modulation = nn.Linear(COND, 6 * D)
-
-
-class Embedding(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embedding = nn.Parameter(torch.empty(V, D))
-
-
-class Sigma(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(256, COND), nn.SiLU(), nn.Linear(COND, COND))
-
-
-class Rotary(nn.Module):
-    def __init__(self):
-        super().__init__()
-        hd = D // HEADS
-        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd)))
-
-
-class Final(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.norm_final = LayerNorm(D)
-        self.linear = nn.Linear(D, V)
-        self.adaLN_modulation = nn.Linear(COND, 2 * D)
-
-
-class DIT(nn.Module):  # models/dit.py DIT's registration order
-    def __init__(self):
-        super().__init__()
-        self.vocab_embed = Embedding()
-        self.sigma_map = Sigma()
-        self.rotary_emb = Rotary()
-        self.blocks = nn.ModuleList([Block() for _ in range(BLOCKS)])
-        self.output_layer = Final()
 
 
 def main():
     ref = load_file(os.path.join(FIX, "dit_reference", "model.safetensors"))
     ref = {k[len("backbone."):]: v for k, v in ref.items()}
-    net = DIT()
+    # A module tree registered as the reference models/dit.py DIT (scripts/check_export.py).
+    net = check_export.tree(V, D, HEADS, BLOCKS, COND).backbone
     net.load_state_dict(ref, strict=True)
     teacher = {k: v.clone() for k, v in net.state_dict().items()}
     student = {k: (v * 0.5 if k != "rotary_emb.inv_freq" else v.clone()) for k, v in teacher.items()}

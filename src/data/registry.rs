@@ -36,6 +36,32 @@ pub(crate) fn pip_download(spec: &str, dest: &Path, wheel: bool) -> Result<()> {
     Err(Error::External(format!("pip not found: {hint}")))
 }
 
+/// `npm pack <spec>` into `dest` (a .tgz of the package).
+pub(crate) fn npm_pack(spec: &str, dest: &Path) -> Result<()> {
+    let mut c = Command::new("npm");
+    c.args(["pack", spec, "--silent"]).current_dir(dest);
+    run(
+        &mut c,
+        "npm",
+        "install Node.js and npm (Debian: apt-get install npm)",
+    )
+    .map(|_| ())
+}
+
+/// Unpack the single archive downloaded into `dl` (see [`find_archive`]) into `dest`.
+pub(crate) fn unpack_archive(dl: &Path, dest: &Path) -> Result<()> {
+    let archive = find_archive(dl)?;
+    std::fs::create_dir_all(dest).map_err(|e| Error::io("create", dest, e))?;
+    let mut c = Command::new("tar");
+    c.arg("-xzf").arg(&archive).arg("-C").arg(dest);
+    run(
+        &mut c,
+        "tar",
+        "install tar and gzip (Debian: apt-get install tar gzip)",
+    )
+    .map(|_| ())
+}
+
 /// The single downloaded archive (.tgz or .tar.gz) in `dir`.
 pub(crate) fn find_archive(dir: &Path) -> Result<PathBuf> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
