@@ -40,6 +40,9 @@ pub enum Error {
     /// An evaluation model (SmolLM2 GGUF, MiniLM) was missing, corrupt or unusable.
     #[error("eval model: {0}")]
     EvalModel(String),
+    /// The server could not start or run (`idlm serve`).
+    #[error("serve: {0}")]
+    Serve(String),
 }
 
 /// Result alias for the library.

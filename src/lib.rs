@@ -20,6 +20,7 @@ pub mod reproduce;
 pub mod run;
 pub mod runtime;
 pub mod sample;
+pub mod serve;
 pub mod toy;
 pub mod train;
 pub mod trainer;

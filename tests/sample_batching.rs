@@ -7,7 +7,9 @@ use candle_nn::{VarBuilder, VarMap};
 use idlm::nn::init::init_dit;
 use idlm::nn::{Dit, DitConfig};
 use idlm::process::{ForwardProcess, Masked, NoiseRemoval, Uniform};
-use idlm::sample::{Denoiser, Request, Sample, SamplerOptions, sample, sample_requests};
+use idlm::sample::{
+    Denoiser, Engine, Event, Request, Sample, SamplerOptions, sample, sample_requests,
+};
 use idlm::toy::{ExactDenoiser, ExactUniformDenoiser, ToyWorld};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -311,4 +313,98 @@ fn identical_rows_of_a_call_are_computed_once_with_the_same_samples() {
     assert_eq!(ids(&together), ids(&alone));
     let distinct: std::collections::HashSet<_> = together.iter().map(|s| s.ids.clone()).collect();
     assert_eq!(distinct.len(), 6, "{:?}", ids(&together));
+}
+
+type Steps = Vec<(usize, usize, Vec<u32>, usize)>;
+
+/// Sort events into each request's samples (by id) and the watched steps, in order.
+fn collect(
+    events: Vec<Event>,
+    done: &mut std::collections::HashMap<usize, Vec<Sample>>,
+    steps: &mut Steps,
+) {
+    for ev in events {
+        match ev {
+            Event::Done { request, samples } => {
+                assert!(done.insert(request, samples).is_none(), "done twice");
+            }
+            Event::Step {
+                request,
+                index,
+                ids,
+                nfe,
+            } => steps.push((request, index, ids, nfe)),
+        }
+    }
+}
+
+#[test]
+fn a_request_added_while_others_run_joins_at_the_next_call_with_the_same_samples() {
+    let dit = tiny_dit(true);
+    let process = Masked::new(V, (V - 1) as u32).unwrap();
+    let den = Counting {
+        inner: &dit,
+        rows: Default::default(),
+    };
+    let mut e = Engine::new(&den, &process, 16).unwrap();
+    // One call per step, so the first request is still running after a few steps.
+    let a = Request {
+        n: 3,
+        len: L,
+        opts: opts(64, NoiseRemoval::Ancestral, false, 1),
+    };
+    let ida = e.add(a.clone(), false).unwrap();
+    for _ in 0..5 {
+        assert!(e.step().unwrap().is_empty(), "unwatched and unfinished");
+    }
+    let b = Request {
+        n: 2,
+        len: 4,
+        opts: opts(8, NoiseRemoval::Greedy, true, 2),
+    };
+    let idb = e.add(b.clone(), true).unwrap();
+    // b's sequences are in the very next step: a call of their own length, then a's call.
+    let calls = den.rows.lock().unwrap().len();
+    let ev = e.step().unwrap();
+    let b_now: Vec<usize> = ev
+        .iter()
+        .filter_map(|x| match x {
+            Event::Step { request, index, .. } if *request == idb => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(b_now, [0, 1]);
+    let rows = den.rows.lock().unwrap().clone();
+    assert_eq!(rows.len(), calls + 2, "{rows:?}");
+    let mut done = std::collections::HashMap::new();
+    let mut steps = Steps::new();
+    collect(ev, &mut done, &mut steps);
+    // A third request is cancelled: it never finishes, and the others are unchanged.
+    let c = Request {
+        n: 4,
+        len: L,
+        opts: opts(16, NoiseRemoval::Ancestral, true, 3),
+    };
+    let idc = e.add(c, true).unwrap();
+    collect(e.step().unwrap(), &mut done, &mut steps);
+    assert!(e.cancel(idc) && !e.cancel(idc));
+    assert!(!e.requests().contains(&idc));
+    while !e.is_idle() {
+        collect(e.step().unwrap(), &mut done, &mut steps);
+    }
+    assert!(!done.contains_key(&idc));
+    assert!(steps.iter().all(|s| s.0 != ida), "a is not watched");
+    for (id, q) in [(ida, &a), (idb, &b)] {
+        let alone = sample(&dit, &process, q.n, q.len, &q.opts, None).unwrap();
+        assert_eq!(ids(&done[&id]), ids(&alone), "request {id}");
+    }
+    // b's events: one per call per sequence, the last one its sample, masks only resolve.
+    for (i, s) in done[&idb].iter().enumerate() {
+        let mine: Vec<_> = steps.iter().filter(|x| x.0 == idb && x.1 == i).collect();
+        assert_eq!(mine.len(), s.nfe, "sequence {i}");
+        assert_eq!(mine.last().unwrap().2, s.ids);
+        let masks = |v: &[u32]| v.iter().filter(|&&t| t == (V - 1) as u32).count();
+        assert!(mine.windows(2).all(|w| masks(&w[1].2) <= masks(&w[0].2)));
+        assert!(mine.iter().enumerate().all(|(k, x)| x.3 == k + 1));
+    }
 }

@@ -9,7 +9,7 @@ pub mod train;
 
 pub use crate::trainer::ArTrainer;
 pub use run::run_ar_training;
-pub use sample::{ArSamplerOptions, draw_next, next_token_probs, sample_ar};
+pub use sample::{ArBatch, ArSamplerOptions, draw_next, next_token_probs, sample_ar};
 pub use train::{
     ArObjective, NllStats, ar_nll, init_lm, lm_from_checkpoint, lm_from_tensors, next_token_losses,
     random_frozen_lm,

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::CausalLm;
 use crate::nn::ops::fast_exp;
+use crate::nn::{CausalLm, KvCache};
 use crate::process::{argmax, draw_f64};
 use crate::sample::{Progress, Sample};
 use crate::{Error, Result};
@@ -171,47 +171,109 @@ fn sample_batch(
     exclude: Option<u32>,
     opts: &ArSamplerOptions,
 ) -> Result<Vec<Sample>> {
-    let t0 = Instant::now();
-    let b = idx.len();
-    let mut rngs: Vec<ChaCha8Rng> = idx
-        .clone()
-        .map(|i| {
-            let mut r = ChaCha8Rng::seed_from_u64(opts.seed);
-            r.set_stream(i as u64);
-            r
-        })
-        .collect();
-    let mut seqs: Vec<Vec<u32>> = (0..b)
-        .map(|_| {
-            let mut s = Vec::with_capacity(len);
-            s.push(bos_id);
-            s
-        })
-        .collect();
-    let mut cache = model.new_cache(b);
-    let exclude = exclude.map(|e| e as usize);
-    for p in 0..len - 1 {
-        let cur: Vec<u32> = seqs.iter().map(|s| s[p]).collect();
-        let logits = model.step(&mut cache, &cur)?;
-        let v = logits.dim(1)?;
-        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-        let next: Vec<u32> = flat
-            .par_chunks(v)
-            .zip(rngs.par_iter_mut())
-            .map(|(z, rng)| draw_next(z, opts, exclude, rng))
+    let mut batch = ArBatch::new(model, idx, len, bos_id, exclude, opts);
+    while !batch.is_done() {
+        batch.step(model)?;
+    }
+    Ok(batch.finish())
+}
+
+/// Sequences decoded together from BOS, one token each per `step` (one network call), on their
+/// own random streams: what `sample_ar` runs per batch, and what `idlm serve` steps.
+pub struct ArBatch {
+    idx: std::ops::Range<usize>,
+    len: usize,
+    rngs: Vec<ChaCha8Rng>,
+    seqs: Vec<Vec<u32>>,
+    cache: KvCache,
+    exclude: Option<usize>,
+    opts: ArSamplerOptions,
+    t0: Instant,
+}
+
+impl ArBatch {
+    /// Sequences `idx` (their stream numbers) of `len` tokens, BOS first.
+    pub fn new(
+        model: &CausalLm,
+        idx: std::ops::Range<usize>,
+        len: usize,
+        bos_id: u32,
+        exclude: Option<u32>,
+        opts: &ArSamplerOptions,
+    ) -> Self {
+        let b = idx.len();
+        let rngs: Vec<ChaCha8Rng> = idx
+            .clone()
+            .map(|i| {
+                let mut r = ChaCha8Rng::seed_from_u64(opts.seed);
+                r.set_stream(i as u64);
+                r
+            })
             .collect();
-        for (s, t) in seqs.iter_mut().zip(next) {
-            s.push(t);
+        let seqs: Vec<Vec<u32>> = (0..b)
+            .map(|_| {
+                let mut s = Vec::with_capacity(len);
+                s.push(bos_id);
+                s
+            })
+            .collect();
+        Self {
+            cache: model.new_cache(b),
+            idx,
+            len,
+            rngs,
+            seqs,
+            exclude: exclude.map(|e| e as usize),
+            opts: opts.clone(),
+            t0: Instant::now(),
         }
     }
-    let secs = t0.elapsed().as_secs_f64() / b.max(1) as f64;
-    Ok(idx
-        .zip(seqs)
-        .map(|(index, ids)| Sample {
-            index,
-            ids,
-            nfe: len - 1,
-            seconds: secs,
-        })
-        .collect())
+
+    /// Every sequence has its `len` tokens (or the batch is empty).
+    pub fn is_done(&self) -> bool {
+        self.seqs.first().is_none_or(|s| s.len() >= self.len)
+    }
+
+    /// The tokens so far, one vector per sequence.
+    pub fn seqs(&self) -> &[Vec<u32>] {
+        &self.seqs
+    }
+
+    /// Decode one more token of every sequence (one network call).
+    pub fn step(&mut self, model: &CausalLm) -> Result<()> {
+        if self.is_done() {
+            return Ok(());
+        }
+        let p = self.seqs[0].len() - 1;
+        let cur: Vec<u32> = self.seqs.iter().map(|s| s[p]).collect();
+        let logits = model.step(&mut self.cache, &cur)?;
+        let v = logits.dim(1)?;
+        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+        let (opts, exclude) = (&self.opts, self.exclude);
+        let next: Vec<u32> = flat
+            .par_chunks(v)
+            .zip(self.rngs.par_iter_mut())
+            .map(|(z, rng)| draw_next(z, opts, exclude, rng))
+            .collect();
+        for (s, t) in self.seqs.iter_mut().zip(next) {
+            s.push(t);
+        }
+        Ok(())
+    }
+
+    /// The samples, each with `len - 1` calls and an equal share of the batch's wall time.
+    pub fn finish(self) -> Vec<Sample> {
+        let b = self.seqs.len();
+        let secs = self.t0.elapsed().as_secs_f64() / b.max(1) as f64;
+        let nfe = self.len.saturating_sub(1);
+        self.idx
+            .zip(self.seqs)
+            .map(|(index, ids)| Sample {
+                index,
+                ids,
+                nfe,
+                seconds: secs,
+            })
+            .collect()
+    }
 }

@@ -61,6 +61,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Import(a) => super::interop::import(a),
         Command::Export(a) => super::interop::export(a),
+        Command::Serve(a) => super::serve::serve_cmd(a),
         Command::PlotMetrics(a) => {
             let h = match &a.data {
                 Some(d) => Some(DataDir::open(d)?.info.unigram_entropy_nats),

@@ -5,6 +5,7 @@ mod choices;
 mod commands;
 mod distill;
 mod interop;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,9 @@ pub enum Command {
     Import(interop::ImportArgs),
     /// Write a checkpoint in the mdlm-owt Hugging Face layout.
     Export(interop::ExportArgs),
+    /// Serve checkpoints over HTTP: OpenAI-style completions (whole or streamed step by step),
+    /// metrics, and a web page at /.
+    Serve(serve::ServeArgs),
 }
 
 /// `idlm report`

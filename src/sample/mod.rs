@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::process::{ForwardProcess, NoiseRemoval};
 pub use crate::progress::Progress;
-pub use engine::{Request, sample_requests};
+pub use engine::{Engine, Event, Request, RequestId, sample_requests};
 
 pub use crate::nn::Denoiser;
 

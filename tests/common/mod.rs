@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod http;
+pub mod server;
+
 use idlm::data::{PrepareOptions, TokenizerChoice, prepare};
 
 const WORDS: &[&str] = &[

@@ -1,0 +1,64 @@
+// Drives the page of `idlm serve` in headless Chromium (Debian's, through playwright-core):
+// types a prompt and sees it refused by name (the model is unconditional), clears it, generates,
+// checks the text changed over at least 3 steps with the masks only resolving and ends as the API's
+// text for the same seed, then saves a screenshot. Usage: node page.cjs HOST:PORT SCREENSHOT.png
+"use strict";
+const { chromium } = require("playwright-core");
+
+async function main() {
+  const [addr, shot] = process.argv.slice(2);
+  if (!addr || !shot) { throw new Error("usage: node page.cjs HOST:PORT SCREENSHOT.png"); }
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu"],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 640 } });
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(`http://${addr}/`);
+    await page.waitForSelector("#model option", { state: "attached" });
+    await page.fill("#steps", "24");
+    await page.fill("#seed", "7");
+    // A prompt: refused by the server (no conditional generation yet), and the page says why.
+    await page.type("#prompt", "Once upon a time");
+    await page.click("#go");
+    await page.waitForSelector(".panel .error");
+    const err = await page.textContent(".panel .error");
+    if (!/400: .*prompt/.test(err)) { throw new Error(`no prompt error shown: ${err}`); }
+    await page.fill("#prompt", "");
+    // Record the text the page shows after every DOM change of the output.
+    await page.evaluate(() => {
+      window.idlmSeen = [];
+      new MutationObserver(() => {
+        const t = document.querySelector(".panel .text");
+        if (t) { window.idlmSeen.push({ masks: t.querySelectorAll(".mask").length, text: t.textContent }); }
+      }).observe(document.getElementById("panels"), { childList: true, subtree: true, characterData: true });
+    });
+    await page.click("#go");
+    await page.waitForSelector('.panel[data-done="1"]', { timeout: 60000 });
+    const seen = await page.evaluate(() => window.idlmSeen);
+    const states = seen.filter((s, i) => i === 0 || s.text !== seen[i - 1].text || s.masks !== seen[i - 1].masks);
+    const masked = states.filter((s) => s.masks > 0);
+    if (masked.length < 3) {
+      throw new Error(`the text changed over ${masked.length} masked steps: ${JSON.stringify(states.slice(0, 5))}`);
+    }
+    for (let i = 1; i < masked.length; i++) {
+      if (masked[i].masks > masked[i - 1].masks) { throw new Error(`masks grew at ${i}`); }
+    }
+    const shown = await page.textContent(".panel .text");
+    const api = await page.evaluate(async () => {
+      const r = await fetch("/v1/completions", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ steps: 24, seed: 7, max_tokens: Number(document.getElementById("max_tokens").value) }) });
+      return (await r.json()).choices[0].text;
+    });
+    if (shown !== api) { throw new Error(`page shows ${JSON.stringify(shown)}, the API gives ${JSON.stringify(api)}`); }
+    if (errors.length) { throw new Error(`page errors: ${errors.join("; ")}`); }
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(`ok: ${masked.length} masked steps seen, screenshot ${shot}`);
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((e) => { console.error(e.stack || String(e)); process.exit(1); });
