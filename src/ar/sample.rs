@@ -244,13 +244,34 @@ impl ArBatch {
         if self.is_done() {
             return Ok(());
         }
-        let p = self.seqs[0].len() - 1;
-        let cur: Vec<u32> = self.seqs.iter().map(|s| s[p]).collect();
+        let cur = self.current();
         let logits = model.step(&mut self.cache, &cur)?;
-        let v = logits.dim(1)?;
-        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+        self.accept(&logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The token each sequence feeds at the next call.
+    pub fn current(&self) -> Vec<u32> {
+        self.seqs.iter().filter_map(|s| s.last().copied()).collect()
+    }
+
+    /// The KV cache the next call extends (for `CausalLm::step_many` across batches).
+    pub fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+
+    /// Draw the next token of every sequence from its row of `logits` (B x V, row-major), the
+    /// output of the call that fed `current()`.
+    pub fn accept(&mut self, logits: &[f32]) -> Result<()> {
+        let b = self.seqs.len();
+        if b == 0 || !logits.len().is_multiple_of(b) {
+            return Err(Error::InvalidArgument(format!(
+                "{} logits for {b} sequences",
+                logits.len()
+            )));
+        }
+        let v = logits.len() / b;
         let (opts, exclude) = (&self.opts, self.exclude);
-        let next: Vec<u32> = flat
+        let next: Vec<u32> = logits
             .par_chunks(v)
             .zip(self.rngs.par_iter_mut())
             .map(|(z, rng)| draw_next(z, opts, exclude, rng))
