@@ -275,8 +275,8 @@ fn sampler_draws_stay_in_the_model_nucleus_and_ignore_batching() {
         batch_size,
         seed: 3,
     };
-    let s = sample_ar(&lm, 5, l, 0, Some(mask), &opts(2), None).unwrap();
-    let s1 = sample_ar(&lm, 5, l, 0, Some(mask), &opts(5), None).unwrap();
+    let s = sample_ar(&lm, 5, l, &[0], Some(mask), &opts(2), None).unwrap();
+    let s1 = sample_ar(&lm, 5, l, &[0], Some(mask), &opts(5), None).unwrap();
     for (a, b) in s.iter().zip(&s1) {
         assert_eq!(a.ids, b.ids, "sample {} depends on the batching", a.index);
         assert_eq!((a.ids.len(), a.ids[0], a.nfe), (l, 0, l - 1));
@@ -361,7 +361,7 @@ fn tiny_ar_model_learns_a_repeated_pattern() {
         temperature: 0.0,
         ..Default::default()
     };
-    for smp in sample_ar(&tr.model, 4, l, 0, Some(6), &greedy, None).unwrap() {
+    for smp in sample_ar(&tr.model, 4, l, &[0], Some(6), &greedy, None).unwrap() {
         for k in 1..l - 1 {
             assert_eq!(smp.ids[k + 1], smp.ids[k] % 5 + 1, "{:?}", smp.ids);
         }

@@ -64,7 +64,7 @@ impl ArEngine {
             });
             return Ok(id);
         }
-        let batch = ArBatch::new(&self.model, 0..n, len, self.bos, Some(self.mask), opts);
+        let batch = ArBatch::new(&self.model, 0..n, len, &[self.bos], Some(self.mask), opts);
         self.running.insert(id, Running { batch, len, watch });
         Ok(id)
     }
