@@ -39,6 +39,9 @@ pub struct DataInfo {
     pub seq_len: usize,
     /// Where the data was read from (empty for a released checkpoint, which names none).
     pub data_dir: String,
+    /// Row layout of the training data: a pairs model's prompts end with its separator.
+    #[serde(default)]
+    pub rows: crate::data::pairs::RowLayout,
 }
 
 impl DataInfo {

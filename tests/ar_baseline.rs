@@ -345,7 +345,10 @@ fn tiny_ar_model_learns_a_repeated_pattern() {
     let data = pattern_data(&tmp.path().join("p.bin"), 256, l);
     let cfg = ar_cfg(&[]);
     let mut tr = ArTrainer::new(&cfg, &cfg.model.dit(7, l)).unwrap();
-    let obj = ArObjective { mask_id: 6 };
+    let obj = ArObjective {
+        mask_id: 6,
+        layout: Default::default(),
+    };
     let mut last = Vec::new();
     for _ in 0..300 {
         last.push(obj.step(&mut tr, &data).unwrap().loss);
@@ -354,7 +357,7 @@ fn tiny_ar_model_learns_a_repeated_pattern() {
     let floor = 5f64.ln() / (l - 1) as f64;
     let tail = last[last.len() - 20..].iter().sum::<f64>() / 20.0;
     assert!(tail < floor + 0.03, "loss {tail} vs floor {floor}");
-    let s = ar_nll(&tr.model, &data, 64, 16, 6).unwrap();
+    let s = ar_nll(&tr.model, &data, Default::default(), 64, 16, 6).unwrap();
     assert!(s.nll < floor + 0.03 && (s.perplexity - s.nll.exp()).abs() < 1e-9);
     assert_eq!(s.tokens, 64 * (l as u64 - 1));
     let greedy = ArSamplerOptions {
@@ -377,6 +380,7 @@ fn data_info(l: usize) -> DataInfo {
         eos_id: 0,
         seq_len: l,
         data_dir: "synthetic".into(),
+        rows: Default::default(),
     }
 }
 
@@ -402,7 +406,10 @@ fn checkpoint_round_trip_exact_resume_and_wrong_kind_errors() {
     let cfg = ar_cfg(&["model.dropout=0.1", "train.grad_accum=2"]);
     let arch = cfg.model.dit(7, l);
     let mut a = ArTrainer::new(&cfg, &arch).unwrap();
-    let obj = ArObjective { mask_id: 6 };
+    let obj = ArObjective {
+        mask_id: 6,
+        layout: Default::default(),
+    };
     for _ in 0..3 {
         obj.step(&mut a, &data).unwrap();
     }

@@ -12,5 +12,5 @@ pub use run::run_ar_training;
 pub use sample::{ArBatch, ArSamplerOptions, draw_next, next_token_probs, sample_ar};
 pub use train::{
     ArObjective, NllStats, ar_nll, init_lm, lm_from_checkpoint, lm_from_tensors, next_token_losses,
-    random_frozen_lm,
+    prompted_next_token_losses, random_frozen_lm,
 };

@@ -23,7 +23,14 @@ impl Objective<CausalLm> for ArObjective {
         batch_size: usize,
         step: u64,
     ) -> Result<(f64, Validation)> {
-        let s = ar_nll(model, &data.valid, rows, batch_size, self.mask_id)?;
+        let s = ar_nll(
+            model,
+            &data.valid,
+            self.layout,
+            rows,
+            batch_size,
+            self.mask_id,
+        )?;
         // val_nelbo repeats the exact NLL (the value every diffusion NELBO bounds) so loss plots
         // and tables read AR and diffusion runs alike.
         let v = Validation {
@@ -46,6 +53,7 @@ pub fn run_ar_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
     let trainer: ArTrainer = start_or_resume(opts, &info)?;
     let objective = ArObjective {
         mask_id: info.mask_id,
+        layout: data.info.rows,
     };
     train_run(trainer, &objective, &data, opts)
 }

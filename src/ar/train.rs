@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::data::PackedTokens;
+use crate::data::pairs::{RowLayout, prompt_lens};
 use crate::nn::ops::nll::weighted_nll;
 use crate::nn::{CausalLm, CausalLmConfig, DitConfig, DropoutRng, frozen, init::init_dit};
 use crate::trainer::{ArTrainer, StepStats};
@@ -41,6 +42,8 @@ pub fn lm_from_checkpoint(ck: &Checkpoint, use_ema: bool) -> Result<CausalLm> {
 pub struct ArObjective {
     /// The MASK id of the data: never a target, excluded from the softmax.
     pub mask_id: u32,
+    /// Row layout: a pairs row's prompt is context only, never a target.
+    pub layout: RowLayout,
 }
 
 impl ArObjective {
@@ -51,11 +54,22 @@ impl ArObjective {
         let batches = (0..t.grad_accum)
             .map(|_| tr.next_rows(data, b))
             .collect::<Result<Vec<_>>>()?;
+        let prompts: Vec<Vec<usize>> = batches
+            .iter()
+            .map(|x| prompt_lens(x, l, self.layout))
+            .collect();
         let (p, mask_id) = (tr.arch.dropout, self.mask_id);
         tr.optimize((b * l * t.grad_accum) as u64, |model, micro, rng| {
             let mut drop = DropoutRng { p, rng };
-            let (losses, count) =
-                next_token_losses(model, &batches[micro], b, l, mask_id, Some(&mut drop))?;
+            let (losses, count) = prompted_next_token_losses(
+                model,
+                &batches[micro],
+                b,
+                l,
+                mask_id,
+                &prompts[micro],
+                Some(&mut drop),
+            )?;
             Ok((losses.sum_all()? / count.max(1) as f64)?)
         })
     }
@@ -91,6 +105,20 @@ pub fn next_token_losses(
     mask_id: u32,
     dropout: Option<&mut DropoutRng>,
 ) -> Result<(Tensor, usize)> {
+    prompted_next_token_losses(model, rows, b, l, mask_id, &[], dropout)
+}
+
+/// `next_token_losses` where the first `prompts[r]` tokens of row r are a prompt: context, never
+/// targets (weight 0). Empty `prompts`: none.
+pub fn prompted_next_token_losses(
+    model: &CausalLm,
+    rows: &[u32],
+    b: usize,
+    l: usize,
+    mask_id: u32,
+    prompts: &[usize],
+    dropout: Option<&mut DropoutRng>,
+) -> Result<(Tensor, usize)> {
     if l < 2 || rows.len() != b * l {
         return Err(Error::InvalidArgument(format!(
             "next-token loss needs rows of at least 2 tokens, got {} ids for {b} rows of {l}",
@@ -104,9 +132,18 @@ pub fn next_token_losses(
         input.extend_from_slice(&r[..l - 1]);
         target.extend_from_slice(&r[1..]);
     }
+    // Target j of a row is token j + 1: a prompt token when j + 1 < its prompt length.
     let weights: Vec<f32> = target
         .iter()
-        .map(|&t| if t == mask_id { 0.0 } else { 1.0 })
+        .enumerate()
+        .map(|(i, &t)| {
+            let prompt = prompts.get(i / (l - 1)).copied().unwrap_or(0);
+            if t == mask_id || i % (l - 1) + 1 < prompt {
+                0.0
+            } else {
+                1.0
+            }
+        })
         .collect();
     let count = weights.iter().filter(|&&w| w > 0.0).count();
     // The last position predicts nothing inside the row, so it is never computed.
@@ -137,10 +174,12 @@ pub struct NllStats {
     pub perplexity: f64,
 }
 
-/// Exact NLL per token of `model` on the first `max_rows` rows of `data`.
+/// Exact NLL per token of `model` on the first `max_rows` rows of `data` (of a pairs `layout`:
+/// per answer token, the prompt being context).
 pub fn ar_nll(
     model: &CausalLm,
     data: &PackedTokens,
+    layout: RowLayout,
     max_rows: usize,
     batch_size: usize,
     mask_id: u32,
@@ -161,13 +200,15 @@ pub fn ar_nll(
         for r in 0..b {
             data.row_into(start + r, &mut rows[r * l..(r + 1) * l])?;
         }
-        let (losses, c) = next_token_losses(model, &rows, b, l, mask_id, None)?;
+        let prompts = prompt_lens(&rows, l, layout);
+        let (losses, c) = prompted_next_token_losses(model, &rows, b, l, mask_id, &prompts, None)?;
         let losses = losses.to_vec1::<f32>()?;
         for (r, chunk) in losses.chunks_exact(l - 1).enumerate() {
             let s: f64 = chunk.iter().map(|&x| x as f64).sum();
             let k = rows[r * l + 1..(r + 1) * l]
                 .iter()
-                .filter(|&&t| t != mask_id)
+                .enumerate()
+                .filter(|&(j, &t)| t != mask_id && j + 1 >= prompts[r])
                 .count();
             per_row.push(s / k.max(1) as f64);
             total += s;

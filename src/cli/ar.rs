@@ -44,7 +44,14 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
     let model = lm_from_checkpoint(ck, !a.raw)?;
     let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
         .with_context(|| format!("tokenizer of {dir}"))?;
-    let conds = super::prompts::conditions(&a, &tok, meta.data.bos_id, meta.model.length, false)?;
+    let conds = super::prompts::conditions(
+        &a,
+        &tok,
+        meta.data.bos_id,
+        meta.model.length,
+        false,
+        meta.data.rows.sep(),
+    )?;
     let bar = ProgressBar::new((a.num * conds.len()) as u64);
     bar.set_style(ProgressStyle::with_template(
         "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
@@ -116,6 +123,7 @@ pub fn nll(a: NllArgs, ck: &Checkpoint) -> Result<()> {
     let s = ar_nll(
         &model,
         &data.valid,
+        data.info.rows,
         rows,
         a.batch_size,
         ck.meta.data.mask_id,

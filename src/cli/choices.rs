@@ -141,3 +141,12 @@ mod tests {
         );
     }
 }
+
+/// `prepare --format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowFormatArg {
+    /// Rows cut from the concatenated documents.
+    Stream,
+    /// One prompt/answer pair per row.
+    Pairs,
+}

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::choices::{SamplerArg, name_of};
+use super::choices::{RowFormatArg, SamplerArg, name_of};
 use super::{
     BenchArgs, Cli, Command, DataCmd, EvalArgs, NllArgs, PrepareArgs, SampleArgs, TrainArgs,
 };
@@ -99,6 +99,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
         opts.valid_fraction = f;
     }
     opts.overwrite = a.overwrite;
+    opts.pairs = a.format == RowFormatArg::Pairs;
     let rep = data::prepare(&opts).context("preparing the data")?;
     print!("{rep}");
     Ok(())
@@ -192,7 +193,14 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
         .with_context(|| format!("tokenizer of {}", ck.dir.display()))?;
     let process = ck.process(a.top_p)?;
-    let conds = super::prompts::conditions(&a, &tok, meta.data.bos_id, meta.model.length, true)?;
+    let conds = super::prompts::conditions(
+        &a,
+        &tok,
+        meta.data.bos_id,
+        meta.model.length,
+        true,
+        meta.data.rows.sep(),
+    )?;
     let mask = (meta.process.name() == "mdlm").then_some(meta.data.mask_id);
     for c in &conds {
         if let Some(t) = &c.template {
@@ -283,6 +291,7 @@ fn nll(a: NllArgs) -> Result<()> {
         &model,
         process.as_ref(),
         &data.valid,
+        data.info.rows,
         rows,
         a.batch_size,
         a.time_samples,

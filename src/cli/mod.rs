@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use choices::{MethodArg, MetricArg, NoiseRemovalArg, ProcessArg, SamplerArg};
+use choices::{MethodArg, MetricArg, NoiseRemovalArg, ProcessArg, RowFormatArg, SamplerArg};
 
 pub use commands::dispatch;
 
@@ -308,6 +308,11 @@ pub struct PrepareArgs {
     /// Replace an existing output directory.
     #[arg(long)]
     pub overwrite: bool,
+    /// Row layout: `stream` cuts the concatenated documents into rows; `pairs` reads a JSONL of
+    /// {"prompt", "answer"} and writes one `[BOS] prompt [SEP] answer [EOS] [PAD]...` row per
+    /// pair, the prompt clamped in training (SEP = PAD = the end-of-text id).
+    #[arg(long, value_enum, default_value_t = RowFormatArg::Stream)]
+    pub format: RowFormatArg,
 }
 
 /// `idlm train`

@@ -22,6 +22,8 @@ pub struct Condition {
     pub template: Option<Arc<Template>>,
     /// Row length.
     pub len: usize,
+    /// The answer ends at this id (a pairs model's separator): the completion stops there.
+    pub stop: Option<u32>,
 }
 
 impl Condition {
@@ -35,7 +37,12 @@ impl Condition {
         r.prompt_index = self.index;
         r.clamped = Some(t.clamped());
         if let (Some(p), Some(ids)) = (t.as_prefix(), &r.ids) {
-            r.completion = Some(tok.decode(&ids[p.len().min(ids.len())..])?);
+            let after = &ids[p.len().min(ids.len())..];
+            let end = self
+                .stop
+                .and_then(|s| after.iter().position(|&t| t == s))
+                .unwrap_or(after.len());
+            r.completion = Some(tok.decode(&after[..end])?);
         }
         Ok(())
     }
@@ -86,19 +93,23 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
 }
 
 /// The conditions `a` asks for, with rows of `a.len` or `model_len` tokens starting at `bos`;
-/// `infill_ok`: the model can fill holes (diffusion), not only continue a prefix (AR).
+/// `infill_ok`: the model can fill holes (diffusion), not only continue a prefix (AR); `sep`: a
+/// model trained on prompt/answer rows ends each prompt with it (`[BOS] prompt [SEP]`), and its
+/// answer ends at the next one.
 pub fn conditions(
     a: &SampleArgs,
     tok: &TextTokenizer,
     bos: u32,
     model_len: usize,
     infill_ok: bool,
+    sep: Option<u32>,
 ) -> Result<Vec<Condition>> {
     let len = a.len.unwrap_or(model_len);
     let encode = |s: &str| -> idlm::Result<Vec<u32>> { tok.encode(s) };
     let prefix = |p: &str| -> Result<Arc<Template>> {
         let mut ids = vec![bos];
         ids.extend(encode(p)?);
+        ids.extend(sep);
         Ok(Arc::new(Template::prefix(&ids, len).with_context(
             || format!("prompt {:?}", p.chars().take(60).collect::<String>()),
         )?))
@@ -123,6 +134,7 @@ pub fn conditions(
             index: None,
             len: tpl.len(),
             template: Some(Arc::new(tpl)),
+            stop: None,
         }]);
     }
     if let Some(p) = &a.prompt {
@@ -131,6 +143,7 @@ pub fn conditions(
             index: None,
             template: Some(prefix(p)?),
             len,
+            stop: sep,
         }]);
     }
     if let Some(f) = &a.prompts {
@@ -145,6 +158,7 @@ pub fn conditions(
                     text: Some(p),
                     index: Some(i),
                     len,
+                    stop: sep,
                 })
             })
             .collect();
@@ -154,5 +168,6 @@ pub fn conditions(
         index: None,
         template: None,
         len,
+        stop: None,
     }])
 }

@@ -101,6 +101,9 @@ pub struct DataInfo {
     pub valid_documents: Vec<String>,
     /// Unigram entropy (nats/token) of the training rows: the NELBO of a model that ignores context.
     pub unigram_entropy_nats: f64,
+    /// How rows are laid out (absent in folders written before pairs existed: a stream).
+    #[serde(default)]
+    pub rows: super::pairs::RowLayout,
     /// Stage timings.
     pub seconds: Timings,
     /// idlm version that wrote it.

@@ -11,6 +11,8 @@ use super::datadir::{
 };
 use super::packed::PackedHeader;
 use super::packed_writer::PackedWriter;
+use super::pairs::{RowLayout, read_pairs};
+use super::prepare_pairs::prepare_pairs;
 use super::split::split_documents;
 use super::tokenizer::TextTokenizer;
 use crate::atomic::{Staging, write_file};
@@ -48,6 +50,8 @@ pub struct PrepareOptions {
     pub out_dir: PathBuf,
     /// Replace an existing non-empty output folder.
     pub overwrite: bool,
+    /// The sources are JSONL prompt/answer pairs: one row each (`data::pairs`), not a stream.
+    pub pairs: bool,
 }
 
 impl PrepareOptions {
@@ -67,6 +71,7 @@ impl PrepareOptions {
             valid_fraction: DEFAULT_VALID_FRACTION,
             out_dir: out_dir.to_path_buf(),
             overwrite: false,
+            pairs: false,
         }
     }
 }
@@ -120,7 +125,12 @@ impl std::fmt::Display for PrepareReport {
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let t0 = Instant::now();
     check_options(opts)?;
-    let docs = read_sources(&opts.sources)?;
+    let (docs, pairs) = if opts.pairs {
+        let (p, d) = read_pairs(&opts.sources)?;
+        (d, Some(p))
+    } else {
+        (read_sources(&opts.sources)?, None)
+    };
     let t_read = t0.elapsed().as_secs_f64();
 
     let is_valid = split_documents(&docs, opts.valid_fraction);
@@ -152,6 +162,18 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     };
     let t_tok = t1.elapsed().as_secs_f64();
 
+    if let Some(pairs) = &pairs {
+        return prepare_pairs(
+            opts,
+            pairs,
+            &docs,
+            &is_valid,
+            tokenizer,
+            origin,
+            t0,
+            [t_read, t_tok],
+        );
+    }
     let t2 = Instant::now();
     let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
     let encoded = tokenizer.encode_batch(&texts)?;
@@ -224,6 +246,53 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     valid.documents = valid_docs;
     let t_write = t3.elapsed().as_secs_f64();
 
+    let valid_documents = docs
+        .iter()
+        .zip(&is_valid)
+        .filter(|(_, v)| **v || docs.len() == 1)
+        .map(|(d, _)| d.name.clone())
+        .collect();
+    let seconds = Timings {
+        read: t_read,
+        tokenizer: t_tok,
+        encode: t_enc,
+        write: t_write,
+        total: t0.elapsed().as_secs_f64(),
+    };
+    let split = SplitInfo {
+        rule,
+        valid_fraction: opts.valid_fraction,
+    };
+    let stats = [train, valid];
+    publish(
+        opts,
+        (staged, final_dir),
+        &tokenizer,
+        origin,
+        split,
+        stats,
+        valid_documents,
+        &counts,
+        RowLayout::Stream,
+        seconds,
+    )
+}
+
+/// Write data.json into the staged folder and move it into place.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn publish(
+    opts: &PrepareOptions,
+    (staged, final_dir): (Staging, PathBuf),
+    tokenizer: &TextTokenizer,
+    origin: String,
+    split: SplitInfo,
+    [train, valid]: [SplitStats; 2],
+    valid_documents: Vec<String>,
+    counts: &[u64],
+    rows: RowLayout,
+    seconds: Timings,
+) -> Result<PrepareReport> {
+    let tmp_dir = staged.path().to_path_buf();
     let info = DataInfo {
         format: DATA_FORMAT.to_string(),
         source: opts.source.clone(),
@@ -242,26 +311,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             eos_id: tokenizer.eos_id(),
         },
         seq_len: opts.seq_len,
-        split: SplitInfo {
-            rule,
-            valid_fraction: opts.valid_fraction,
-        },
+        split,
         train,
         valid,
-        valid_documents: docs
-            .iter()
-            .zip(&is_valid)
-            .filter(|(_, v)| **v || docs.len() == 1)
-            .map(|(d, _)| d.name.clone())
-            .collect(),
-        unigram_entropy_nats: unigram_entropy(&counts),
-        seconds: Timings {
-            read: t_read,
-            tokenizer: t_tok,
-            encode: t_enc,
-            write: t_write,
-            total: t0.elapsed().as_secs_f64(),
-        },
+        valid_documents,
+        unigram_entropy_nats: unigram_entropy(counts),
+        rows,
+        seconds,
         idlm_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let json = serde_json::to_string_pretty(&info)
@@ -367,7 +423,7 @@ pub fn unigram_entropy(counts: &[u64]) -> f64 {
 
 /// A fresh staging folder beside `out_dir` (same file system, so the final rename is atomic),
 /// and the final path.
-fn staging_dir(out_dir: &Path) -> Result<(Staging, PathBuf)> {
+pub(super) fn staging_dir(out_dir: &Path) -> Result<(Staging, PathBuf)> {
     let name = out_dir
         .file_name()
         .ok_or_else(|| {

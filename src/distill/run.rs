@@ -233,6 +233,13 @@ fn open_data(
     };
     let data = DataDir::open(&dir)?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
+    if data.info.rows != crate::data::pairs::RowLayout::Stream {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds prompt/answer rows: distillation does not clamp prompts yet (the teacher \
+             trains and samples with them)",
+            dir.display()
+        )));
+    }
     Ok(data)
 }
 

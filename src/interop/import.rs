@@ -487,6 +487,7 @@ fn finish(path: &Path, src: Source, opts: &ImportOptions) -> Result<Checkpoint> 
         eos_id: tok.eos_id(),
         seq_len: cfg.length,
         data_dir: String::new(),
+        rows: Default::default(),
     };
     let mut weights = src.weights;
     weights.remove(INV_FREQ);

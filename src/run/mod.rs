@@ -67,6 +67,7 @@ pub fn data_info(data: &DataDir) -> DataInfo {
         eos_id: t.eos_id,
         seq_len: data.info.seq_len,
         data_dir: data.dir.display().to_string(),
+        rows: data.info.rows,
     }
 }
 

@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PackedTokens;
+use crate::data::pairs::{RowLayout, clamp_prompts, prompt_lens};
 use crate::nn::{Dit, DitInput, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::schedule::antithetic_times;
@@ -14,7 +15,8 @@ use crate::{Error, Result};
 
 /// NELBO integrand at the positions that can carry loss (all others are exactly zero): the
 /// vocabulary projection runs only there. Returns the per-position losses (M,) and, for each, its
-/// row in the batch; None when no position is active. `grad`: a backward will follow.
+/// row in the batch; None when no position is active. `grad`: a backward will follow. `prompts`:
+/// per row, the clamped positions at its start, left out of the loss (empty: none).
 #[allow(clippy::too_many_arguments)]
 pub fn active_losses(
     model: &Dit,
@@ -24,12 +26,16 @@ pub fn active_losses(
     b: usize,
     l: usize,
     t: &[f64],
+    prompts: &[usize],
     dropout: Option<&mut DropoutRng>,
     grad: bool,
 ) -> Result<Option<(Tensor, Vec<usize>)>> {
-    let pos: Vec<u32> = process
+    let mut pos: Vec<u32> = process
         .active_positions(xt)
         .unwrap_or_else(|| (0..(b * l) as u32).collect());
+    if !prompts.is_empty() {
+        pos.retain(|&p| (p as usize % l) >= prompts[p as usize / l]);
+    }
     if pos.is_empty() {
         return Ok(None);
     }
@@ -64,9 +70,27 @@ pub fn batch_loss(
     t: &[f64],
     dropout: Option<&mut DropoutRng>,
 ) -> Result<Tensor> {
-    match active_losses(model, process, x0, xt, b, l, t, dropout, true)? {
-        Some((loss, _)) => Ok((loss.sum_all()? / (b * l) as f64)?),
-        None => Ok(Tensor::new(0f32, model.device())?),
+    prompted_batch_loss(model, process, x0, xt, b, l, t, &[], dropout)
+}
+
+/// `batch_loss` of rows whose first `prompts[r]` positions are a clamped prompt: the mean over
+/// the other positions (answer and padding), the prompt's left out.
+#[allow(clippy::too_many_arguments)]
+pub fn prompted_batch_loss(
+    model: &Dit,
+    process: &dyn ForwardProcess,
+    x0: &[u32],
+    xt: &[u32],
+    b: usize,
+    l: usize,
+    t: &[f64],
+    prompts: &[usize],
+    dropout: Option<&mut DropoutRng>,
+) -> Result<Tensor> {
+    let counted = b * l - prompts.iter().map(|&p| p.min(l)).sum::<usize>();
+    match active_losses(model, process, x0, xt, b, l, t, prompts, dropout, true)? {
+        Some((loss, _)) if counted > 0 => Ok((loss.sum_all()? / counted as f64)?),
+        _ => Ok(Tensor::new(0f32, model.device())?),
     }
 }
 
@@ -84,11 +108,14 @@ pub struct NelboStats {
 }
 
 /// NELBO per token of `model` on the first `max_rows` rows of `data`, with `time_samples`
-/// independent (seeded) corruptions of each row.
+/// independent (seeded) corruptions of each row; rows of a pairs `layout` have their prompt
+/// clamped and are scored on the rest (per token of the rest).
+#[allow(clippy::too_many_arguments)]
 pub fn nelbo(
     model: &Dit,
     process: &dyn ForwardProcess,
     data: &PackedTokens,
+    layout: RowLayout,
     max_rows: usize,
     batch_size: usize,
     time_samples: usize,
@@ -119,15 +146,20 @@ pub fn nelbo(
                 let row = r * l..(r + 1) * l;
                 process.corrupt_row(&x0[row.clone()], tr, &mut nrng, &mut xt[row]);
             }
+            let prompts = prompt_lens(&x0, l, layout);
+            clamp_prompts(&x0, &mut xt, l, &prompts);
             let mut sums = vec![0f64; b];
             if let Some((loss, rows)) =
-                active_losses(model, process, &x0, &xt, b, l, &t, None, false)?
+                active_losses(model, process, &x0, &xt, b, l, &t, &prompts, None, false)?
             {
                 for (v, r) in loss.to_vec1::<f32>()?.iter().zip(rows) {
                     sums[r] += *v as f64;
                 }
             }
-            let rows = sums.iter().map(|s| s / l as f64);
+            let rows = sums
+                .iter()
+                .zip(&prompts)
+                .map(|(s, &p)| s / (l - p.min(l - 1)) as f64);
             per_seq.extend(rows);
             start += b;
         }

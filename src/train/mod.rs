@@ -8,7 +8,7 @@ pub mod run;
 pub mod teacher;
 
 pub use crate::trainer::{ArTrainer, StepStats, TrainRngs, Trainer, TrainerCore};
-pub use losses::{NelboStats, active_losses, batch_loss, nelbo};
+pub use losses::{NelboStats, active_losses, batch_loss, nelbo, prompted_batch_loss};
 pub use run::run_teacher;
 pub use teacher::DiffusionObjective;
 

@@ -28,6 +28,7 @@ impl Objective<Dit> for DiffusionObjective<'_> {
             model,
             self.process(),
             &data.valid,
+            self.layout(),
             rows,
             batch_size,
             1,
@@ -52,6 +53,7 @@ pub fn run_teacher(opts: &TrainRunOptions) -> Result<TrainSummary> {
     let trainer: Trainer = start_or_resume(opts, &data_info(&data))?;
     let kind = trainer.cfg.train.process.diffusion(&opts.run_dir)?;
     let process = make_process(kind, &data)?;
-    let objective = DiffusionObjective::from_config(&trainer.cfg, process.as_ref())?;
+    let objective = DiffusionObjective::from_config(&trainer.cfg, process.as_ref())?
+        .with_layout(data.info.rows)?;
     train_run(trainer, &objective, &data, opts)
 }

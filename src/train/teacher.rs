@@ -11,12 +11,14 @@ use crate::process::curriculum::DuoCurriculum;
 use crate::process::schedule::antithetic_times;
 use crate::trainer::{StepStats, Trainer};
 
-use super::losses::batch_loss;
+use super::losses::prompted_batch_loss;
+use crate::data::pairs::{RowLayout, clamp_prompts, prompt_lens};
 
 /// A teacher's training objective: a process and, for Duo, its curriculum.
 pub struct DiffusionObjective<'a> {
     process: &'a dyn ForwardProcess,
     curriculum: Option<DuoCurriculum>,
+    layout: RowLayout,
 }
 
 impl<'a> DiffusionObjective<'a> {
@@ -25,7 +27,27 @@ impl<'a> DiffusionObjective<'a> {
         Self {
             process,
             curriculum,
+            layout: RowLayout::Stream,
         }
+    }
+
+    /// Train on rows of this layout: a pairs layout clamps each row's prompt (never noised, not
+    /// in the loss). Duo's Gaussian curriculum does not clamp yet, so it refuses pairs.
+    pub fn with_layout(mut self, layout: RowLayout) -> Result<Self> {
+        if layout != RowLayout::Stream && self.curriculum.is_some() {
+            return Err(crate::Error::InvalidArgument(
+                "Duo's Gaussian curriculum does not clamp prompts yet: train prompt/answer data \
+                 with duo.curriculum_end=0"
+                    .into(),
+            ));
+        }
+        self.layout = layout;
+        Ok(self)
+    }
+
+    /// The row layout trained on.
+    pub fn layout(&self) -> RowLayout {
+        self.layout
     }
 
     /// The objective a run config asks for: Duo's curriculum when `duo.curriculum_end > 0`
@@ -79,13 +101,15 @@ impl<'a> DiffusionObjective<'a> {
                 self.process
                     .corrupt_row(&x0[row.clone()], ti, &mut tr.rngs.noise, &mut xt[row]);
             }
-            batches.push((x0, xt, tt));
+            let prompts = prompt_lens(&x0, l, self.layout);
+            clamp_prompts(&x0, &mut xt, l, &prompts);
+            batches.push((x0, xt, tt, prompts));
         }
         let process = self.process;
         tr.optimize(tokens, |model, micro, rng| {
-            let (x0, xt, tt) = &batches[micro];
+            let (x0, xt, tt, prompts) = &batches[micro];
             let mut drop = DropoutRng { p, rng };
-            batch_loss(model, process, x0, xt, b, l, tt, Some(&mut drop))
+            prompted_batch_loss(model, process, x0, xt, b, l, tt, prompts, Some(&mut drop))
         })
     }
 }
