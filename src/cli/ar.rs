@@ -1,6 +1,5 @@
 //! `idlm sample` and `idlm nll` on an AR checkpoint: glue between arguments and `idlm::ar`.
 
-use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -60,12 +59,7 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
         Some(&progress),
     )?;
     bar.finish_and_clear();
-    let mut out: Box<dyn Write> = match &a.out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
+    let mut lines = String::new();
     let steps = len.saturating_sub(1);
     for s in &samples {
         let r = SampleRecord {
@@ -82,9 +76,9 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
             process: Some(meta.process.name().to_string()),
             ..SampleRecord::new(s.index, tok.decode(&s.ids)?, Some(s.ids.clone()))
         };
-        out.write_all(r.to_line()?.as_bytes())?;
+        lines.push_str(&r.to_line()?);
     }
-    out.flush()?;
+    super::commands::emit(a.out.as_deref(), &lines)?;
     let el = t0.elapsed().as_secs_f64();
     eprintln!(
         "{} samples, {steps} steps (one per token), {:.2} s/sample, {:.0} tokens/s",
