@@ -49,7 +49,13 @@ fn assert_run_is_finite(run: &Path) {
         let p = e.unwrap().path();
         if p.join("meta.json").is_file() {
             let ck = checkpoint::load(&p).unwrap_or_else(|e| panic!("{e}"));
-            check_finite(&ck.optim().unwrap(), &p).unwrap();
+            // Every safetensors file (optimizer, a distiller's fake and teacher): reading one
+            // refuses NaN or Inf.
+            for name in common::names(&p) {
+                if name.ends_with(".safetensors") {
+                    ck.safetensors(&name).unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
         }
     }
 }
@@ -309,4 +315,50 @@ fn eval_values_that_are_not_finite_are_named_not_written() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn prepare_refuses_a_vocabulary_of_two_and_rows_of_one_token_by_name() {
+    use idlm::data::{PrepareOptions, TokenizerChoice, prepare};
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::tiny_corpus(&tmp.path().join("corpus"), 4, 100);
+    for (vocab, len, says) in [(2, 32, "below 257"), (300, 1, "at least 3")] {
+        let opts = PrepareOptions::new(
+            "tiny",
+            vec![corpus.clone()],
+            TokenizerChoice::Train { vocab_size: vocab },
+            len,
+            &tmp.path().join("out"),
+        );
+        let err = prepare(&opts).unwrap_err().to_string();
+        assert!(err.contains(says), "vocab {vocab}, len {len}: {err}");
+    }
+}
+
+#[test]
+fn a_distillation_at_a_huge_learning_rate_writes_no_nan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, teacher) = common::three_step_run(tmp.path());
+    let run = tmp.path().join("idlm");
+    let c = DistillConfig {
+        method: Method::Idlm,
+        lr: 1e9,
+        warmup_steps: 0,
+        batch_size: 2,
+        max_steps: 8,
+        ckpt_every: 1,
+        val_every: 2,
+        val_samples: 2,
+        val_steps: 2,
+        keep_checkpoints: 100,
+        ..DistillConfig::default()
+    };
+    match common::distill(&run, &teacher, c, false) {
+        Ok(()) => eprintln!("distill lr 1e9: the run ended with finite weights"),
+        Err(e @ (idlm::Error::NonFinite { .. } | idlm::Error::NonFiniteTensor { .. })) => {
+            eprintln!("distill lr 1e9: {e}")
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    assert_run_is_finite(&run);
 }
