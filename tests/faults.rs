@@ -338,9 +338,59 @@ fn a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_leaves_no_temp() {
         ["latest", "step-00000003"]
     );
     assert_no_temps(&run);
-    // Room again: the run resumes from step 3.
+    // metrics.jsonl is appended in place: a write cut mid-line by a full disk leaves a torn line.
+    let metrics = run.join("metrics.jsonl");
+    let mut text = fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"step\": 7, \"loss\": 4.1");
+    fs::write(&metrics, text).unwrap();
+    // Room again: the run resumes from step 3, the torn line and the lines past step 3 dropped.
     train(&run, &data, 6, true).unwrap();
     assert_eq!(checkpoint::load(&run).unwrap().meta.step, 6);
+    let steps: Vec<u64> = fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+        })
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn a_full_disk_during_a_report_leaves_no_half_written_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (steps, genppl) in [(4u64, 900.0), (16, 700.0)] {
+        let p = tmp.path().join(format!("e{steps}.json"));
+        let v = serde_json::json!({"protocol": "idlm-eval-v1", "samples": 8, "genppl": genppl,
+            "entropy": 4.5, "sample_info": {"method": "idlm", "steps": steps, "process": "mdlm"}});
+        fs::write(&p, v.to_string()).unwrap();
+        files.push(p.to_str().unwrap().to_string());
+    }
+    let rep = tmp.path().join("rep");
+    let args = [
+        "report",
+        &files[0],
+        &files[1],
+        "--out",
+        rep.to_str().unwrap(),
+    ];
+    // The PNGs are tens of kB; the JSON and markdown fit under 4 kB.
+    let msg = stderr(&idlm_with(&args, tmp.path(), Some(4096), None));
+    assert!(
+        msg.contains(".png") && msg.contains("File too large"),
+        "{msg}"
+    );
+    assert!(
+        common::names(&rep).iter().all(|n| !n.ends_with(".png")),
+        "{:?}",
+        common::names(&rep)
+    );
+    assert_no_temps(&rep);
+    common::ok(&idlm_with(&args, tmp.path(), None, None));
+    assert!(common::names(&rep).iter().any(|n| n.ends_with(".png")));
 }
 
 #[test]
