@@ -14,7 +14,8 @@ use idlm::checkpoint::{self, check_finite};
 use idlm::config::RunConfig;
 use idlm::data::{PackedHeader, PackedTokens, PackedWriter};
 use idlm::distill::{DistillConfig, Method};
-use idlm::process::{ForwardProcess, Masked};
+use idlm::process::curriculum::DuoCurriculum;
+use idlm::process::{ForwardProcess, Masked, ProcessKind, build_process};
 use idlm::sample::{SamplerOptions, sample};
 use idlm::train::{ArTrainer, DiffusionObjective, Trainer, batch_loss, nelbo};
 
@@ -271,6 +272,48 @@ fn a_vocabulary_of_two_and_rows_of_one_token_train_validate_and_sample() {
             assert!(st.loss.is_finite() && st.grad_norm.is_finite(), "{st:?}");
         }
         check_finite(&ar.weights(), Path::new("AR weights")).unwrap();
+    }
+}
+
+#[test]
+fn a_duo_model_over_two_states_trains_with_and_without_its_curriculum() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Duo over two states (the second is the PAD id, drawn like any other but never in the
+    // data, so every row is token 0) and over three (two tokens and PAD).
+    for (vocab, len) in [(2u32, 1usize), (2, 4), (3, 1), (3, 4)] {
+        let rows: Vec<Vec<u32>> = (0..8)
+            .map(|r| (0..len).map(|i| ((r + i) as u32) % (vocab - 1)).collect())
+            .collect();
+        let data = packed(tmp.path(), vocab, &rows);
+        let process = build_process(ProcessKind::Duo, vocab as usize, vocab - 1, None).unwrap();
+        let cfg = tiny(&[
+            "train.warmup_steps=0",
+            "train.process=\"duo\"",
+            "model.time_conditioning=true",
+            "duo.curriculum_end=2",
+            "duo.table_points=2000",
+        ])
+        .unwrap();
+        let curriculum =
+            DuoCurriculum::new(&cfg.duo, vocab as usize, &tmp.path().join("duality")).unwrap();
+        let obj = DiffusionObjective::new(process.as_ref(), Some(curriculum));
+        let mut tr = Trainer::new(&cfg, &cfg.model.dit(vocab as usize, len)).unwrap();
+        // Steps 1-2 under the curriculum, 3-4 on the plain NELBO.
+        for _ in 0..4 {
+            let st = obj.step(&mut tr, &data).unwrap();
+            assert!(st.loss.is_finite() && st.grad_norm.is_finite(), "{st:?}");
+        }
+        weights_finite(&tr);
+        let ema = tr.ema_model().unwrap();
+        let s = nelbo(&ema, process.as_ref(), &data, 8, 4, 2, 1).unwrap();
+        assert!(s.nelbo.is_finite(), "vocab {vocab}, len {len}: {s:?}");
+        let opts = SamplerOptions {
+            steps: 4,
+            ..SamplerOptions::default()
+        };
+        for x in sample(&ema, process.as_ref(), 3, len, &opts, None).unwrap() {
+            assert!(x.ids.iter().all(|&t| t < vocab), "{:?}", x.ids);
+        }
     }
 }
 
