@@ -48,7 +48,19 @@ impl RunLock {
                     pid,
                 });
             }
-            return Err(Error::io("locking", &path, e));
+            // A file system without flock (some network mounts): run unlocked, and say so.
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS)
+            ) {
+                tracing::warn!(
+                    "cannot lock {} ({e}): running without the run lock; do not start a second \
+                     process on this folder",
+                    path.display()
+                );
+            } else {
+                return Err(Error::io("locking", &path, e));
+            }
         }
         let mut write_pid = || -> std::io::Result<()> {
             file.set_len(0)?;
