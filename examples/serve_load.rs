@@ -1,7 +1,7 @@
 //! Load test of `idlm serve` (loopback only, bounded in requests and time): C concurrent clients
 //! send R completions of one model, then the same requests go one at a time, optionally for a
 //! second model (the AR baseline) too; p50/p99 latency, tokens/s, 429s and other errors, and the
-//! server's resident memory before and after. bench/serve_load.sh starts the servers and runs it.
+//! server's resident memory idle, after a warm-up round and after the run. bench/serve_load.sh starts the servers and runs it.
 //!
 //! cargo run --release --example serve_load -- --addr 127.0.0.1:PORT --pid PID --model student
 //!     --steps 4 [--clients 64] [--requests 10000] [--serial 500] [--ar ar --ar-requests 1000]
@@ -148,6 +148,11 @@ fn main() {
     if let Some(t) = arg(&args, "--max-tokens") {
         body["max_tokens"] = json!(t.parse::<usize>().expect("--max-tokens N"));
     }
+    // Resident memory idle, after a warm-up round (buffers sized for a full batch exist), and after
+    // the whole run: growth past warm-up would be a leak.
+    let rss_idle = rss_mib(pid);
+    let warmup = run(&addr, clients, (clients * 4).min(requests), &body, deadline);
+    eprintln!("warm-up: {warmup}");
     let rss_before = rss_mib(pid);
     let concurrent = run(&addr, clients, requests, &body, deadline);
     let rss_after = rss_mib(pid);
@@ -156,7 +161,7 @@ fn main() {
     eprintln!("one at a time: {one_at_a_time}");
     let mut out = json!({
         "command": args.join(" "), "model": model, "steps": steps,
-        "rss_mib_before": rss_before, "rss_mib_after": rss_after,
+        "rss_mib_idle": rss_idle, "rss_mib_before": rss_before, "rss_mib_after": rss_after,
         "concurrent": concurrent, "one_at_a_time": one_at_a_time,
     });
     if let Some(ar) = arg(&args, "--ar") {

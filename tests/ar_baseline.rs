@@ -101,6 +101,46 @@ fn kv_cache_logits_equal_full_sequence_logits_at_every_position() {
 }
 
 #[test]
+fn step_many_batches_caches_of_different_lengths_like_separate_steps() {
+    // Continuous batching in `idlm serve`: requests that started at different times share one call.
+    let (v, l) = (23, 12);
+    let lm = random_lm(&tiny_cfg(v, l), 11);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (mut a, mut b) = (lm.new_cache(2), lm.new_cache(1));
+    let (mut a_ref, mut b_ref) = (lm.new_cache(2), lm.new_cache(1));
+    // `a` starts 3 positions ahead of `b`.
+    for _ in 0..3 {
+        let t = random_ids(&mut rng, 2, v as u32);
+        lm.step(&mut a, &t).unwrap();
+        lm.step(&mut a_ref, &t).unwrap();
+    }
+    for _ in 0..5 {
+        let (ta, tb) = (
+            random_ids(&mut rng, 2, v as u32),
+            random_ids(&mut rng, 1, v as u32),
+        );
+        let ids: Vec<u32> = ta.iter().chain(&tb).copied().collect();
+        let many = lm
+            .step_many(&mut [&mut a, &mut b], &ids)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let ra = lm.step(&mut a_ref, &ta).unwrap().to_vec2::<f32>().unwrap();
+        let rb = lm.step(&mut b_ref, &tb).unwrap().to_vec2::<f32>().unwrap();
+        for (got, want) in many.iter().zip(ra.iter().chain(&rb)) {
+            let d = max_abs_diff(got, want);
+            assert!(d < 1e-5, "batched vs separate logits differ by {d}");
+        }
+    }
+    assert_eq!((a.len(), b.len()), (8, 5));
+    let e = lm
+        .step_many(&mut [&mut a, &mut b], &[0, 0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 tokens fed to KV caches of 3"), "{e}");
+}
+
+#[test]
 fn changing_token_j_leaves_earlier_logits_unchanged() {
     let (v, l) = (19, 10);
     let lm = random_lm(&tiny_cfg(v, l), 3);
@@ -235,8 +275,8 @@ fn sampler_draws_stay_in_the_model_nucleus_and_ignore_batching() {
         batch_size,
         seed: 3,
     };
-    let s = sample_ar(&lm, 5, l, 0, Some(mask), &opts(2), None).unwrap();
-    let s1 = sample_ar(&lm, 5, l, 0, Some(mask), &opts(5), None).unwrap();
+    let s = sample_ar(&lm, 5, l, &[0], Some(mask), &opts(2), None).unwrap();
+    let s1 = sample_ar(&lm, 5, l, &[0], Some(mask), &opts(5), None).unwrap();
     for (a, b) in s.iter().zip(&s1) {
         assert_eq!(a.ids, b.ids, "sample {} depends on the batching", a.index);
         assert_eq!((a.ids.len(), a.ids[0], a.nfe), (l, 0, l - 1));
@@ -321,7 +361,7 @@ fn tiny_ar_model_learns_a_repeated_pattern() {
         temperature: 0.0,
         ..Default::default()
     };
-    for smp in sample_ar(&tr.model, 4, l, 0, Some(6), &greedy, None).unwrap() {
+    for smp in sample_ar(&tr.model, 4, l, &[0], Some(6), &greedy, None).unwrap() {
         for k in 1..l - 1 {
             assert_eq!(smp.ids[k + 1], smp.ids[k] % 5 + 1, "{:?}", smp.ids);
         }

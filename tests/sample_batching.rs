@@ -2,18 +2,15 @@
 //! with (step counts, noise removal, lengths, batch sizes), the masked plan skips exactly the calls
 //! whose output a step cannot use, and bad requests are refused by name.
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use idlm::nn::init::init_dit;
-use idlm::nn::{Dit, DitConfig};
+mod common;
+
+use candle_core::{Device, Tensor};
+use idlm::nn::Dit;
 use idlm::process::{ForwardProcess, Masked, NoiseRemoval, Uniform};
 use idlm::sample::{
     Denoiser, Engine, Event, Request, Sample, SamplerOptions, sample, sample_requests,
 };
 use idlm::toy::{ExactDenoiser, ExactUniformDenoiser, ToyWorld};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 
 fn opts(steps: usize, noise_removal: NoiseRemoval, cache: bool, seed: u64) -> SamplerOptions {
     SamplerOptions {
@@ -75,21 +72,25 @@ fn masked_requests_with_different_steps_and_noise_removal_batch_together() {
             n: 40,
             len: 3,
             opts: opts(1024, NoiseRemoval::Ancestral, true, 5),
+            template: None,
         },
         Request {
             n: 25,
             len: 3,
             opts: opts(4, NoiseRemoval::Greedy, true, 6),
+            template: None,
         },
         Request {
             n: 30,
             len: 3,
             opts: opts(16, NoiseRemoval::Ancestral, false, 7),
+            template: None,
         },
         Request {
             n: 9,
             len: 2,
             opts: opts(2, NoiseRemoval::Ancestral, true, 8),
+            template: None,
         },
     ];
     check_mixed_equals_alone(&den, &process, &reqs);
@@ -105,16 +106,19 @@ fn uniform_requests_with_different_steps_batch_together() {
             n: 30,
             len: 2,
             opts: opts(8, NoiseRemoval::Ancestral, true, 3),
+            template: None,
         },
         Request {
             n: 20,
             len: 2,
             opts: opts(3, NoiseRemoval::Greedy, true, 4),
+            template: None,
         },
         Request {
             n: 11,
             len: 1,
             opts: opts(5, NoiseRemoval::Ancestral, false, 9),
+            template: None,
         },
     ];
     check_mixed_equals_alone(&den, &process, &reqs);
@@ -129,41 +133,7 @@ const V: usize = 12;
 const L: usize = 10;
 
 fn tiny_dit(time_conditioning: bool) -> Dit {
-    let cfg = DitConfig {
-        vocab_size: V,
-        hidden_size: 16,
-        cond_dim: 8,
-        n_blocks: 2,
-        n_heads: 2,
-        mlp_ratio: 2,
-        length: L,
-        dropout: 0.0,
-        time_conditioning,
-    };
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let d = Dit::new(vb, &cfg).unwrap();
-    init_dit(&varmap, 3).unwrap();
-    // Larger weights than the reference init (zero output layer), so the logits depend on x_t and
-    // sigma and a wrong row or time would change the draws; seeded, so every run tests the same net.
-    let mut rng = ChaCha8Rng::seed_from_u64(17);
-    let mut vars = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect::<Vec<_>>();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, v) in vars {
-        let t = v.as_tensor();
-        let noise: Vec<f32> = (0..t.elem_count())
-            .map(|_| 0.3 * rng.sample::<f32, _>(StandardNormal))
-            .collect();
-        let noise = Tensor::from_vec(noise, t.shape(), &Device::Cpu).unwrap();
-        v.set(&(t + noise).unwrap()).unwrap();
-    }
-    d
+    common::nets::noisy_dit(V, L, time_conditioning)
 }
 
 #[test]
@@ -175,16 +145,19 @@ fn a_time_conditioned_dit_batches_lengths_and_skips_only_unused_calls() {
             n: 9,
             len: L,
             opts: opts(1024, NoiseRemoval::Ancestral, true, 1),
+            template: None,
         },
         Request {
             n: 6,
             len: 4,
             opts: opts(16, NoiseRemoval::Greedy, true, 2),
+            template: None,
         },
         Request {
             n: 5,
             len: L,
             opts: opts(4, NoiseRemoval::Ancestral, true, 3),
+            template: None,
         },
     ];
     check_mixed_equals_alone(&dit, &process, &reqs);
@@ -236,6 +209,7 @@ fn bad_requests_are_refused_by_name() {
         n: 2,
         len: L,
         opts: opts(4, NoiseRemoval::Ancestral, true, 1),
+        template: None,
     };
     let err = |reqs: &[Request], b: usize| {
         sample_requests(&dit, &process, reqs, b, None)
@@ -352,6 +326,7 @@ fn a_request_added_while_others_run_joins_at_the_next_call_with_the_same_samples
         n: 3,
         len: L,
         opts: opts(64, NoiseRemoval::Ancestral, false, 1),
+        template: None,
     };
     let ida = e.add(a.clone(), false).unwrap();
     for _ in 0..5 {
@@ -361,6 +336,7 @@ fn a_request_added_while_others_run_joins_at_the_next_call_with_the_same_samples
         n: 2,
         len: 4,
         opts: opts(8, NoiseRemoval::Greedy, true, 2),
+        template: None,
     };
     let idb = e.add(b.clone(), true).unwrap();
     // b's sequences are in the very next step: a call of their own length, then a's call.
@@ -384,6 +360,7 @@ fn a_request_added_while_others_run_joins_at_the_next_call_with_the_same_samples
         n: 4,
         len: L,
         opts: opts(16, NoiseRemoval::Ancestral, true, 3),
+        template: None,
     };
     let idc = e.add(c, true).unwrap();
     collect(e.step().unwrap(), &mut done, &mut steps);

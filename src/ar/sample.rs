@@ -119,6 +119,27 @@ pub fn next_token_probs(
     p
 }
 
+/// Check a prompt prefix: BOS first, shorter than the row, every id in the vocabulary.
+pub fn check_prefix(prefix: &[u32], len: usize, vocab: usize) -> Result<()> {
+    if prefix.is_empty() {
+        return Err(Error::InvalidArgument(
+            "an AR row needs at least its BOS token to start from".into(),
+        ));
+    }
+    if prefix.len() > 1 && prefix.len() >= len {
+        return Err(Error::InvalidArgument(format!(
+            "the prompt takes {} tokens, which leaves nothing to generate in a row of {len}",
+            prefix.len()
+        )));
+    }
+    if let Some(&bad) = prefix.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::InvalidArgument(format!(
+            "prompt token {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(())
+}
+
 /// Draw the next token from logits (V,) under `opts`, never `exclude`.
 pub fn draw_next(
     logits: &[f32],
@@ -133,12 +154,13 @@ pub fn draw_next(
     draw_f64(&p, rng) as u32
 }
 
-/// Draw `n` sequences of `len` tokens (BOS first, then len - 1 decoded tokens) from `model`.
+/// Draw `n` sequences of `len` tokens from `model`: `prefix` (BOS first, then any prompt) fed as
+/// given, then decoded tokens up to `len`.
 pub fn sample_ar(
     model: &CausalLm,
     n: usize,
     len: usize,
-    bos_id: u32,
+    prefix: &[u32],
     exclude: Option<u32>,
     opts: &ArSamplerOptions,
     progress: Option<Progress>,
@@ -150,11 +172,12 @@ pub fn sample_ar(
             "sequence length {len} must be in 1..={max} (the model's length)"
         )));
     }
+    check_prefix(prefix, len, model.config().vocab_size)?;
     let mut out = Vec::with_capacity(n);
     let mut start = 0;
     while start < n {
         let end = (start + opts.batch_size).min(n);
-        out.extend(sample_batch(model, start..end, len, bos_id, exclude, opts)?);
+        out.extend(sample_batch(model, start..end, len, prefix, exclude, opts)?);
         if let Some(p) = progress {
             p(end, n);
         }
@@ -167,11 +190,11 @@ fn sample_batch(
     model: &CausalLm,
     idx: std::ops::Range<usize>,
     len: usize,
-    bos_id: u32,
+    prefix: &[u32],
     exclude: Option<u32>,
     opts: &ArSamplerOptions,
 ) -> Result<Vec<Sample>> {
-    let mut batch = ArBatch::new(model, idx, len, bos_id, exclude, opts);
+    let mut batch = ArBatch::new(model, idx, len, prefix, exclude, opts);
     while !batch.is_done() {
         batch.step(model)?;
     }
@@ -189,15 +212,18 @@ pub struct ArBatch {
     exclude: Option<usize>,
     opts: ArSamplerOptions,
     t0: Instant,
+    /// Tokens every sequence starts with (forced, not drawn).
+    prefix: Vec<u32>,
 }
 
 impl ArBatch {
-    /// Sequences `idx` (their stream numbers) of `len` tokens, BOS first.
+    /// Sequences `idx` (their stream numbers) of `len` tokens starting with `prefix` (BOS, then
+    /// any prompt: fed one per call through the cache, never drawn). Checked by `check_prefix`.
     pub fn new(
         model: &CausalLm,
         idx: std::ops::Range<usize>,
         len: usize,
-        bos_id: u32,
+        prefix: &[u32],
         exclude: Option<u32>,
         opts: &ArSamplerOptions,
     ) -> Self {
@@ -213,7 +239,7 @@ impl ArBatch {
         let seqs: Vec<Vec<u32>> = (0..b)
             .map(|_| {
                 let mut s = Vec::with_capacity(len);
-                s.push(bos_id);
+                s.extend(prefix.first());
                 s
             })
             .collect();
@@ -224,6 +250,7 @@ impl ArBatch {
             rngs,
             seqs,
             exclude: exclude.map(|e| e as usize),
+            prefix: prefix.to_vec(),
             opts: opts.clone(),
             t0: Instant::now(),
         }
@@ -244,17 +271,47 @@ impl ArBatch {
         if self.is_done() {
             return Ok(());
         }
-        let p = self.seqs[0].len() - 1;
-        let cur: Vec<u32> = self.seqs.iter().map(|s| s[p]).collect();
+        let cur = self.current();
         let logits = model.step(&mut self.cache, &cur)?;
-        let v = logits.dim(1)?;
-        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+        self.accept(&logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The token each sequence feeds at the next call.
+    pub fn current(&self) -> Vec<u32> {
+        self.seqs.iter().filter_map(|s| s.last().copied()).collect()
+    }
+
+    /// The KV cache the next call extends (for `CausalLm::step_many` across batches).
+    pub fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+
+    /// Draw the next token of every sequence from its row of `logits` (B x V, row-major), the
+    /// output of the call that fed `current()`.
+    pub fn accept(&mut self, logits: &[f32]) -> Result<()> {
+        let b = self.seqs.len();
+        if b == 0 || !logits.len().is_multiple_of(b) {
+            return Err(Error::InvalidArgument(format!(
+                "{} logits for {b} sequences",
+                logits.len()
+            )));
+        }
+        let v = logits.len() / b;
         let (opts, exclude) = (&self.opts, self.exclude);
-        let next: Vec<u32> = flat
-            .par_chunks(v)
-            .zip(self.rngs.par_iter_mut())
-            .map(|(z, rng)| draw_next(z, opts, exclude, rng))
-            .collect();
+        // Inside the prompt the next token is given (the call only filled the cache).
+        let forced = self
+            .seqs
+            .first()
+            .and_then(|s| self.prefix.get(s.len()))
+            .copied();
+        let next: Vec<u32> = match forced {
+            Some(t) => vec![t; b],
+            None => logits
+                .par_chunks(v)
+                .zip(self.rngs.par_iter_mut())
+                .map(|(z, rng)| draw_next(z, opts, exclude, rng))
+                .collect(),
+        };
         for (s, t) in self.seqs.iter_mut().zip(next) {
             s.push(t);
         }

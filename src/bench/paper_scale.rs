@@ -200,11 +200,11 @@ pub fn run_config(
         };
         let mask = Some((shape.vocab - 1) as u32);
         // A few tokens first so thread start-up and the first allocations are not timed.
-        crate::ar::sample_ar(&lm, batch, shape.len.min(4), 0, mask, &opts, None)?;
+        crate::ar::sample_ar(&lm, batch, shape.len.min(4), &[0], mask, &opts, None)?;
         let weights = rss_mib().map(|m| m.0);
         let reset = reset_peak();
         let t0 = Instant::now();
-        let s = crate::ar::sample_ar(&lm, batch, shape.len, 0, mask, &opts, None)?;
+        let s = crate::ar::sample_ar(&lm, batch, shape.len, &[0], mask, &opts, None)?;
         let wall = t0.elapsed().as_secs_f64();
         let peak = rss_mib().map(|m| m.1);
         let nfe = s.first().map_or(0, |s| s.nfe);

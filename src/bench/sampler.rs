@@ -116,8 +116,8 @@ pub fn ar_kv_tokens_per_s(o: &BenchOptions, batch: usize, n: usize) -> Result<f6
         ..Default::default()
     };
     let mask = Some((o.vocab - 1) as u32);
-    crate::ar::sample_ar(&lm, batch, o.len.min(4), 0, mask, &opts, None)?;
+    crate::ar::sample_ar(&lm, batch, o.len.min(4), &[0], mask, &opts, None)?;
     let t0 = Instant::now();
-    crate::ar::sample_ar(&lm, n, o.len, 0, mask, &opts, None)?;
+    crate::ar::sample_ar(&lm, n, o.len, &[0], mask, &opts, None)?;
     Ok((n * o.len) as f64 / t0.elapsed().as_secs_f64())
 }

@@ -43,48 +43,59 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
     let model = lm_from_checkpoint(ck, !a.raw)?;
     let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
         .with_context(|| format!("tokenizer of {dir}"))?;
-    let bar = ProgressBar::new(a.num as u64);
+    let conds = super::prompts::conditions(&a, &tok, meta.data.bos_id, meta.model.length, false)?;
+    let bar = ProgressBar::new((a.num * conds.len()) as u64);
     bar.set_style(ProgressStyle::with_template(
         "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
     )?);
-    let progress = |done: usize, _n: usize| bar.set_position(done as u64);
     let t0 = Instant::now();
-    let samples = sample_ar(
-        &model,
-        a.num,
-        len,
-        meta.data.bos_id,
-        Some(meta.data.mask_id),
-        &opts,
-        Some(&progress),
-    )?;
+    let mut results = Vec::new();
+    for (i, c) in conds.iter().enumerate() {
+        let prefix = c
+            .template
+            .as_ref()
+            .and_then(|t| t.as_prefix())
+            .unwrap_or_else(|| vec![meta.data.bos_id]);
+        let progress = |done: usize, _n: usize| bar.set_position((i * a.num + done) as u64);
+        results.push(sample_ar(
+            &model,
+            a.num,
+            len,
+            &prefix,
+            Some(meta.data.mask_id),
+            &opts,
+            Some(&progress),
+        )?);
+    }
     bar.finish_and_clear();
     let mut lines = String::new();
     let steps = len.saturating_sub(1);
-    for s in &samples {
-        let r = SampleRecord {
-            steps: Some(Some(steps)),
-            nfe: Some(s.nfe),
-            seconds: Some(s.seconds),
-            sampler: Some("ar_kv_cache".into()),
-            temperature: Some(opts.temperature),
-            top_p: Some(opts.top_p),
-            seed: Some(opts.seed),
-            checkpoint: Some(ck.dir.display().to_string()),
-            checkpoint_step: Some(meta.step),
-            weights: Some(if a.raw { "raw" } else { "ema" }.into()),
-            process: Some(meta.process.name().to_string()),
-            ..SampleRecord::new(s.index, tok.decode(&s.ids)?, Some(s.ids.clone()))
-        };
-        lines.push_str(&r.to_line()?);
+    let mut index = 0;
+    for (c, samples) in conds.iter().zip(&results) {
+        for s in samples {
+            let mut r = SampleRecord {
+                steps: Some(Some(steps)),
+                nfe: Some(s.nfe),
+                seconds: Some(s.seconds),
+                sampler: Some("ar_kv_cache".into()),
+                temperature: Some(opts.temperature),
+                top_p: Some(opts.top_p),
+                seed: Some(opts.seed),
+                ..super::prompts::base_record(ck, a.raw, index, &s.ids, &tok)?
+            };
+            c.annotate(&mut r, &tok)?;
+            lines.push_str(&r.to_line()?);
+            index += 1;
+        }
     }
     super::commands::emit(a.out.as_deref(), &lines)?;
+    let n = index;
     let el = t0.elapsed().as_secs_f64();
     eprintln!(
         "{} samples, {steps} steps (one per token), {:.2} s/sample, {:.0} tokens/s",
-        samples.len(),
-        el / samples.len().max(1) as f64,
-        (samples.len() * len) as f64 / el
+        n,
+        el / n.max(1) as f64,
+        (n * len) as f64 / el
     );
     Ok(())
 }

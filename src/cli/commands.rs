@@ -18,7 +18,7 @@ use idlm::data::{self, DataDir, PrepareOptions, TextTokenizer, TokenizerChoice};
 use idlm::process::ModelFamily;
 use idlm::run::{TrainRunOptions, check_data_matches, data_info};
 use idlm::sample::record::{SampleRecord, write_jsonl};
-use idlm::sample::{SamplerOptions, sample};
+use idlm::sample::{Request, SamplerOptions, sample_requests};
 use idlm::train::{nelbo, run_training};
 
 /// Run the parsed command.
@@ -188,18 +188,40 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let len = a.len.unwrap_or(meta.model.length);
     let model = ck.dit(!a.raw)?;
     let tok = TextTokenizer::from_json(&ck.tokenizer_json()?)
         .with_context(|| format!("tokenizer of {}", ck.dir.display()))?;
     let process = ck.process(a.top_p)?;
-    let bar = ProgressBar::new(a.num as u64);
+    let conds = super::prompts::conditions(&a, &tok, meta.data.bos_id, meta.model.length, true)?;
+    let mask = (meta.process.name() == "mdlm").then_some(meta.data.mask_id);
+    for c in &conds {
+        if let Some(t) = &c.template {
+            t.check(meta.model.vocab_size, mask)?;
+        }
+    }
+    let reqs: Vec<Request> = conds
+        .iter()
+        .map(|c| Request {
+            n: a.num,
+            len: c.len,
+            opts: opts.clone(),
+            template: c.template.clone(),
+        })
+        .collect();
+    let total = a.num * reqs.len();
+    let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template(
         "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
     )?);
     let progress = |done: usize, _n: usize| bar.set_position(done as u64);
     let t0 = Instant::now();
-    let samples = sample(&model, process.as_ref(), a.num, len, &opts, Some(&progress))?;
+    let results = sample_requests(
+        &model,
+        process.as_ref(),
+        &reqs,
+        opts.batch_size,
+        Some(&progress),
+    )?;
     bar.finish_and_clear();
     let mut lines = String::new();
     let sampler = if opts.cache {
@@ -207,21 +229,26 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     } else {
         "ancestral"
     };
-    for s in &samples {
-        let r = SampleRecord {
-            steps: Some(Some(opts.steps)),
-            nfe: Some(s.nfe),
-            seconds: Some(s.seconds),
-            sampler: Some(sampler.into()),
-            noise_removal: Some(opts.noise_removal),
-            seed: Some(opts.seed),
-            checkpoint: Some(ck.dir.display().to_string()),
-            checkpoint_step: Some(meta.step),
-            weights: Some(if a.raw { "raw" } else { "ema" }.into()),
-            process: Some(meta.process.name().to_string()),
-            ..SampleRecord::new(s.index, tok.decode(&s.ids)?, Some(s.ids.clone()))
-        };
-        lines.push_str(&r.to_line()?);
+    let mut index = 0;
+    let mut tokens = 0;
+    let mut samples = Vec::new();
+    for (c, got) in conds.iter().zip(results) {
+        for s in got {
+            let mut r = SampleRecord {
+                steps: Some(Some(opts.steps)),
+                nfe: Some(s.nfe),
+                seconds: Some(s.seconds),
+                sampler: Some(sampler.into()),
+                noise_removal: Some(opts.noise_removal),
+                seed: Some(opts.seed),
+                ..super::prompts::base_record(&ck, a.raw, index, &s.ids, &tok)?
+            };
+            c.annotate(&mut r, &tok)?;
+            lines.push_str(&r.to_line()?);
+            index += 1;
+            tokens += s.ids.len();
+            samples.push(s);
+        }
     }
     emit(a.out.as_deref(), &lines)?;
     let nfe: f64 = samples.iter().map(|s| s.nfe as f64).sum::<f64>() / samples.len().max(1) as f64;
@@ -231,7 +258,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         opts.steps,
         nfe,
         t0.elapsed().as_secs_f64() / samples.len().max(1) as f64,
-        (samples.len() * len) as f64 / t0.elapsed().as_secs_f64()
+        tokens as f64 / t0.elapsed().as_secs_f64()
     );
     Ok(())
 }

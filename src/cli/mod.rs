@@ -5,6 +5,7 @@ mod choices;
 mod commands;
 mod distill;
 mod interop;
+mod prompts;
 mod serve;
 
 use std::path::PathBuf;
@@ -378,6 +379,17 @@ pub struct SampleArgs {
     /// AR and Duo checkpoints: nucleus (top-p) mass in (0, 1] (default 1 = no truncation).
     #[arg(long)]
     pub top_p: Option<f64>,
+    /// Condition on a prompt: the row starts [BOS] prompt, clamped; -n samples continue it.
+    #[arg(long, conflicts_with_all = ["prompts", "infill"])]
+    pub prompt: Option<String>,
+    /// Condition on each `"prompt"` of a JSONL file in turn (-n samples per prompt).
+    #[arg(long, conflicts_with = "infill")]
+    pub prompts: Option<PathBuf>,
+    /// Infill a template (diffusion models): "The [MASK:5] sat on the [MASK:3]." generates the
+    /// holes ([MASK:n] = n tokens, [MASK] = 1) and keeps the rest; the row is [BOS] template, as
+    /// long as the template unless --len says longer (the tail is then generated too).
+    #[arg(long)]
+    pub infill: Option<String>,
     /// Output JSONL (default: stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -235,8 +235,12 @@ pub fn evaluate_with(
     if metrics.iter().any(|m| m == "entropy") {
         let (ids, source): (Vec<Vec<u32>>, &str) = if has_ids {
             (
-                samples.iter().filter_map(|s| s.ids.clone()).collect(),
-                "generator token ids",
+                samples.iter().filter_map(|s| s.generated_ids()).collect(),
+                if samples.iter().any(|s| s.clamped.is_some()) {
+                    "generator token ids, clamped (prompt) positions excluded"
+                } else {
+                    "generator token ids"
+                },
             )
         } else {
             let g = scorer

@@ -137,11 +137,13 @@ impl Block {
         self.mlp(&(x + y)?, drop)
     }
 
-    /// One new position per sequence: x (B, D) at the cache's current position.
+    /// One new position per sequence: x (sum of the caches' batches, D), the rows of each cache in
+    /// turn, each at its own cache's current position. The projections and the MLP see all rows in
+    /// one call; attention runs per cache (caches of different lengths cannot share it).
     fn step(
         &self,
         x: &Tensor,
-        cache: &mut KvCache,
+        caches: &mut [&mut KvCache],
         layer: usize,
         attn: &RotaryAttention,
     ) -> Result<Tensor> {
@@ -151,7 +153,13 @@ impl Block {
             .to_device(&Device::Cpu)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let y = cache.attend(layer, &qkv, attn);
+        let mut y = Vec::with_capacity(b * d);
+        let mut row = 0;
+        for cache in caches.iter_mut() {
+            let n = cache.batch();
+            y.extend(cache.attend(layer, &qkv[row * 3 * d..(row + n) * 3 * d], attn));
+            row += n;
+        }
         let y = Tensor::from_vec(y, (b, d), x.device())?;
         let y = self.out.forward(&y)?;
         self.mlp(&(x + y)?, None)
@@ -279,17 +287,28 @@ impl CausalLm {
     /// Feed one token per sequence at the cache's next position; returns the logits (B, V) of the
     /// token after it. Equal to `forward` on the whole prefix, at the cost of one position.
     pub fn step(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Tensor> {
-        if ids.len() != cache.batch() {
+        self.step_many(&mut [cache], ids)
+    }
+
+    /// `step` for several caches in one network call (continuous batching of requests that started
+    /// at different times): `ids` holds the rows of each cache in turn, and so do the logits.
+    pub fn step_many(&self, caches: &mut [&mut KvCache], ids: &[u32]) -> Result<Tensor> {
+        let rows: usize = caches.iter().map(|c| c.batch()).sum();
+        if ids.len() != rows || rows == 0 {
             return Err(Error::InvalidArgument(format!(
-                "{} tokens fed to a KV cache of {} sequences",
+                "{} tokens fed to {} of {rows} sequences",
                 ids.len(),
-                cache.batch()
+                if caches.len() == 1 {
+                    "a KV cache"
+                } else {
+                    "KV caches"
+                }
             )));
         }
-        if cache.len() >= cache.capacity() {
+        if let Some(c) = caches.iter().find(|c| c.len() >= c.capacity()) {
             return Err(Error::InvalidArgument(format!(
                 "KV cache is full: {} positions (the model's length is {})",
-                cache.len(),
+                c.len(),
                 self.cfg.length
             )));
         }
@@ -302,9 +321,11 @@ impl CausalLm {
         let ids = Tensor::from_slice(ids, ids.len(), self.device())?;
         let mut x = self.embed(&ids)?;
         for (i, blk) in self.blocks.iter().enumerate() {
-            x = blk.step(&x, cache, i, &self.attn)?;
+            x = blk.step(&x, caches, i, &self.attn)?;
         }
-        cache.advance();
+        for c in caches.iter_mut() {
+            c.advance();
+        }
         self.head(&layer_norm_no_bias(&x, &self.norm_final)?)
     }
 }

@@ -383,7 +383,7 @@ impl Run<'_> {
             seed: p.seed,
         };
         let (bos, mask) = (ck.meta.data.bos_id, Some(ck.meta.data.mask_id));
-        let samples = sample_ar(&model, p.samples, p.seq_len, bos, mask, &ao, None)?;
+        let samples = sample_ar(&model, p.samples, p.seq_len, &[bos], mask, &ao, None)?;
         let spec = RowSpec {
             method: "ar",
             process: "ar",

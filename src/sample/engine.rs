@@ -15,6 +15,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::sequence::{Need, Seq, grid};
+use super::template::Template;
 use super::{Denoiser, Progress, Sample, SamplerOptions};
 use crate::process::ForwardProcess;
 use crate::{Error, Result};
@@ -29,6 +30,9 @@ pub struct Request {
     pub len: usize,
     /// Steps, noise removal, caching and seed of this request.
     pub opts: SamplerOptions,
+    /// Clamped positions (a prompt, an infilling template) of every sequence; None: unconditional.
+    /// Its length must be `len`.
+    pub template: Option<Arc<Template>>,
 }
 
 /// Names a request added to an `Engine` (the order of addition: 0, 1, ...).
@@ -74,6 +78,15 @@ fn check(den: &dyn Denoiser, r: usize, q: &Request) -> Result<()> {
             "request {r}: sequence length {} must be in 1..={} (the model's length)",
             q.len,
             den.max_len()
+        )));
+    }
+    if let Some(t) = &q.template
+        && t.len() != q.len
+    {
+        return Err(Error::InvalidArgument(format!(
+            "request {r}: its template has {} positions but the sequence length is {}",
+            t.len(),
+            q.len
         )));
     }
     Ok(())
@@ -146,6 +159,9 @@ impl<'a> Engine<'a> {
     pub fn add(&mut self, req: Request, watch: bool) -> Result<RequestId> {
         let id = self.next;
         check(self.den, id, &req)?;
+        if let Some(t) = &req.template {
+            t.check(self.process.vocab_size(), None)?;
+        }
         self.next += 1;
         self.grids
             .entry(req.opts.steps)
@@ -275,6 +291,7 @@ impl<'a> Engine<'a> {
                     q.opts.noise_removal,
                     q.opts.cache && self.cache_net,
                     !q.opts.cache,
+                    q.template.clone(),
                 );
                 self.live.push(Slot {
                     seq,

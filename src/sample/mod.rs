@@ -4,6 +4,7 @@
 mod engine;
 pub mod record;
 mod sequence;
+pub mod template;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,7 @@ use crate::Result;
 use crate::process::{ForwardProcess, NoiseRemoval};
 pub use crate::progress::Progress;
 pub use engine::{Engine, Event, Request, RequestId, sample_requests};
+pub use template::Template;
 
 pub use crate::nn::Denoiser;
 
@@ -71,6 +73,7 @@ pub fn sample(
         n,
         len,
         opts: opts.clone(),
+        template: None,
     };
     let mut out = sample_requests(den, process, &[req], opts.batch_size, progress)?;
     Ok(out.pop().unwrap_or_default())

@@ -20,6 +20,12 @@ pub struct SampleRecord {
     /// Training step of that checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_step: Option<u64>,
+    /// Positions of `ids` that were clamped (a prompt, infilling text), not generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamped: Option<Vec<u32>>,
+    /// The text generated after a prompt (the ids past the clamped prefix, decoded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
     /// The generator's own token ids; always written (null for texts that have none).
     #[serde(default)]
     pub ids: Option<Vec<u32>>,
@@ -38,6 +44,12 @@ pub struct SampleRecord {
     /// Forward process name ("mdlm", "duo", "ar"; empty for a reproduction's held-out row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
+    /// The prompt text or infilling template the sample was conditioned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Line (from 0) of the `--prompts` file the prompt came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_index: Option<usize>,
     /// Sampler name ("ancestral_cache", "ancestral", "ar_kv_cache").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<String>,
@@ -79,6 +91,21 @@ impl SampleRecord {
             ids,
             ..Self::default()
         }
+    }
+
+    /// The generated ids: `ids` without the clamped positions (what entropy counts).
+    pub fn generated_ids(&self) -> Option<Vec<u32>> {
+        let ids = self.ids.as_ref()?;
+        Some(match &self.clamped {
+            None => ids.clone(),
+            Some(c) => {
+                let c: std::collections::HashSet<u32> = c.iter().copied().collect();
+                (0..ids.len() as u32)
+                    .filter(|i| !c.contains(i))
+                    .map(|i| ids[i as usize])
+                    .collect()
+            }
+        })
     }
 
     /// The record as one JSONL line (with its newline).

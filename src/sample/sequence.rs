@@ -5,6 +5,7 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::template::Template;
 use crate::process::schedule::{T_FINAL, sampling_grid};
 use crate::process::{ForwardProcess, NoiseRemoval, StepPlan, argmax, draw_f64};
 
@@ -55,6 +56,8 @@ pub struct Seq {
     /// Whether `probs` is the full-table prediction for the current x (Full plans only).
     fresh: bool,
     pending: Option<Pending>,
+    /// Positions no step may change (a prompt, the text around infilling holes).
+    template: Option<std::sync::Arc<Template>>,
 }
 
 /// The grid shared by every sequence of one step count.
@@ -63,7 +66,9 @@ pub fn grid(steps: usize) -> std::sync::Arc<Vec<f64>> {
 }
 
 impl Seq {
-    /// Draw x_1 from the prior on stream `index` of `seed`.
+    /// Draw x_1 from the prior on stream `index` of `seed`, then put the template's clamped tokens
+    /// in (the draws at clamped positions are made and discarded, so the free positions get the
+    /// same draws with or without a template).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         process: &dyn ForwardProcess,
@@ -75,11 +80,15 @@ impl Seq {
         mode: NoiseRemoval,
         cache_ok: bool,
         every_step: bool,
+        template: Option<std::sync::Arc<Template>>,
     ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(index as u64);
         let mut x = vec![0u32; len];
         process.prior_row(&mut x, &mut rng);
+        if let Some(t) = &template {
+            t.apply(&mut x);
+        }
         let steps = grid.len() - 1;
         Self {
             request,
@@ -97,6 +106,7 @@ impl Seq {
             probs: Vec::new(),
             fresh: false,
             pending: None,
+            template,
         }
     }
 
@@ -196,7 +206,9 @@ impl Seq {
         } else {
             process.noise_removal_row(&self.probs, &mut self.x, T_FINAL, self.mode, &mut self.rng)
         };
-        self.fresh = !changed && self.cache_ok;
+        // A process that may move any token (Duo) moved clamped ones too: put them back.
+        let restored = self.template.as_ref().is_some_and(|t| t.apply(&mut self.x));
+        self.fresh = !changed && !restored && self.cache_ok;
         self.k += 1;
     }
 }

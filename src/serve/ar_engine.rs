@@ -1,7 +1,7 @@
 //! The AR baseline served the way the diffusion engine is: requests join between network calls
-//! and each `step` decodes one more token of every running request. Each request is one KV-cache
-//! batch of its own (caches of different lengths do not share a call), so concurrent AR requests
-//! interleave rather than batch.
+//! and each `step` decodes one more token of every running request in one network call. Each
+//! request keeps a KV cache of its own (they hold different numbers of positions); the projections
+//! and MLP of all of them share the call (`CausalLm::step_many`), attention runs per cache.
 
 use std::collections::BTreeMap;
 
@@ -64,7 +64,7 @@ impl ArEngine {
             });
             return Ok(id);
         }
-        let batch = ArBatch::new(&self.model, 0..n, len, self.bos, Some(self.mask), opts);
+        let batch = ArBatch::new(&self.model, 0..n, len, &[self.bos], Some(self.mask), opts);
         self.running.insert(id, Running { batch, len, watch });
         Ok(id)
     }
@@ -88,21 +88,46 @@ impl ArEngine {
     /// not decoded yet shown as MASK), finished ones their samples.
     pub fn step(&mut self) -> Result<Vec<Event>> {
         let mut ev = std::mem::take(&mut self.ready);
+        let stepped: Vec<RequestId> = self
+            .running
+            .iter()
+            .filter(|(_, r)| !r.batch.is_done())
+            .map(|(&id, _)| id)
+            .collect();
+        let live: Vec<&mut Running> = self
+            .running
+            .values_mut()
+            .filter(|r| !r.batch.is_done())
+            .collect();
+        if !live.is_empty() {
+            let ids: Vec<u32> = live.iter().flat_map(|r| r.batch.current()).collect();
+            let mut live = live;
+            let logits = {
+                let mut caches: Vec<&mut crate::nn::KvCache> =
+                    live.iter_mut().map(|r| r.batch.cache_mut()).collect();
+                self.model.step_many(&mut caches, &ids)?
+            };
+            let v = logits.dim(1)?;
+            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            let mut row = 0;
+            for r in live {
+                let n = r.batch.seqs().len();
+                r.batch.accept(&flat[row * v..(row + n) * v])?;
+                row += n;
+            }
+        }
         let mut done = Vec::new();
-        for (&id, r) in &mut self.running {
-            if !r.batch.is_done() {
-                r.batch.step(&self.model)?;
-                if r.watch {
-                    for (index, s) in r.batch.seqs().iter().enumerate() {
-                        let mut ids = s.clone();
-                        ids.resize(r.len, self.mask);
-                        ev.push(Event::Step {
-                            request: id,
-                            index,
-                            ids,
-                            nfe: s.len() - 1,
-                        });
-                    }
+        for (&id, r) in &self.running {
+            if r.watch && stepped.contains(&id) {
+                for (index, s) in r.batch.seqs().iter().enumerate() {
+                    let mut ids = s.clone();
+                    ids.resize(r.len, self.mask);
+                    ev.push(Event::Step {
+                        request: id,
+                        index,
+                        ids,
+                        nfe: s.len() - 1,
+                    });
                 }
             }
             if r.batch.is_done() {

@@ -109,6 +109,7 @@ impl Stepper for Diffusion<'_> {
             n: p.n,
             len: p.len,
             opts,
+            template: None,
         };
         self.0.add(req, watch)
     }

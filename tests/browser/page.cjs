@@ -1,7 +1,7 @@
 // Drives the page of `idlm serve` in headless Chromium (Debian's, through playwright-core):
 // types a prompt and sees it refused by name (the model is unconditional), clears it, generates,
 // checks the text changed over at least 3 steps with the masks only resolving and ends as the API's
-// text for the same seed, then saves a screenshot. Usage: node page.cjs HOST:PORT SCREENSHOT.png
+// text for the same seed, runs the side-by-side view (64 vs 4 steps), then saves a screenshot. Usage: node page.cjs HOST:PORT SCREENSHOT.png
 "use strict";
 const { chromium } = require("playwright-core");
 
@@ -53,9 +53,24 @@ async function main() {
       return (await r.json()).choices[0].text;
     });
     if (shown !== api) { throw new Error(`page shows ${JSON.stringify(shown)}, the API gives ${JSON.stringify(api)}`); }
+    // Side by side: the same model at many and at few steps, same seed, each panel with its calls
+    // and time (the page's teacher-vs-student view).
+    await page.check("#side");
+    await page.selectOption("#model_a", "teacher");
+    await page.fill("#steps_a", "64");
+    await page.selectOption("#model_b", "teacher");
+    await page.fill("#steps_b", "4");
+    await page.click("#go");
+    await page.waitForFunction(() => document.querySelectorAll('.panel[data-done="1"]').length === 2,
+      null, { timeout: 60000 });
+    const heads = await page.$$eval(".panel h2", (hs) => hs.map((h) => h.textContent));
+    const stats = await page.$$eval(".panel .stats", (ss) => ss.map((s) => s.textContent));
+    if (!/64 steps/.test(heads[0]) || !/4 steps/.test(heads[1])) { throw new Error(`panels: ${heads}`); }
+    const nfe = stats.map((s) => Number((/(\d+) network calls/.exec(s) || [])[1]));
+    if (!(nfe[1] >= 1 && nfe[1] <= 4 && nfe[0] > nfe[1])) { throw new Error(`side-by-side stats: ${stats}`); }
     if (errors.length) { throw new Error(`page errors: ${errors.join("; ")}`); }
     await page.screenshot({ path: shot, fullPage: true });
-    console.log(`ok: ${masked.length} masked steps seen, screenshot ${shot}`);
+    console.log(`ok: ${masked.length} masked steps seen, side by side ${nfe[0]} vs ${nfe[1]} calls, screenshot ${shot}`);
   } finally {
     await browser.close();
   }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod http;
+pub mod nets;
 pub mod server;
 
 use idlm::data::{PrepareOptions, TokenizerChoice, prepare};
