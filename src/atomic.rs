@@ -1,7 +1,9 @@
 //! Writes that a crash never leaves half done: a file through a sibling temp file, fsync and
 //! rename; a folder staged beside its destination and renamed into place (an old one moved aside
 //! first, then removed). Checkpoints, prepared data, fetched corpora and models, metrics
-//! truncation and cached tables all go through here.
+//! truncation, cached tables and every result file (samples JSONL, eval JSON, reports, run
+//! configs) go through here; only `metrics.jsonl` is appended in place (a torn last line is
+//! dropped on resume by `run::truncate_metrics`), and plots are rendered to a temp file first.
 
 use std::fs;
 use std::io::Write;
@@ -26,16 +28,17 @@ pub fn sync_dir(path: &Path) {
 }
 
 /// Write `bytes` to `path` through `path.tmp-<pid>-<nanos>` + fsync + rename; the temp file is
-/// removed if anything fails, and `path` is either the old file or the new one.
+/// removed if anything fails (a full disk, a read-only folder), and `path` is either the old file
+/// or the new one. Errors name `path`, not the transient temp file.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", unique_suffix()));
     let tmp = PathBuf::from(tmp);
     let written = (|| {
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", path, e))?;
         f.write_all(bytes)
-            .map_err(|e| Error::io("writing", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+            .map_err(|e| Error::io("writing", path, e))?;
+        f.sync_all().map_err(|e| Error::io("syncing", path, e))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
     })();

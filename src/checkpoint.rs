@@ -1,13 +1,14 @@
 //! Checkpoints: a directory of safetensors + meta.json, written to a temp dir and renamed, so a
 //! crash never leaves a torn checkpoint (docs/design.md §5).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::atomic::{self, Staging};
 use crate::config::RunConfig;
@@ -91,6 +92,98 @@ pub struct CheckpointMeta {
     /// Where a released checkpoint came from and its layout; None for idlm's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Size and sha256 of every other file of the checkpoint, as written; checked when the file
+    /// is read. Empty in checkpoints written before checksums existed (those load unchecked).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FileSum>,
+}
+
+/// What a checkpoint file was when it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// sha256 of the bytes, lower-case hex.
+    pub sha256: String,
+}
+
+/// Size and sha256 of a file, read in 1 MiB pieces.
+pub fn file_sum(path: &Path) -> Result<FileSum> {
+    let mut f = fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileSum {
+        bytes,
+        sha256: hex::encode(h.finalize()),
+    })
+}
+
+/// Check `dir/name` against the size and sha256 `meta` recorded for it (nothing to check when
+/// the checkpoint predates checksums or never recorded the file): an [`Error::Checksum`] naming
+/// the file, what was expected and what is there.
+pub fn verify_file(dir: &Path, meta: &CheckpointMeta, name: &str) -> Result<()> {
+    let Some(want) = meta.files.get(name) else {
+        return Ok(());
+    };
+    let path = dir.join(name);
+    let len = fs::metadata(&path)
+        .map_err(|e| Error::io("reading", &path, e))?
+        .len();
+    if len != want.bytes {
+        return Err(Error::Checksum {
+            path,
+            what: "size",
+            expected: format!("{} bytes", want.bytes),
+            actual: format!("{len} bytes"),
+        });
+    }
+    let got = file_sum(&path)?;
+    if got.sha256 != want.sha256 {
+        return Err(Error::Checksum {
+            path,
+            what: "sha256",
+            expected: want.sha256.clone(),
+            actual: got.sha256,
+        });
+    }
+    Ok(())
+}
+
+/// Refuse tensors holding NaN or Inf, naming the first such tensor (in name order) and `place`
+/// (where they were going or came from). Integer tensors are always finite.
+pub fn check_finite(tensors: &HashMap<String, Tensor>, place: &Path) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if !t.dtype().is_float() {
+            continue;
+        }
+        // 0 * x is 0 for every finite x and NaN for NaN and +-Inf, so the sum is 0 exactly when
+        // all are finite; one pass on the tensor's own device.
+        let s = (t * 0.0)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        if s != 0.0 {
+            return Err(Error::NonFiniteTensor {
+                path: place.to_path_buf(),
+                tensor: name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A loaded checkpoint.
@@ -131,13 +224,27 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    candle_core::safetensors::save(tensors, path)?;
+    // candle's error would not name the file (a full disk reads "File too large" or "No space
+    // left on device" alone).
+    candle_core::safetensors::save(tensors, path)
+        .map_err(|e| Error::ckpt(path, format!("cannot write: {e}")))?;
     let f = fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", path, e))
 }
 
-/// Write the checkpoint files into `dir` (which must exist). Not atomic by itself: see `save`.
+/// Write the checkpoint files into `dir` (which must exist), each one's size and sha256 recorded
+/// in meta.json (written last). Tensors holding NaN or Inf are refused before anything is
+/// written. Not atomic by itself: see `save`.
 pub fn write_files(dir: &Path, meta: &CheckpointMeta, t: &CheckpointTensors) -> Result<()> {
+    let place = PathBuf::from(format!("checkpoint of step {}", meta.step));
+    for map in [t.weights, t.ema, t.optim]
+        .into_iter()
+        .chain(t.extra.iter().map(|(_, m)| m))
+    {
+        check_finite(map, &place)?;
+    }
+    let mut meta = meta.clone();
+    meta.files.clear();
     let mut model: HashMap<String, Tensor> = HashMap::new();
     for (k, v) in t.weights {
         model.insert(format!("{BACKBONE}.{k}"), v.clone());
@@ -149,15 +256,24 @@ pub fn write_files(dir: &Path, meta: &CheckpointMeta, t: &CheckpointTensors) -> 
         format!("{BACKBONE}.rotary_emb.inv_freq"),
         t.inv_freq.clone(),
     );
+    let mut written = vec!["model.safetensors"];
     write_safetensors(&dir.join("model.safetensors"), &model)?;
     if !t.optim.is_empty() {
         write_safetensors(&dir.join("optim.safetensors"), t.optim)?;
+        written.push("optim.safetensors");
     }
     for (name, tensors) in t.extra {
         write_safetensors(&dir.join(name), tensors)?;
+        written.push(*name);
     }
     write_file(&dir.join("tokenizer.json"), t.tokenizer_json.as_bytes())?;
-    let json = serde_json::to_vec_pretty(meta)
+    written.push("tokenizer.json");
+    // Hashed as read back from the disk: what a later load will compare against.
+    for name in written {
+        meta.files
+            .insert(name.to_string(), file_sum(&dir.join(name))?);
+    }
+    let json = serde_json::to_vec_pretty(&meta)
         .map_err(|e| Error::ckpt(dir, format!("cannot serialise meta: {e}")))?;
     // meta.json last: a directory without it is never taken for a checkpoint.
     write_file(&dir.join("meta.json"), &json)
@@ -174,8 +290,15 @@ pub fn save(
     fs::create_dir_all(&root).map_err(|e| Error::io("creating", &root, e))?;
     let name = format!("step-{:08}", meta.step);
     let staged = Staging::new(&root, &name)?;
-    write_files(staged.path(), meta, t)?;
     let dst = root.join(&name);
+    // On failure the staged folder is removed (dropped) and `latest` is not touched.
+    write_files(staged.path(), meta, t).map_err(|e| match e {
+        Error::Io { .. } | Error::Checkpoint { .. } => Error::ckpt(
+            &dst,
+            format!("not written, `latest` still names the previous checkpoint: {e}"),
+        ),
+        e => e,
+    })?;
     staged.publish(&dst)?;
     // `latest` moves only once the checkpoint it names is complete.
     atomic::write_file(&root.join("latest"), name.as_bytes())?;
@@ -247,21 +370,34 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
     Ok(meta)
 }
 
-/// Load tensors from a safetensors file, naming the file if it is corrupt.
+/// Load tensors from a safetensors file, naming the file if it is corrupt or holds NaN or Inf.
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &crate::runtime::device())
-        .map_err(|e| Error::ckpt(path, format!("corrupt or unreadable safetensors: {e}")))
+    let t = candle_core::safetensors::load(path, &crate::runtime::device())
+        .map_err(|e| Error::ckpt(path, format!("corrupt or unreadable safetensors: {e}")))?;
+    check_finite(&t, path)?;
+    Ok(t)
+}
+
+/// A safetensors file of a checkpoint directory, verified against its recorded checksum.
+fn ck_file(dir: &Path, meta: &CheckpointMeta, name: &str) -> Result<HashMap<String, Tensor>> {
+    verify_file(dir, meta, name)?;
+    load_safetensors(&dir.join(name))
 }
 
 /// Load a checkpoint: an idlm checkpoint or run directory, or a released one (a Hugging Face
 /// directory or a Lightning `.ckpt`, read in place with default import options).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     if crate::interop::is_released(path) {
-        return crate::interop::import(path, &crate::interop::ImportOptions::default());
+        let ck = crate::interop::import(path, &crate::interop::ImportOptions::default())?;
+        check_finite(&ck.weights, &ck.dir)?;
+        if let Some(e) = &ck.ema {
+            check_finite(e, &ck.dir)?;
+        }
+        return Ok(ck);
     }
     let dir = resolve(path)?;
     let meta = read_meta(&dir)?;
-    let all = load_safetensors(&dir.join("model.safetensors"))?;
+    let all = ck_file(&dir, &meta, "model.safetensors")?;
     let mut weights = HashMap::new();
     let mut ema = HashMap::new();
     let ema_prefix = format!("{EMA_PREFIX}.{BACKBONE}.");
@@ -326,13 +462,20 @@ impl Checkpoint {
         if let Some(t) = &self.tokenizer {
             return Ok(t.clone());
         }
+        verify_file(&self.dir, &self.meta, "tokenizer.json")?;
         let p = self.dir.join("tokenizer.json");
         fs::read_to_string(&p).map_err(|e| Error::io("reading", &p, e))
     }
 
     /// Load the optimizer tensors, if saved.
     pub fn optim(&self) -> Result<HashMap<String, Tensor>> {
-        load_safetensors(&self.dir.join("optim.safetensors"))
+        self.safetensors("optim.safetensors")
+    }
+
+    /// Load one safetensors file of this checkpoint, checked against the checksum meta.json
+    /// recorded for it.
+    pub fn safetensors(&self, name: &str) -> Result<HashMap<String, Tensor>> {
+        ck_file(&self.dir, &self.meta, name)
     }
 }
 

@@ -175,8 +175,18 @@ impl RunConfig {
 
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<()> {
+        check_finite_floats(self)?;
         let t = &self.train;
         let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if t.adam_eps <= 0.0 || t.weight_decay < 0.0 || t.grad_clip < 0.0 || t.max_minutes < 0.0 {
+            return bad(
+                "train.adam_eps must be positive; train.weight_decay, train.grad_clip and \
+                 train.max_minutes must not be negative",
+            );
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return bad("model.dropout must be in [0, 1)");
+        }
         if t.batch_size == 0 || t.grad_accum == 0 {
             return bad("train.batch_size and train.grad_accum must be at least 1");
         }
@@ -202,6 +212,36 @@ impl RunConfig {
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| Error::Config(format!("cannot serialise config: {e}")))
     }
+}
+
+/// Refuse a config holding a NaN or infinite number (TOML spells them `nan` and `inf`), naming
+/// its key: no setting may carry a non-finite value into a run.
+pub fn check_finite_floats<T: Serialize>(cfg: &T) -> Result<()> {
+    fn walk(v: &toml::Value, key: &str) -> Result<()> {
+        match v {
+            toml::Value::Float(x) if !x.is_finite() => Err(Error::Config(format!(
+                "{key} = {x}: every number in a config must be finite"
+            ))),
+            toml::Value::Table(t) => t.iter().try_for_each(|(k, v)| {
+                walk(
+                    v,
+                    &if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{key}.{k}")
+                    },
+                )
+            }),
+            toml::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| walk(v, &format!("{key}[{i}]"))),
+            _ => Ok(()),
+        }
+    }
+    let v = toml::Value::try_from(cfg)
+        .map_err(|e| Error::Config(format!("cannot serialise config: {e}")))?;
+    walk(&v, "")
 }
 
 #[cfg(test)]

@@ -34,6 +34,28 @@ pub enum Error {
     /// Training diverged (NaN or Inf).
     #[error("non-finite {what} at step {step}")]
     NonFinite { what: &'static str, step: u64 },
+    /// A tensor to be written or read holds NaN or Inf (named, with where it was going or came
+    /// from): nothing non-finite is written into a checkpoint, nor loaded from one.
+    #[error("{path}: tensor '{tensor}' holds NaN or Inf")]
+    NonFiniteTensor { path: PathBuf, tensor: String },
+    /// A result (validation, evaluation) came out NaN or Inf: it is not written.
+    #[error("{what} is not finite ({value})")]
+    NonFiniteValue { what: String, value: f64 },
+    /// A checkpoint file does not match the checksum its meta.json recorded: it was truncated or
+    /// changed after it was written.
+    #[error(
+        "checkpoint file {path} is corrupt: {what} {actual}, meta.json records {expected} (truncated or modified after it was written)"
+    )]
+    Checksum {
+        path: PathBuf,
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    /// Another process holds the run folder's lock (`idlm train` / `idlm distill` on the same
+    /// folder).
+    #[error("{dir} is in use by another idlm process ({}): wait for it to end or stop it; a killed process releases it by itself", pid_text(.pid))]
+    RunLocked { dir: PathBuf, pid: Option<u32> },
     /// An external program (pip, npm, tar) was missing or failed.
     #[error("{0}")]
     External(String),
@@ -43,6 +65,13 @@ pub enum Error {
     /// The server could not start or run (`idlm serve`).
     #[error("serve: {0}")]
     Serve(String),
+}
+
+fn pid_text(pid: &Option<u32>) -> String {
+    match pid {
+        Some(p) => format!("pid {p}"),
+        None => "pid unknown".to_string(),
+    }
 }
 
 /// Result alias for the library.

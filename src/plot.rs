@@ -48,8 +48,28 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error::External(format!("plot: {e}"))
 }
 
-/// Draw `plot` into a PNG at `path` (960 x 600).
+/// Draw `plot` into a PNG at `path` (960 x 600): rendered to a temp file beside it, then renamed
+/// into place, so a failed render (a full disk) leaves no half-written PNG under `path`.
 pub fn line_plot(plot: &LinePlot, path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The extension stays .png: the backend picks the format from it.
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
+    let drawn = draw_plot(plot, &tmp)
+        .map_err(|e| match e {
+            Error::External(m) => Error::External(format!("{}: {m}", path.display())),
+            e => e,
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("writing", path, e)));
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn
+}
+
+fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
     register_font();
     let pts: Vec<(f64, f64)> = plot
         .series

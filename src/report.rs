@@ -301,7 +301,7 @@ pub fn write_report(out: &Path, rows: &[ResultRow], command: &str) -> Result<()>
     let json_path = out.join("report.json");
     let text = serde_json::to_string_pretty(&json!({"command": command, "rows": rows}))
         .map_err(|e| Error::Config(format!("cannot serialise the report: {e}")))?;
-    fs::write(&json_path, text + "\n").map_err(|e| Error::io("writing", &json_path, e))?;
+    crate::atomic::write_file(&json_path, (text + "\n").as_bytes())?;
     let mut md = format!(
         "# Results\n\nMade by `{command}`. The rows are in `report.json`; GenPPL under \
          SmolLM2-135M and MAUVE against held-out text, protocol {}.\n\n",
@@ -310,8 +310,7 @@ pub fn write_report(out: &Path, rows: &[ResultRow], command: &str) -> Result<()>
     md.push_str(&markdown_table(rows));
     md.push('\n');
     md.push_str(&plot_links(&plots));
-    let p = out.join("README.md");
-    fs::write(&p, md).map_err(|e| Error::io("writing", &p, e))
+    crate::atomic::write_file(&out.join("README.md"), md.as_bytes())
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ impl Objective<CausalLm> for ArObjective {
 
 /// Train (or resume) the AR baseline; `TrainSummary::val_nelbo` holds the validation NLL.
 pub fn run_ar_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
+    // One process per run folder, held until the run returns (or the process dies).
+    let _lock = crate::run::RunLock::acquire(&opts.run_dir)?;
     let data = DataDir::open(&opts.data_dir)?;
     let info = data_info(&data);
     let trainer: ArTrainer = start_or_resume(opts, &info)?;

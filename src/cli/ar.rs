@@ -1,6 +1,5 @@
 //! `idlm sample` and `idlm nll` on an AR checkpoint: glue between arguments and `idlm::ar`.
 
-use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -76,12 +75,7 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
         )?);
     }
     bar.finish_and_clear();
-    let mut out: Box<dyn Write> = match &a.out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
+    let mut lines = String::new();
     let steps = len.saturating_sub(1);
     let mut index = 0;
     for (c, samples) in conds.iter().zip(&results) {
@@ -97,11 +91,11 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
                 ..super::prompts::base_record(ck, a.raw, index, &s.ids, &tok)?
             };
             c.annotate(&mut r, &tok)?;
-            out.write_all(r.to_line()?.as_bytes())?;
+            lines.push_str(&r.to_line()?);
             index += 1;
         }
     }
-    out.flush()?;
+    super::commands::emit(a.out.as_deref(), &lines)?;
     let n = index;
     let el = t0.elapsed().as_secs_f64();
     eprintln!(

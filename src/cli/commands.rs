@@ -231,12 +231,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         Some(&progress),
     )?;
     bar.finish_and_clear();
-    let mut out: Box<dyn Write> = match &a.out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
+    let mut lines = String::new();
     let sampler = if opts.cache {
         "ancestral_cache"
     } else {
@@ -257,13 +252,13 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
                 ..super::prompts::base_record(&ck, a.raw, index, &s.ids, &tok)?
             };
             c.annotate(&mut r, &tok)?;
-            out.write_all(r.to_line()?.as_bytes())?;
+            lines.push_str(&r.to_line()?);
             index += 1;
             tokens += s.ids.len();
             samples.push(s);
         }
     }
-    out.flush()?;
+    emit(a.out.as_deref(), &lines)?;
     let nfe: f64 = samples.iter().map(|s| s.nfe as f64).sum::<f64>() / samples.len().max(1) as f64;
     eprintln!(
         "{} samples, {} steps, mean NFE {:.1}, {:.2} s/sample, {:.0} tokens/s",
@@ -336,8 +331,7 @@ fn paper_scale(a: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(r)?);
     }
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&records)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        emit(Some(p), &serde_json::to_string_pretty(&records)?)?;
     }
     Ok(())
 }
@@ -366,8 +360,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         println!("threads {threads} | AR KV-cache decoding {tps:.0} tokens/s");
         if let Some(p) = a.json {
             let v = json!({"options": o, "threads": threads, "ar_kv_tokens_per_s": tps});
-            std::fs::write(&p, serde_json::to_string_pretty(&v)?)
-                .with_context(|| format!("writing {}", p.display()))?;
+            emit(Some(&p), &serde_json::to_string_pretty(&v)?)?;
         }
         return Ok(());
     }
@@ -431,8 +424,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             .unwrap_or_else(|| "-".into())
     );
     if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_string_pretty(&r)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        emit(Some(&p), &serde_json::to_string_pretty(&r)?)?;
     }
     Ok(())
 }
@@ -514,11 +506,19 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     out["sample_info"] = protocol::sample_info(&samples)?;
     out["eval_seconds"] = json!(t0.elapsed().as_secs_f64());
     let text = serde_json::to_string_pretty(&out)?;
-    match &a.out {
-        Some(p) => {
-            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?
+    emit(a.out.as_deref(), &(text + "\n"))
+}
+
+/// A result file's text: to `out` whole (through a temp file and a rename, so a full disk or a
+/// crash never leaves half a file under its name), or to stdout.
+pub(super) fn emit(out: Option<&std::path::Path>, text: &str) -> Result<()> {
+    match out {
+        Some(p) => idlm::atomic::write_file(p, text.as_bytes())?,
+        None => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(text.as_bytes())?;
+            o.flush()?;
         }
-        None => println!("{text}"),
     }
     Ok(())
 }

@@ -225,7 +225,18 @@ impl DistillConfig {
 
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<()> {
+        crate::config::check_finite_floats(self)?;
         let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.adam_eps <= 0.0
+            || self.weight_decay < 0.0
+            || self.grad_clip < 0.0
+            || self.max_minutes < 0.0
+        {
+            return bad(
+                "distill adam_eps must be positive; weight_decay, grad_clip and max_minutes \
+                 must not be negative",
+            );
+        }
         if self.batch_size == 0 || self.grad_accum == 0 {
             return bad("distill batch_size and grad_accum must be at least 1");
         }

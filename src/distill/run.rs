@@ -2,7 +2,6 @@
 //! few-step samples of the student's EMA (GenPPL and entropy), the best checkpoint kept, exact
 //! resume.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -95,6 +94,12 @@ impl RunJob for DistillJob<'_> {
             self.scorer.as_ref(),
         )?;
         let step = self.step();
+        if !e.is_finite() || g.is_some_and(|g| !g.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "validation GenPPL or entropy",
+                step,
+            });
+        }
         let gs = g.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
         if step == 0 && self.st.ref_entropy.is_none() {
             // The teacher's own samples: the reference of the entropy floor.
@@ -151,6 +156,8 @@ impl RunJob for DistillJob<'_> {
 /// Distil (or resume distilling) a teacher.
 pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
     let run_dir = &opts.run_dir;
+    // One process per run folder, held until the run returns (or the process dies).
+    let _lock = crate::run::RunLock::acquire(run_dir)?;
     let (distiller, st, data, kind) = if opts.resume {
         let l = state::load(run_dir)?;
         let mut st = l.state.clone();
@@ -184,7 +191,7 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
     };
     let cfg = st.config.clone();
     let cfg_path = run_dir.join("distill.toml");
-    fs::write(&cfg_path, cfg.to_toml()?).map_err(|e| Error::io("writing", &cfg_path, e))?;
+    crate::atomic::write_file(&cfg_path, cfg.to_toml()?.as_bytes())?;
     let mut job = DistillJob {
         distiller,
         base_seconds: st.seconds,

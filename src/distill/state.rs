@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::DistillConfig;
-use crate::checkpoint::{self, Checkpoint, DataInfo, load_safetensors};
+use crate::checkpoint::{self, Checkpoint, DataInfo};
 use crate::trainer::{TrainRngs, Trainer};
 use crate::{Error, Result};
 
@@ -184,10 +184,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
     })?;
     let state: DistillState = serde_json::from_value(raw)
         .map_err(|e| Error::ckpt(&ck.dir, format!("corrupt distill state: {e}")))?;
-    let teacher = load_safetensors(&ck.dir.join(TEACHER_FILE))?;
-    let fake_path = ck.dir.join(FAKE_FILE);
+    let teacher = ck.safetensors(TEACHER_FILE)?;
     let fake = if state.fake.is_some() {
-        Some(load_safetensors(&fake_path)?)
+        Some(ck.safetensors(FAKE_FILE)?)
     } else {
         None
     };

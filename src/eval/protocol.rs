@@ -168,6 +168,19 @@ pub fn evaluate(
     evaluate_with(samples, metrics, genppl_model, batch, progress, None)
 }
 
+/// A metric's value, or an error naming it when it is NaN or infinite: JSON has no NaN (serde
+/// writes null), and a results file never holds one silently.
+pub fn finite(what: &str, value: f64) -> Result<f64> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(Error::NonFiniteValue {
+            what: what.to_string(),
+            value,
+        })
+    }
+}
+
 /// [`evaluate`], with what MAUVE needs when `metrics` has it.
 pub fn evaluate_with(
     samples: &[SampleRecord],
@@ -205,7 +218,7 @@ pub fn evaluate_with(
         let secs = t0.elapsed().as_secs_f64();
         timing["genppl_seconds"] = json!(secs);
         timing["genppl_samples_per_s"] = json!(texts.len() as f64 / secs.max(1e-9));
-        out["genppl"] = json!(r.genppl);
+        out["genppl"] = json!(finite("GenPPL", r.genppl)?);
         out["genppl_tokens"] = json!(r.tokens);
         let (model, retokenize) = g.lm().describe();
         params["genppl"] = json!({
@@ -239,8 +252,8 @@ pub fn evaluate_with(
             )
         };
         let e = entropy_stats(&ids);
-        out["entropy"] = json!(e.mean);
-        out["entropy_pooled"] = json!(e.pooled);
+        out["entropy"] = json!(finite("entropy", e.mean)?);
+        out["entropy_pooled"] = json!(finite("pooled entropy", e.pooled)?);
         params["entropy"] = json!({
             "unit": "nats",
             "per_sample": "unigram entropy of each sample's ids, mean over samples",
@@ -267,8 +280,9 @@ pub fn evaluate_with(
         timing["mauve_seconds"] = json!(secs);
         // Features of samples and references; featurisation dominates MAUVE's time.
         timing["mauve_texts_per_s"] = json!((texts.len() + refs.len()) as f64 / secs.max(1e-9));
-        out["mauve"] = json!(r.mauve);
-        out["mauve_frontier_integral"] = json!(r.frontier_integral);
+        out["mauve"] = json!(finite("MAUVE", r.mauve)?);
+        out["mauve_frontier_integral"] =
+            json!(finite("MAUVE frontier integral", r.frontier_integral)?);
         params["mauve"] = json!({
             "feature_model": format!(
                 "{MODEL_NAME}: mean pooling over the attention mask, L2-normalised, at most {MAX_TOKENS} tokens"

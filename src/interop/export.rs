@@ -89,7 +89,8 @@ pub fn export_hf(ck: &Checkpoint, out: &Path, raw: bool) -> Result<()> {
         _ => Path::new("."),
     };
     let stage = Staging::new(parent, "export")?;
-    candle_core::safetensors::save(&tensors, stage.path().join("model.safetensors"))?;
+    candle_core::safetensors::save(&tensors, stage.path().join("model.safetensors"))
+        .map_err(|e| Error::ckpt(out.join("model.safetensors"), format!("cannot write: {e}")))?;
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::ckpt(&ck.dir, format!("cannot serialise config.json: {e}")))?;
     crate::atomic::write_file(&stage.path().join("config.json"), text.as_bytes())?;

@@ -505,6 +505,7 @@ fn finish(path: &Path, src: Source, opts: &ImportOptions) -> Result<Checkpoint> 
         train_seconds: 0.0,
         distill: None,
         source: Some(format!("{} ({})", path.display(), src.layout)),
+        files: Default::default(),
     };
     Ok(Checkpoint::imported(
         path.to_path_buf(),

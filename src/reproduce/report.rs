@@ -43,7 +43,7 @@ pub struct Report<'a> {
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
-    fs::write(path, text + "\n").map_err(|e| Error::io("writing", path, e))
+    crate::atomic::write_file(path, (text + "\n").as_bytes())
 }
 
 /// Write README.md, summary.json, evals.json, stages.json and the plots into `out`.
@@ -86,6 +86,5 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
             s.name, s.seconds, s.reused, s.command
         ));
     }
-    let p = out.join("README.md");
-    fs::write(&p, md).map_err(|e| Error::io("writing", &p, e))
+    crate::atomic::write_file(&out.join("README.md"), md.as_bytes())
 }

@@ -3,8 +3,10 @@
 //! and the checks that data belongs to a checkpoint. It knows no trainer or network.
 
 pub mod driver;
+pub mod lock;
 
 pub use driver::{Cadence, LoopEnd, RunJob, Validation, drive};
+pub use lock::RunLock;
 
 use std::fs;
 use std::io::Write;

@@ -155,7 +155,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<SampleRecord>> {
 
 /// Write records to `path` as JSONL.
 pub fn write_jsonl(path: &Path, records: &[SampleRecord]) -> Result<()> {
-    std::fs::write(path, to_jsonl(records)?).map_err(|e| Error::io("writing", path, e))
+    crate::atomic::write_file(path, to_jsonl(records)?.as_bytes())
 }
 
 #[cfg(test)]

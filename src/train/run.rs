@@ -49,6 +49,8 @@ impl Objective<Dit> for DiffusionObjective<'_> {
 
 /// Train (or resume) a diffusion teacher.
 pub fn run_teacher(opts: &TrainRunOptions) -> Result<TrainSummary> {
+    // One process per run folder, held until the run returns (or the process dies).
+    let _lock = crate::run::RunLock::acquire(&opts.run_dir)?;
     let data = DataDir::open(&opts.data_dir)?;
     let trainer: Trainer = start_or_resume(opts, &data_info(&data))?;
     let kind = trainer.cfg.train.process.diffusion(&opts.run_dir)?;

@@ -2,7 +2,6 @@
 //! (`crate::run::drive`), validated on the held-out split, checkpointed with exact resume. The
 //! teacher and the AR baseline differ only in their objective.
 
-use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -72,6 +71,13 @@ impl<N: Trainable, O: Objective<N>> RunJob for TrainJob<'_, N, O> {
         let (val, v) =
             self.objective
                 .validate(&ema, self.data, rows, t.batch_size, self.trainer.step)?;
+        // A NaN validation loss would be written as null into metrics.jsonl and meta.json.
+        if !val.is_finite() {
+            return Err(Error::NonFinite {
+                what: "validation loss",
+                step: self.trainer.step,
+            });
+        }
         self.val = Some(val);
         Ok(v)
     }
@@ -94,7 +100,7 @@ pub fn train_run<N: Trainable, O: Objective<N>>(
     let run_dir = &opts.run_dir;
     let cfg = trainer.cfg.clone();
     let cfg_path = run_dir.join("config.toml");
-    fs::write(&cfg_path, cfg.to_toml()?).map_err(|e| Error::io("writing", &cfg_path, e))?;
+    crate::atomic::write_file(&cfg_path, cfg.to_toml()?.as_bytes())?;
     let t = &cfg.train;
     let mut job = TrainJob {
         start_tokens: trainer.tokens_seen,

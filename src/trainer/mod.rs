@@ -445,6 +445,7 @@ impl<N: Trainable> TrainerCore<N> {
             train_seconds: self.train_seconds,
             distill: None,
             source: None,
+            files: Default::default(),
         })
     }
 

@@ -109,6 +109,49 @@ pub fn train_tiny(run: &Path, data: &Path, overrides: &[String]) {
     .unwrap();
 }
 
+/// Train (or resume) `run` on `data` with `cfg` (no progress bar), returning the library's error.
+pub fn try_train(
+    run: &Path,
+    data: &Path,
+    cfg: idlm::config::RunConfig,
+    resume: bool,
+) -> idlm::Result<()> {
+    idlm::train::run_training(&idlm::run::TrainRunOptions {
+        run_dir: run.to_path_buf(),
+        data_dir: data.to_path_buf(),
+        cfg,
+        resume,
+        progress: false,
+    })
+    .map(|_| ())
+}
+
+/// The `tiny` preset with `overrides` (`section.key=value`).
+pub fn tiny_config(overrides: &[&str]) -> idlm::Result<idlm::config::RunConfig> {
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    idlm::config::RunConfig::load("tiny")?.with_overrides(&o)
+}
+
+/// Tiny data in `root` (BPE 300, rows of 32) and a `tiny` run of 3 steps on it in `root/run`,
+/// checkpointed at step 3: (data, run).
+pub fn three_step_run(root: &Path) -> (PathBuf, PathBuf) {
+    let data = tiny_data(root, 300, 32);
+    let run = root.join("run");
+    let cfg = tiny_config(&["train.max_steps=3", "train.ckpt_every=3"]).unwrap();
+    try_train(&run, &data, cfg, false).unwrap();
+    (data, run)
+}
+
+/// The names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
 /// Run (or resume) a distillation in `run` from `teacher`, without validation GenPPL.
 pub fn distill(
     run: &Path,
