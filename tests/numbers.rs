@@ -247,7 +247,7 @@ fn a_vocabulary_of_two_and_rows_of_one_token_train_validate_and_sample() {
         }
         weights_finite(&tr);
         let ema = tr.ema_model().unwrap();
-        let s = nelbo(&ema, &process, &data, 8, 4, 2, 1).unwrap();
+        let s = nelbo(&ema, &process, &data, Default::default(), 8, 4, 2, 1).unwrap();
         assert!(s.nelbo.is_finite() && s.nelbo >= 0.0, "len {len}: {s:?}");
         let opts = SamplerOptions {
             steps: 4,
@@ -260,7 +260,10 @@ fn a_vocabulary_of_two_and_rows_of_one_token_train_validate_and_sample() {
         // The AR baseline on the same rows.
         let ar_cfg = tiny(&["train.warmup_steps=0", "train.process=\"ar\""]).unwrap();
         let mut ar = ArTrainer::new(&ar_cfg, &ar_cfg.model.dit(3, len)).unwrap();
-        let obj = idlm::ar::ArObjective { mask_id: 2 };
+        let obj = idlm::ar::ArObjective {
+            mask_id: 2,
+            layout: Default::default(),
+        };
         if len == 1 {
             // A row of one token has nothing to predict: refused by name.
             let err = obj.step(&mut ar, &data).unwrap_err().to_string();
@@ -305,7 +308,17 @@ fn a_duo_model_over_two_states_trains_with_and_without_its_curriculum() {
         }
         weights_finite(&tr);
         let ema = tr.ema_model().unwrap();
-        let s = nelbo(&ema, process.as_ref(), &data, 8, 4, 2, 1).unwrap();
+        let s = nelbo(
+            &ema,
+            process.as_ref(),
+            &data,
+            Default::default(),
+            8,
+            4,
+            2,
+            1,
+        )
+        .unwrap();
         assert!(s.nelbo.is_finite(), "vocab {vocab}, len {len}: {s:?}");
         let opts = SamplerOptions {
             steps: 4,
