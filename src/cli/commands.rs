@@ -423,6 +423,15 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
         (false, None) => None,
     };
+    let answers = match (wants("accuracy"), &a.answers) {
+        (true, Some(path)) => Some(path),
+        (true, None) => bail!("the accuracy metric needs --answers (a JSONL of reference numbers)"),
+        (false, Some(_)) => {
+            eprintln!("note: --answers is used only by the accuracy metric, which was not chosen");
+            None
+        }
+        (false, None) => None,
+    };
     // --scorer replaces SmolLM2, which then need not be in the cache.
     let smollm2 = match (needs_model, &a.scorer) {
         (true, None) => Some(smollm2?),
@@ -474,6 +483,13 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         mauve.as_ref(),
     )?;
     bar.finish_and_clear();
+    if let Some(path) = answers {
+        let t1 = Instant::now();
+        let acc = idlm::task::score_files(&a.samples, path)
+            .with_context(|| format!("scoring against {}", path.display()))?;
+        acc.write_into(&mut out, path);
+        out["timing"]["accuracy_seconds"] = json!(t1.elapsed().as_secs_f64());
+    }
     out["source"] = json!(a.samples.display().to_string());
     out["sample_info"] = protocol::sample_info(&samples)?;
     out["eval_seconds"] = json!(t0.elapsed().as_secs_f64());

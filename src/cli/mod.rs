@@ -50,7 +50,7 @@ pub enum Command {
     Nll(NllArgs),
     /// Time the training step, forward and sampler of the benchmark DiT.
     Bench(BenchArgs),
-    /// Evaluate a samples JSONL under protocol idlm-eval-v1 (GenPPL, entropy, MAUVE).
+    /// Evaluate a samples JSONL under protocol idlm-eval-v1 (GenPPL, entropy, MAUVE, accuracy).
     Eval(EvalArgs),
     /// Plot a run's loss curve (training loss and validation NELBO) to PNG.
     PlotMetrics(PlotMetricsArgs),
@@ -152,7 +152,7 @@ pub struct DistillArgs {
 pub struct EvalArgs {
     /// Samples JSONL (idlm samples, or any JSONL with a `text` field).
     pub samples: PathBuf,
-    /// Metrics, comma-separated (default genppl,entropy; mauve needs --reference).
+    /// Metrics, comma-separated (default genppl,entropy; mauve needs --reference, accuracy --answers).
     #[arg(long, value_enum, value_delimiter = ',', hide_default_value = true,
           default_values_t = [MetricArg::Genppl, MetricArg::Entropy])]
     pub metrics: Vec<MetricArg>,
@@ -160,6 +160,10 @@ pub struct EvalArgs {
     /// evenly spaced) or a JSONL with a `text` field (its first lines).
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Reference answers for the accuracy metric: a JSONL whose line i (a `number`, or GSM8K's
+    /// `answer` ending in `#### N`) scores sample i (docs/tasks.md).
+    #[arg(long)]
+    pub answers: Option<PathBuf>,
     /// MAUVE seed (k-means draws from seed + 2).
     #[arg(long, default_value_t = 25)]
     pub mauve_seed: u64,

@@ -3,16 +3,24 @@
 //! reference number, GSM8K loading and its calculator-annotation converter, and the seeded
 //! `synth-math` problem generator.
 
+pub mod answer;
 pub mod error;
+pub mod gsm8k;
 pub mod lexer;
 pub mod limits;
 pub mod parser;
 pub mod program;
+pub mod score;
 pub mod value;
 
+pub use answer::{Outcome, RefNumber, extract_program, score_text};
 pub use error::{ProgramError, ProgramResult};
 pub use program::{execute, parse_program, run_program};
+pub use score::{Accuracy, AnswerRef, read_answers, score_files};
 pub use value::Value;
+
+/// The first line of every answer program (TinyGSM's).
+pub const PROGRAM_HEADER: &str = "def simple_math_problem() -> int:";
 
 #[cfg(test)]
 mod program_tests;
