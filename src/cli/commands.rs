@@ -40,6 +40,34 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 shuffle_words,
                 out,
             } => heldout(&data, num, shuffle_words, &out),
+            DataCmd::Gsm8k { dir, out } => {
+                let src = idlm::task::gsm8k::locate(dir.as_deref())?;
+                let r = idlm::task::gsm8k::write_gsm8k(&src, &out)?;
+                println!(
+                    "GSM8K from {}: {} of {} train problems converted to programs ({:?} not), \
+                     {} test prompts -> {}",
+                    src.display(),
+                    r.converted,
+                    r.train,
+                    r.failures,
+                    r.test,
+                    out.display()
+                );
+                Ok(())
+            }
+            DataCmd::SynthMath {
+                out,
+                seed,
+                train,
+                test,
+            } => {
+                let r = idlm::task::synth::write_synth_math(&out, seed, train, test)?;
+                for (split, n, chars) in &r.splits {
+                    println!("{split}: {n} problems, mean answer {chars:.0} characters");
+                }
+                println!("-> {}", out.display());
+                Ok(())
+            }
         },
         Command::Prepare(a) => prepare(a),
         Command::Train(a) => train(a),

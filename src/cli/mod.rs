@@ -284,6 +284,33 @@ pub enum DataCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// GSM8K as task files (docs/tasks.md): train.jsonl (pairs whose answers are programs
+    /// converted from the calculator annotations), test.jsonl (prompts + reference numbers).
+    Gsm8k {
+        /// Folder with GSM8K's train.jsonl and test.jsonl (default: the shared data folder's
+        /// gsm8k/, else $IDLM_HOME/gsm8k).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seeded TinyGSM-style problems (docs/tasks.md): train.jsonl, test_numbers.jsonl (unseen
+    /// number tuples), test_templates.jsonl (unseen templates), lines {prompt, answer, number}.
+    SynthMath {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training problems.
+        #[arg(long, default_value_t = 20_000)]
+        train: usize,
+        /// Problems in each held-out split.
+        #[arg(long, default_value_t = 500)]
+        test: usize,
+    },
 }
 
 /// `idlm prepare`

@@ -354,6 +354,79 @@ fn plain_final_steps(body: &str, answer: &RefNumber) -> Vec<String> {
     found
 }
 
+/// What [`write_gsm8k`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gsm8kReport {
+    /// Train problems read.
+    pub train: usize,
+    /// Train problems that converted (the pairs written).
+    pub converted: usize,
+    /// Test problems written as prompts.
+    pub test: usize,
+    /// Non-converting train problems per [`ConvertError::class`].
+    pub failures: std::collections::BTreeMap<&'static str, usize>,
+}
+
+/// A reference number as JSON: an integer when it is one.
+fn number_json(r: &RefNumber) -> serde_json::Value {
+    match r.int.and_then(|i| i64::try_from(i).ok()) {
+        Some(i) => serde_json::json!(i),
+        None => serde_json::json!(r.value),
+    }
+}
+
+/// Write `train.jsonl` (pairs `{"prompt", "answer", "number"}` of the converted train problems),
+/// `test.jsonl` (all test problems as `{"prompt", "number", "solution"}`: prompts for `idlm
+/// sample --prompts` and the answers file of `idlm eval --metrics accuracy`) and `gsm8k.json`
+/// (counts and the source files' sha256) into `out`, from the GSM8K folder `src`.
+pub fn write_gsm8k(src: &Path, out: &Path) -> Result<Gsm8kReport> {
+    use serde_json::json;
+    let train = read_split(src, "train")?;
+    let test = read_split(src, "test")?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io("create", out, e))?;
+    let mut rep = Gsm8kReport {
+        train: train.len(),
+        converted: 0,
+        test: test.len(),
+        failures: Default::default(),
+    };
+    let mut text = String::new();
+    for p in &train {
+        match convert_solution(&p.answer) {
+            Ok(c) => {
+                rep.converted += 1;
+                let line = json!({"prompt": p.question, "answer": c.program, "number": number_json(&c.number)});
+                text.push_str(&format!("{line}\n"));
+            }
+            Err(e) => *rep.failures.entry(e.class()).or_default() += 1,
+        }
+    }
+    crate::atomic::write_file(&out.join("train.jsonl"), text.as_bytes())?;
+    let mut text = String::new();
+    for (i, p) in test.iter().enumerate() {
+        let r = RefNumber::from_gsm8k_solution(&p.answer).ok_or_else(|| {
+            Error::Data(format!("GSM8K test problem {}: no '#### N' answer", i + 1))
+        })?;
+        let line = json!({"prompt": p.question, "number": number_json(&r), "solution": p.answer});
+        text.push_str(&format!("{line}\n"));
+    }
+    crate::atomic::write_file(&out.join("test.jsonl"), text.as_bytes())?;
+    let info = json!({
+        "format": "idlm-gsm8k-v1",
+        "source": src.display().to_string(),
+        "sha256": SHA256.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
+        "train_problems": rep.train,
+        "train_converted": rep.converted,
+        "train_not_converted": rep.failures,
+        "test_problems": rep.test,
+        "converter": "docs/tasks.md: annotations -> assignments v1, v2, ...; return the variable equal to '#### N'",
+    });
+    let text =
+        serde_json::to_string_pretty(&info).map_err(|e| Error::Data(format!("gsm8k.json: {e}")))?;
+    crate::atomic::write_file(&out.join("gsm8k.json"), (text + "\n").as_bytes())?;
+    Ok(rep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

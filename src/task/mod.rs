@@ -11,6 +11,8 @@ pub mod limits;
 pub mod parser;
 pub mod program;
 pub mod score;
+pub mod synth;
+pub mod templates;
 pub mod value;
 
 pub use answer::{Outcome, RefNumber, extract_program, score_text};
