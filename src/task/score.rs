@@ -1,7 +1,9 @@
 //! Accuracy of a samples file against an answers file (`idlm eval --metrics accuracy`).
 //!
-//! Sample line i (or, when it has one, its `prompt_index`) is scored against line i (that
-//! index) of the answers JSONL. An answers line gives its reference as `number` (a JSON number
+//! Sample line i (or, when it has one, its `prompt_index`: the `--prompts` line it was
+//! conditioned on, so -n samples per prompt all find theirs) is scored against line i (that
+//! index) of the answers JSONL; its program is read from `completion` (the text generated after
+//! the prompt) when the record has one, else from `text` after the prompt. An answers line gives its reference as `number` (a JSON number
 //! or string; what `idlm data synth-math` and `idlm data gsm8k` write) or as GSM8K's `answer`
 //! text ending in `#### N`. When both lines have a `prompt`, they must be equal: a misaligned
 //! pair is an error, not a wrong answer.
@@ -102,7 +104,7 @@ impl Accuracy {
         out["protocol_params"]["accuracy"] = json!({
             "answers": answers.display().to_string(),
             "matching": "sample line i (or its prompt_index) against answers line i; prompts must agree when both have one",
-            "program": "after the prompt, from the first 'def', up to the first <|endoftext|>",
+            "program": "the record's completion (else its text after the prompt), from the first 'def', up to the first <|endoftext|>",
             "interpreter": "idlm's Python subset (docs/tasks.md): no Python process",
             "comparison": format!(
                 "int result: exact; float result: within {FLOAT_TOLERANCE:e} x max(1, |reference|)"
@@ -154,7 +156,11 @@ pub fn score_files(samples: &Path, answers: &Path) -> Result<Accuracy> {
                 j + 1
             )));
         }
-        let o = score_text(text, prompt.or(r.prompt.as_deref()), &r.number);
+        // `completion` is what `idlm sample --prompts` generated after the clamped prompt.
+        let o = match s.get("completion").and_then(Json::as_str) {
+            Some(c) => score_text(c, None, &r.number),
+            None => score_text(text, prompt.or(r.prompt.as_deref()), &r.number),
+        };
         acc.n += 1;
         acc.correct += usize::from(o.is_correct());
         *acc.outcomes.entry(o.class()).or_default() += 1;
@@ -191,18 +197,20 @@ mod tests {
             json!({"text": "C? def f():\n    return 5 / 2\n"}),
             json!({"text": "def f():\n    return -3\n"}),
             json!({"text": "garbage", "prompt_index": 0}),
+            json!({"text": "A? junk", "completion": prog(3), "prompt_index": 0}),
         ];
         let body: String = lines.iter().map(|v| v.to_string() + "\n").collect();
         std::fs::write(&smp, &body).unwrap();
         let a = score_files(&smp, &ans).unwrap();
-        assert_eq!((a.n, a.correct), (5, 3));
+        assert_eq!((a.n, a.correct), (6, 4));
         assert_eq!(a.outcomes["wrong_number"], 1);
         assert_eq!(a.outcomes["syntax"], 1);
-        assert!((a.accuracy() - 0.6).abs() < 1e-12);
-        assert!((a.standard_error() - (0.6f64 * 0.4 / 5.0).sqrt()).abs() < 1e-12);
+        assert!((a.accuracy() - 4.0 / 6.0).abs() < 1e-12);
+        let p = 4.0f64 / 6.0;
+        assert!((a.standard_error() - (p * (1.0 - p) / 6.0).sqrt()).abs() < 1e-12);
         let mut out = json!({});
         a.write_into(&mut out, &ans);
-        assert_eq!(out["accuracy_correct"], 3);
+        assert_eq!(out["accuracy_correct"], 4);
         assert!(out["protocol_params"]["accuracy"]["comparison"].is_string());
         // Misaligned prompts and missing answers are errors.
         std::fs::write(&smp, json!({"text": "x", "prompt": "Z?"}).to_string()).unwrap();
