@@ -213,7 +213,8 @@ fn round_digits(ar: Arith, x: Value, n: i128) -> ProgramResult<Value> {
                 Value::Float(_) => unreachable!("int // int is an int"),
             };
             let r = i - q * p;
-            let q = if 2 * r > p || (2 * r == p && q % 2 != 0) {
+            // r > p - r rather than 2 r > p: 2 r may pass i128 when p is 10^38.
+            let q = if r > p - r || (r == p - r && q % 2 != 0) {
                 q + 1
             } else {
                 q

@@ -60,6 +60,11 @@ fn python_semantics_table() {
         ("0 ** 0", I(1)),
         ("(-1) ** 1001", I(-1)),
         ("2 ** 126", I(1i128 << 126)),
+        ("round(-10 ** 36, -38)", I(0)),
+        (
+            "round(-99 * 10 ** 36, -38)",
+            I(-100_000_000_000_000_000_000_000_000_000_000_000_000),
+        ),
     ];
     for (src, want) in table {
         let got = eval(src).unwrap_or_else(|e| panic!("{src}: {e}"));
