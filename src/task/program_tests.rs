@@ -237,3 +237,37 @@ fn arbitrary_bytes_never_panic() {
         let _ = run_program(&prefix);
     }
 }
+
+/// Real programs with random edits (deleted, inserted, replaced bytes): errors or values, never a
+/// panic, and every clean one still runs.
+#[test]
+fn mutated_generated_programs_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let progs = super::synth::generate("train", 300, 1).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let alphabet = b" \n\t()+-*/%=.,:#'\"0123456789abcdefxyz_";
+    let mut failed = 0;
+    for round in 0..20_000 {
+        let p = &progs[round % progs.len()];
+        let mut s = p.answer.clone().into_bytes();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..s.len());
+            let c = alphabet[rng.random_range(0..alphabet.len())];
+            match rng.random_range(0..3) {
+                0 => {
+                    s.remove(at);
+                }
+                1 => s.insert(at, c),
+                _ => s[at] = c,
+            }
+        }
+        failed += usize::from(run_program(&String::from_utf8_lossy(&s)).is_err());
+    }
+    assert!(
+        failed > 1000,
+        "{failed}: the edits should break many programs"
+    );
+    for p in &progs {
+        assert!(run_program(&p.answer).is_ok());
+    }
+}
