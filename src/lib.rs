@@ -21,6 +21,7 @@ pub mod run;
 pub mod runtime;
 pub mod sample;
 pub mod serve;
+pub mod task;
 pub mod toy;
 pub mod train;
 pub mod trainer;

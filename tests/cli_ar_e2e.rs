@@ -4,17 +4,7 @@
 
 mod common;
 
-use common::{err, idlm, ok};
-
-use std::path::Path;
-
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use common::{err, idlm, jsonl, ok};
 
 #[test]
 fn ar_train_sample_eval_nll_through_the_binary() {

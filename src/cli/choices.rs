@@ -116,6 +116,8 @@ pub enum MetricArg {
     Entropy,
     /// MAUVE against --reference texts (MiniLM features).
     Mauve,
+    /// Programs executed and compared with --answers (docs/tasks.md).
+    Accuracy,
 }
 
 #[cfg(test)]

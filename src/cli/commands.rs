@@ -40,6 +40,34 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 shuffle_words,
                 out,
             } => heldout(&data, num, shuffle_words, &out),
+            DataCmd::Gsm8k { dir, out } => {
+                let src = idlm::task::gsm8k::locate(dir.as_deref())?;
+                let r = idlm::task::gsm8k::write_gsm8k(&src, &out)?;
+                println!(
+                    "GSM8K from {}: {} of {} train problems converted to programs ({:?} not), \
+                     {} test prompts -> {}",
+                    src.display(),
+                    r.converted,
+                    r.train,
+                    r.failures,
+                    r.test,
+                    out.display()
+                );
+                Ok(())
+            }
+            DataCmd::SynthMath {
+                out,
+                seed,
+                train,
+                test,
+            } => {
+                let r = idlm::task::synth::write_synth_math(&out, seed, train, test)?;
+                for (split, n, chars) in &r.splits {
+                    println!("{split}: {n} problems, mean answer {chars:.0} characters");
+                }
+                println!("-> {}", out.display());
+                Ok(())
+            }
         },
         Command::Prepare(a) => prepare(a),
         Command::Train(a) => train(a),
@@ -451,6 +479,15 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
         (false, None) => None,
     };
+    let answers = match (wants("accuracy"), &a.answers) {
+        (true, Some(path)) => Some(path),
+        (true, None) => bail!("the accuracy metric needs --answers (a JSONL of reference numbers)"),
+        (false, Some(_)) => {
+            eprintln!("note: --answers is used only by the accuracy metric, which was not chosen");
+            None
+        }
+        (false, None) => None,
+    };
     // --scorer replaces SmolLM2, which then need not be in the cache.
     let smollm2 = match (needs_model, &a.scorer) {
         (true, None) => Some(smollm2?),
@@ -502,6 +539,13 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         mauve.as_ref(),
     )?;
     bar.finish_and_clear();
+    if let Some(path) = answers {
+        let t1 = Instant::now();
+        let acc = idlm::task::score_files(&a.samples, path)
+            .with_context(|| format!("scoring against {}", path.display()))?;
+        acc.write_into(&mut out, path);
+        out["timing"]["accuracy_seconds"] = json!(t1.elapsed().as_secs_f64());
+    }
     out["source"] = json!(a.samples.display().to_string());
     out["sample_info"] = protocol::sample_info(&samples)?;
     out["eval_seconds"] = json!(t0.elapsed().as_secs_f64());

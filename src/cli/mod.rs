@@ -51,7 +51,7 @@ pub enum Command {
     Nll(NllArgs),
     /// Time the training step, forward and sampler of the benchmark DiT.
     Bench(BenchArgs),
-    /// Evaluate a samples JSONL under protocol idlm-eval-v1 (GenPPL, entropy, MAUVE).
+    /// Evaluate a samples JSONL under protocol idlm-eval-v1 (GenPPL, entropy, MAUVE, accuracy).
     Eval(EvalArgs),
     /// Plot a run's loss curve (training loss and validation NELBO) to PNG.
     PlotMetrics(PlotMetricsArgs),
@@ -153,7 +153,7 @@ pub struct DistillArgs {
 pub struct EvalArgs {
     /// Samples JSONL (idlm samples, or any JSONL with a `text` field).
     pub samples: PathBuf,
-    /// Metrics, comma-separated (default genppl,entropy; mauve needs --reference).
+    /// Metrics, comma-separated (default genppl,entropy; mauve needs --reference, accuracy --answers).
     #[arg(long, value_enum, value_delimiter = ',', hide_default_value = true,
           default_values_t = [MetricArg::Genppl, MetricArg::Entropy])]
     pub metrics: Vec<MetricArg>,
@@ -161,6 +161,10 @@ pub struct EvalArgs {
     /// evenly spaced) or a JSONL with a `text` field (its first lines).
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Reference answers for the accuracy metric: a JSONL whose line i (a `number`, or GSM8K's
+    /// `answer` ending in `#### N`) scores sample i (docs/tasks.md).
+    #[arg(long)]
+    pub answers: Option<PathBuf>,
     /// MAUVE seed (k-means draws from seed + 2).
     #[arg(long, default_value_t = 25)]
     pub mauve_seed: u64,
@@ -280,6 +284,33 @@ pub enum DataCmd {
         /// Output JSONL.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// GSM8K as task files (docs/tasks.md): train.jsonl (pairs whose answers are programs
+    /// converted from the calculator annotations), test.jsonl (prompts + reference numbers).
+    Gsm8k {
+        /// Folder with GSM8K's train.jsonl and test.jsonl (default: the shared data folder's
+        /// gsm8k/, else $IDLM_HOME/gsm8k).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seeded TinyGSM-style problems (docs/tasks.md): train.jsonl, test_numbers.jsonl (unseen
+    /// number tuples), test_templates.jsonl (unseen templates), lines {prompt, answer, number}.
+    SynthMath {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training problems.
+        #[arg(long, default_value_t = 20_000)]
+        train: usize,
+        /// Problems in each held-out split.
+        #[arg(long, default_value_t = 500)]
+        test: usize,
     },
 }
 

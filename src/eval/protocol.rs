@@ -21,7 +21,9 @@ use crate::{Error, Result};
 pub const PROTOCOL: &str = "idlm-eval-v1";
 
 /// Metrics this build computes.
-pub const METRICS: &[&str] = &["genppl", "entropy", "mauve"];
+/// `accuracy` needs an answers file and is computed by [`crate::task::score_files`] (it reads
+/// the samples file itself, for its `prompt` and `prompt_index` keys); [`evaluate_with`] skips it.
+pub const METRICS: &[&str] = &["genppl", "entropy", "mauve", "accuracy"];
 
 /// MAUVE's reference texts and a description of where they came from.
 #[derive(Debug, Clone)]

@@ -203,3 +203,12 @@ pub fn toy_packed(
     w.finish().unwrap();
     idlm::data::PackedTokens::open(path).unwrap()
 }
+
+/// The lines of a JSONL file as JSON values.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
