@@ -26,8 +26,9 @@ const CASES: &[(&[&str], &str, &str)] = &[
     (
         &["eval", "none.jsonl"],
         "--metrics",
-        "genppl, entropy, mauve",
+        "genppl, entropy, mauve, accuracy",
     ),
+    (&["prepare"], "--format", "stream, pairs"),
 ];
 
 #[test]
