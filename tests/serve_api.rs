@@ -198,6 +198,56 @@ fn completions_whole_and_streamed_match_the_cli() {
     let nf = get(&s.addr, "/nope");
     assert_eq!(nf.status, 404);
     assert!(nf.json()["error"]["message"].is_string());
+
+    // A prompt: clamped in every sequence, whole and streamed equal to `idlm sample --prompt`,
+    // for both models; the completion is the text after it.
+    for (model, ckpt, extra) in [
+        ("teacher", &mdlm, vec!["--steps", "8"]),
+        ("ar", &ar, vec![]),
+    ] {
+        let mut preq = json!({"model": model, "prompt": "the whale and", "n": 2, "seed": 3});
+        if model == "teacher" {
+            preq["steps"] = json!(8);
+        }
+        let pw = completions(&s, preq.clone());
+        assert_eq!(pw.status, 200, "{}", pw.text());
+        let pw = pw.json();
+        let mut args = extra.clone();
+        args.extend(["--prompt", "the whale and"]);
+        let cli = cli_samples(dir, ckpt, &args);
+        assert_eq!(texts_and_ids(&pw), cli, "{model}");
+        let p = pw["usage"]["prompt_tokens"].as_u64().unwrap() as usize / 2;
+        assert!(p >= 3, "{}", pw["usage"]);
+        for (c, (_, ids)) in pw["choices"].as_array().unwrap().iter().zip(&cli) {
+            assert!(c["completion"].is_string(), "{c}");
+            assert_eq!(ids.len(), LEN);
+            assert_eq!(
+                &ids[..p],
+                &cli[0].1[..p],
+                "{model}: the prompt is the same in each"
+            );
+        }
+        preq["stream"] = json!(true);
+        let (psteps, pdone) = events(&completions(&s, preq));
+        assert_eq!(texts_and_ids(&pdone), cli, "{model} streamed");
+        for st in &psteps {
+            let t = st["choices"][0]["text"].as_str().unwrap();
+            assert!(
+                t.contains("the whale and"),
+                "{model}: step without the prompt: {t}"
+            );
+        }
+    }
+    // Infilling with a suffix (diffusion): the suffix ends every row.
+    let iw = completions(
+        &s,
+        json!({"prompt": "the", "suffix": " ship", "max_tokens": 4, "n": 2, "steps": 8}),
+    );
+    assert_eq!(iw.status, 200, "{}", iw.text());
+    for c in iw.json()["choices"].as_array().unwrap() {
+        assert!(c["text"].as_str().unwrap().ends_with(" ship"), "{c}");
+        assert!(c["completion"].is_null(), "{c}");
+    }
     drop(s);
 }
 
@@ -242,8 +292,17 @@ fn bad_input_is_refused_by_name_and_the_server_keeps_serving() {
         (r#"{"seed": -5}"#, 400, "seed"),
         (r#"{"stream": "yes"}"#, 400, "stream"),
         (r#"{"bogus": 1}"#, 400, "bogus"),
-        (r#"{"prompt": "Once upon a time"}"#, 400, "prompt"),
-        (r#"{"suffix": "the end"}"#, 400, "suffix"),
+        (r#"{"prompt": 5}"#, 400, "prompt"),
+        (
+            r#"{"prompt": "the whale", "max_tokens": 32}"#,
+            400,
+            "max_tokens",
+        ),
+        (
+            r#"{"model": "ar", "prompt": "a", "suffix": "the end"}"#,
+            400,
+            "suffix",
+        ),
         (r#"{"temperature": 0.5}"#, 400, "temperature"),
         (r#"{"top_p": 2}"#, 400, "top_p"),
         (r#"{"model": "nope"}"#, 400, "model"),
@@ -257,6 +316,8 @@ fn bad_input_is_refused_by_name_and_the_server_keeps_serving() {
         refused(&s, body.as_bytes(), *status, param);
     }
     refused(&s, b"{\"n\": \xff}", 400, "body");
+    let long = format!(r#"{{"prompt": "{}"}}"#, "the whale ".repeat(40));
+    refused(&s, long.as_bytes(), 400, "prompt");
     // A 10 MB body: refused by its declared length, whether or not it was all sent.
     let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(10 << 20));
     refused(&s, big.as_bytes(), 413, "body");

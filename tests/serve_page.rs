@@ -1,7 +1,8 @@
 //! The page of `idlm serve` in a real browser: Debian's headless `chromium` driven by
 //! tests/browser/page.cjs through playwright-core from npm (both installed by .ci/run): a prompt is
-//! refused on the page, then the sample resolves over at least 3 steps to the API's text, and a
-//! screenshot is saved (target/serve-page.png).
+//! kept in the sample and one too long is refused on the page, then the sample resolves over at
+//! least 3 steps to the API's text, the side-by-side view runs, and a screenshot is saved
+//! (target/serve-page.png).
 
 mod common;
 

@@ -276,6 +276,11 @@ impl ArBatch {
         self.accept(&logits.flatten_all()?.to_vec1::<f32>()?)
     }
 
+    /// The tokens every sequence starts with (BOS, then any prompt).
+    pub fn prefix(&self) -> &[u32] {
+        &self.prefix
+    }
+
     /// The token each sequence feeds at the next call.
     pub fn current(&self) -> Vec<u32> {
         self.seqs.iter().filter_map(|s| s.last().copied()).collect()

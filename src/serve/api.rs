@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::limits::Limits;
+use super::prompt::{Conditioned, PromptCodec};
 use crate::process::NoiseRemoval;
 
 /// What the server knows about a model it serves.
@@ -30,6 +31,9 @@ pub struct ModelInfo {
     pub checkpoint: String,
     /// Its training step.
     pub checkpoint_step: u64,
+    /// Its tokenizer, for prompts (None: prompts are refused).
+    #[serde(skip)]
+    pub codec: Option<PromptCodec>,
 }
 
 impl ModelInfo {
@@ -62,6 +66,8 @@ pub struct Params {
     pub top_p: f64,
     /// Answer as Server-Sent Events, one per denoising step.
     pub stream: bool,
+    /// The prompt / suffix row (None: unconditional).
+    pub cond: Option<Conditioned>,
 }
 
 const FIELDS: &[&str] = &[
@@ -185,20 +191,28 @@ pub fn parse(body: &[u8], models: &[ModelInfo], limits: &Limits) -> Result<Param
     let Some(info) = info else {
         return Err(ApiError::field("model", "this server has no model"));
     };
-    for key in ["prompt", "suffix"] {
-        if string(&o, key)?.is_some_and(|s| !s.is_empty()) {
+    let max_len = limits.max_tokens.min(info.length);
+    let max_tokens = int(&o, "max_tokens", 1, max_len as u64)?.map(|x| x as usize);
+    let (prompt, suffix) = (
+        string(&o, "prompt")?.unwrap_or(""),
+        string(&o, "suffix")?.unwrap_or(""),
+    );
+    // With a prompt, max_tokens counts generated tokens; without, the whole row.
+    let (len, cond) = if prompt.is_empty() && suffix.is_empty() {
+        (max_tokens.unwrap_or(max_len), None)
+    } else {
+        let Some(codec) = &info.codec else {
             return Err(ApiError::field(
-                key,
+                "prompt",
                 format!(
-                    "{key}: conditional generation (prompts, infilling) is not supported yet; \
-                     model '{}' samples unconditionally: leave {key} empty or out",
+                    "model '{}' has no tokenizer to read a prompt with",
                     info.name
                 ),
             ));
-        }
-    }
-    let max_len = limits.max_tokens.min(info.length);
-    let len = int(&o, "max_tokens", 1, max_len as u64)?.map_or(max_len, |x| x as usize);
+        };
+        let c = codec.condition(prompt, suffix, max_tokens, info.length)?;
+        (c.template.len(), Some(c))
+    };
     let n = int(&o, "n", 1, limits.max_n as u64)?.map_or(1, |x| x as usize);
     let seed = int(&o, "seed", 0, u64::MAX)?.unwrap_or(info.seed);
     let stream = boolean(&o, "stream")?.unwrap_or(false);
@@ -213,6 +227,7 @@ pub fn parse(body: &[u8], models: &[ModelInfo], limits: &Limits) -> Result<Param
         temperature: 1.0,
         top_p: info.top_p.unwrap_or(1.0),
         stream,
+        cond,
     };
     let top_p = float(&o, "top_p")?;
     if top_p.is_some_and(|t| !(t > 0.0 && t <= 1.0)) {
@@ -299,8 +314,10 @@ pub fn parse(body: &[u8], models: &[ModelInfo], limits: &Limits) -> Result<Param
 pub struct Choice {
     /// Index (random stream) within the request.
     pub index: usize,
-    /// Decoded text, as `idlm sample` writes it.
+    /// Decoded text, as `idlm sample` writes it (the whole row, any prompt included).
     pub text: String,
+    /// The text generated after a prompt (None without one, or with a suffix).
+    pub completion: Option<String>,
     /// Token ids.
     pub token_ids: Vec<u32>,
     /// Network calls spent on it.
@@ -337,17 +354,24 @@ pub fn unix_now() -> u64 {
 pub fn completion_json(id: &str, model: &str, p: &Params, choices: &[Choice], secs: f64) -> Value {
     let nfe: usize = choices.iter().map(|c| c.nfe).sum();
     let tokens: usize = choices.iter().map(|c| c.token_ids.len()).sum();
+    let prompt = p.cond.as_ref().map_or(0, |c| c.prompt_tokens) * choices.len();
     let choices: Vec<Value> = choices
         .iter()
         .map(|c| {
-            json!({"index": c.index, "text": c.text, "token_ids": c.token_ids, "nfe": c.nfe,
-                   "seconds": c.seconds, "logprobs": null, "finish_reason": "length"})
+            let mut v = json!({"index": c.index, "text": c.text, "token_ids": c.token_ids,
+                               "nfe": c.nfe, "seconds": c.seconds, "logprobs": null,
+                               "finish_reason": "length"});
+            if let Some(t) = &c.completion {
+                v["completion"] = json!(t);
+            }
+            v
         })
         .collect();
     json!({
         "id": id, "object": "text_completion", "created": unix_now(), "model": model,
         "choices": choices,
-        "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens,
+        "usage": {"prompt_tokens": prompt, "completion_tokens": tokens - prompt,
+                  "total_tokens": tokens,
                   "nfe": nfe, "seconds": secs, "steps": p.steps, "seed": p.seed},
     })
 }
@@ -373,6 +397,7 @@ mod tests {
             top_p: None,
             checkpoint: "runs/t".into(),
             checkpoint_step: 8,
+            codec: None,
         };
         let ar = ModelInfo {
             name: "ar".into(),

@@ -40,11 +40,13 @@ impl ArEngine {
         }
     }
 
-    /// Start `n` sequences of `len` tokens under `opts` at the next step.
+    /// Start `n` sequences of `len` tokens under `opts` at the next step, from `prefix` (BOS
+    /// and a prompt; empty: BOS alone).
     pub fn add(
         &mut self,
         n: usize,
         len: usize,
+        prefix: &[u32],
         opts: &ArSamplerOptions,
         watch: bool,
     ) -> Result<RequestId> {
@@ -55,6 +57,9 @@ impl ArEngine {
                 "sequence length {len} must be in 1..={max} (the model's length)"
             )));
         }
+        let bos = [self.bos];
+        let prefix = if prefix.is_empty() { &bos[..] } else { prefix };
+        crate::ar::sample::check_prefix(prefix, len, self.model.config().vocab_size)?;
         let id = self.next;
         self.next += 1;
         if n == 0 {
@@ -64,7 +69,7 @@ impl ArEngine {
             });
             return Ok(id);
         }
-        let batch = ArBatch::new(&self.model, 0..n, len, &[self.bos], Some(self.mask), opts);
+        let batch = ArBatch::new(&self.model, 0..n, len, prefix, Some(self.mask), opts);
         self.running.insert(id, Running { batch, len, watch });
         Ok(id)
     }
@@ -119,8 +124,13 @@ impl ArEngine {
         let mut done = Vec::new();
         for (&id, r) in &self.running {
             if r.watch && stepped.contains(&id) {
+                let prefix = r.batch.prefix();
                 for (index, s) in r.batch.seqs().iter().enumerate() {
+                    // The prompt is given whole, even while the cache is still being filled.
                     let mut ids = s.clone();
+                    if ids.len() < prefix.len() {
+                        ids.extend_from_slice(&prefix[ids.len()..]);
+                    }
                     ids.resize(r.len, self.mask);
                     ev.push(Event::Step {
                         request: id,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 mod page;
+pub mod prompt;
 pub mod routes;
 mod sse;
 pub mod worker;

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::{Choice, ModelInfo, Params, StepUpdate};
 use super::ar_engine::ArEngine;
 use super::metrics::Metrics;
+use super::prompt::PromptCodec;
 use crate::ar::{ArSamplerOptions, lm_from_checkpoint};
 use crate::checkpoint;
 use crate::data::TextTokenizer;
@@ -109,7 +110,7 @@ impl Stepper for Diffusion<'_> {
             n: p.n,
             len: p.len,
             opts,
-            template: None,
+            template: p.cond.as_ref().map(|c| c.template.clone()),
         };
         self.0.add(req, watch)
     }
@@ -135,7 +136,12 @@ impl Stepper for ArEngine {
             batch_size: p.n.max(1),
             seed: p.seed,
         };
-        ArEngine::add(self, p.n, p.len, &opts, watch)
+        let prefix = p
+            .cond
+            .as_ref()
+            .and_then(|c| c.template.as_prefix())
+            .unwrap_or_default();
+        ArEngine::add(self, p.n, p.len, &prefix, &opts, watch)
     }
     fn cancel(&mut self, id: RequestId) {
         ArEngine::cancel(self, id);
@@ -171,9 +177,20 @@ fn run(
         top_p: spec.top_p,
         checkpoint: ck.dir.display().to_string(),
         checkpoint_step: meta.step,
+        codec: Some(PromptCodec::new(
+            tok.clone(),
+            meta.data.bos_id,
+            meta.data.rows.sep(),
+            is_ar,
+        )),
     };
     let mask = meta.data.mask_id;
-    let out = Out { tok, mask, metrics };
+    let out = Out {
+        tok,
+        mask,
+        metrics,
+        codec: info.codec.clone(),
+    };
     if is_ar {
         let lm = lm_from_checkpoint(&ck, !spec.raw)?;
         info.steps = info.length.saturating_sub(1);
@@ -206,6 +223,7 @@ struct Out<'a> {
     tok: TextTokenizer,
     mask: u32,
     metrics: &'a Metrics,
+    codec: Option<PromptCodec>,
 }
 
 /// A job being sampled: its reply channel and, per streamed sequence, the tokens last reported.
@@ -213,6 +231,8 @@ struct Active {
     reply: UnboundedSender<Reply>,
     last: Vec<Option<Vec<u32>>>,
     steps: Vec<usize>,
+    /// Where a prefix prompt ends (its completion follows).
+    prefix: Option<usize>,
 }
 
 fn admit(eng: &mut dyn Stepper, active: &mut HashMap<RequestId, Active>, job: Job) {
@@ -225,6 +245,7 @@ fn admit(eng: &mut dyn Stepper, active: &mut HashMap<RequestId, Active>, job: Jo
                     reply: job.reply,
                     last: vec![None; n],
                     steps: vec![0; n],
+                    prefix: job.params.cond.as_ref().and_then(|c| c.prefix),
                 },
             );
         }
@@ -330,7 +351,10 @@ impl Out<'_> {
                 let Some(a) = active.remove(&request) else {
                     return;
                 };
-                let choices: Vec<Choice> = samples.into_iter().map(|s| self.choice(s)).collect();
+                let choices: Vec<Choice> = samples
+                    .into_iter()
+                    .map(|s| self.choice(s, a.prefix))
+                    .collect();
                 let tokens = choices.iter().map(|c| c.token_ids.len()).sum();
                 let nfe = choices.iter().map(|c| c.nfe).sum();
                 self.metrics.finished(tokens, nfe);
@@ -339,10 +363,15 @@ impl Out<'_> {
         }
     }
 
-    fn choice(&self, s: Sample) -> Choice {
+    fn choice(&self, s: Sample, prefix: Option<usize>) -> Choice {
+        let completion = match (&self.codec, prefix) {
+            (Some(c), Some(p)) => Some(c.completion(&s.ids, p)),
+            _ => None,
+        };
         Choice {
             index: s.index,
             text: self.decode(&s.ids),
+            completion,
             token_ids: s.ids,
             nfe: s.nfe,
             seconds: s.seconds,

@@ -1,5 +1,6 @@
 // Drives the page of `idlm serve` in headless Chromium (Debian's, through playwright-core):
-// types a prompt and sees it refused by name (the model is unconditional), clears it, generates,
+// types a prompt and sees it kept in the sample, then one too long and sees it refused by name,
+// clears it, generates,
 // checks the text changed over at least 3 steps with the masks only resolving and ends as the API's
 // text for the same seed, runs the side-by-side view (64 vs 4 steps), then saves a screenshot. Usage: node page.cjs HOST:PORT SCREENSHOT.png
 "use strict";
@@ -20,8 +21,14 @@ async function main() {
     await page.waitForSelector("#model option", { state: "attached" });
     await page.fill("#steps", "24");
     await page.fill("#seed", "7");
-    // A prompt: refused by the server (no conditional generation yet), and the page says why.
-    await page.type("#prompt", "Once upon a time");
+    // A prompt: kept in the sample as it resolves (clamped), and a prompt too long for the row is
+    // refused with the server's reason on the page.
+    await page.type("#prompt", "the whale and");
+    await page.click("#go");
+    await page.waitForSelector('.panel[data-done="1"]', { timeout: 60000 });
+    const prompted = await page.textContent(".panel .text");
+    if (!prompted.includes("the whale and")) { throw new Error(`prompt not kept: ${prompted}`); }
+    await page.fill("#prompt", "the whale ".repeat(40));
     await page.click("#go");
     await page.waitForSelector(".panel .error");
     const err = await page.textContent(".panel .error");
