@@ -10,7 +10,7 @@ use super::SampleArgs;
 use idlm::data::TextTokenizer;
 use idlm::sample::Template;
 use idlm::sample::record::SampleRecord;
-use idlm::sample::template::parse_infill;
+use idlm::sample::template::{completion_ids, parse_infill};
 
 /// One conditioning of a request.
 pub struct Condition {
@@ -37,12 +37,7 @@ impl Condition {
         r.prompt_index = self.index;
         r.clamped = Some(t.clamped());
         if let (Some(p), Some(ids)) = (t.as_prefix(), &r.ids) {
-            let after = &ids[p.len().min(ids.len())..];
-            let end = self
-                .stop
-                .and_then(|s| after.iter().position(|&t| t == s))
-                .unwrap_or(after.len());
-            r.completion = Some(tok.decode(&after[..end])?);
+            r.completion = Some(tok.decode(completion_ids(ids, p.len(), self.stop))?);
         }
         Ok(())
     }

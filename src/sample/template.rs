@@ -4,6 +4,16 @@
 
 use crate::{Error, Result};
 
+/// The generated tokens after a clamped prefix of `prefix` tokens, up to the first `stop` (a pairs
+/// model's separator, which ends its answer).
+pub fn completion_ids(ids: &[u32], prefix: usize, stop: Option<u32>) -> &[u32] {
+    let after = &ids[prefix.min(ids.len())..];
+    let end = stop
+        .and_then(|s| after.iter().position(|&t| t == s))
+        .unwrap_or(after.len());
+    &after[..end]
+}
+
 /// A row of `len()` positions, each either clamped to a token or free.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {

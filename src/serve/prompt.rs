@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::error::ApiError;
 use crate::data::TextTokenizer;
 use crate::sample::Template;
+use crate::sample::template::completion_ids;
 
 /// What a model needs to turn request text into a row template.
 #[derive(Clone)]
@@ -111,13 +112,8 @@ impl PromptCodec {
 
     /// The text generated after a prefix prompt (up to a pairs model's separator).
     pub fn completion(&self, ids: &[u32], prefix: usize) -> String {
-        let after = &ids[prefix.min(ids.len())..];
-        let end = self
-            .sep
-            .and_then(|s| after.iter().position(|&t| t == s))
-            .unwrap_or(after.len());
         self.tok
-            .decode(&after[..end])
+            .decode(completion_ids(ids, prefix, self.sep))
             .unwrap_or_else(|e| format!("<cannot decode: {e}>"))
     }
 }
