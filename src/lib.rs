@@ -9,6 +9,7 @@ pub mod data;
 pub mod distill;
 pub mod error;
 pub mod eval;
+pub mod fuzz;
 pub mod interop;
 pub mod nn;
 pub mod optim;

@@ -40,6 +40,19 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
+/// Parse a `tokenizer.json` text. `tokenizers` panics on some malformed files (e.g. a syntax error
+/// inside `decoder`: `expect("Helper")` in its decoder deserializer, found by fuzzing), so the text
+/// is first checked to be JSON, and a panic that still escapes becomes an error.
+pub fn parse_tokenizer_json(text: &str) -> std::result::Result<Tokenizer, String> {
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return Err(format!("not JSON: {e}"));
+    }
+    match std::panic::catch_unwind(|| Tokenizer::from_str(text)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("malformed tokenizer (the tokenizers library refused it)".into()),
+    }
+}
+
 /// Wrap a `tokenizers` error with what we were doing.
 fn tk_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{what}: {e}"))
@@ -98,7 +111,7 @@ impl TextTokenizer {
 
     /// Build from tokenizer.json text (e.g. one stored inside a checkpoint).
     pub fn from_json(text: &str) -> Result<Self> {
-        let inner = Tokenizer::from_str(text).map_err(|e| tk_err("parsing tokenizer.json", e))?;
+        let inner = parse_tokenizer_json(text).map_err(|e| tk_err("parsing tokenizer.json", e))?;
         // The canonical bytes are the compact re-serialisation, so pretty and compact copies of
         // the same tokenizer share one hash.
         let json = inner
@@ -235,6 +248,18 @@ mod tests {
     use super::*;
 
     const GPT2: &str = "../shared/data/gpt2_bpe/tokenizer.json";
+
+    #[test]
+    fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
+        // Found by fuzz/run.sh: `tokenizers` itself panics (`expect("Helper")`) on this file.
+        let bad = include_str!("../../fuzz/regressions/tokenizer/decoder-syntax-error.json");
+        assert!(std::panic::catch_unwind(|| Tokenizer::from_str(bad)).is_err());
+        let e = TextTokenizer::from_json(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("parsing tokenizer.json") && e.contains("not JSON"),
+            "{e}"
+        );
+    }
 
     fn docs(texts: &[&str]) -> Vec<Document> {
         texts

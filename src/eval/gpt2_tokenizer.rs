@@ -2,7 +2,6 @@
 //! the byte-level BPE rebuilt from `vocab.json` + `merges.txt` (`data::gpt2_bpe::build_tokenizer`).
 
 use std::path::Path;
-use std::str::FromStr;
 
 use tokenizers::Tokenizer;
 
@@ -18,7 +17,7 @@ pub fn load_gpt2_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
         let text = std::fs::read_to_string(&json).map_err(|e| Error::io("read", &json, e))?;
-        return Tokenizer::from_str(&text).map_err(|e| bad(&json, e));
+        return crate::data::tokenizer::parse_tokenizer_json(&text).map_err(|e| bad(&json, e));
     }
     let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
     for p in [&vocab, &merges] {

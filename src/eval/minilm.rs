@@ -65,7 +65,9 @@ impl MiniLm {
             .map_err(|e| broken(&w_path, e))?;
         let model = BertModel::load(vb, &cfg).map_err(|e| broken(&w_path, e))?;
         let t_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&t_path).map_err(|e| broken(&t_path, e))?;
+        let t_text = std::fs::read_to_string(&t_path).map_err(|e| broken(&t_path, e))?;
+        let mut tokenizer = crate::data::tokenizer::parse_tokenizer_json(&t_text)
+            .map_err(|e| broken(&t_path, e))?;
         // The file pads to a fixed 128 and truncates at 128; we pad per batch and keep 256.
         tokenizer.with_padding(None);
         tokenizer
