@@ -308,4 +308,68 @@ fn a_tiny_teacher_learns_a_one_template_task_from_its_prompts() {
     }
     assert_eq!(total, 22);
     assert_eq!(right, total, "answers:\n{out}");
+
+    // IDLM distils on the same rows with their prompts clamped; the student answers in 4 steps.
+    let student = dir.join("student");
+    let (t, st) = (run.to_str().unwrap(), student.to_str().unwrap());
+    let distill = |method: &str, out: &str| {
+        idlm(
+            &[
+                "distill",
+                "--teacher",
+                t,
+                "--method",
+                method,
+                "--out",
+                out,
+                "--max-steps",
+                "20",
+                "--set",
+                "batch_size=8",
+                "--set",
+                "val_every=0",
+                "--no-genppl",
+                "--quiet",
+            ],
+            dir,
+        )
+    };
+    ok(&distill("idlm", st));
+    let p = prompts.to_str().unwrap();
+    let answers = |ckpt: &str, steps: &str| {
+        let out = ok(&idlm(
+            &[
+                "sample",
+                "--ckpt",
+                ckpt,
+                "--prompts",
+                p,
+                "--steps",
+                steps,
+                "--noise-removal",
+                "greedy",
+            ],
+            dir,
+        ));
+        let right = out
+            .lines()
+            .filter(|line| {
+                let r: serde_json::Value = serde_json::from_str(line).unwrap();
+                let i = r["prompt_index"].as_u64().unwrap() as usize;
+                r["completion"].as_str().unwrap().trim() == WORDS[i + 1]
+            })
+            .count();
+        (right, out.lines().count())
+    };
+    let (teacher4, student4) = (answers(t, "4"), answers(st, "4"));
+    eprintln!("right at 4 steps (right, of): teacher {teacher4:?}, student {student4:?}");
+    assert_eq!(student4.1, 11 * 8);
+    assert!(student4.0 * 10 >= student4.1 * 9, "student: {student4:?}");
+    // SDTT does not clamp prompts yet: refused by name, nothing written.
+    let sdtt = dir.join("sdtt");
+    let msg = err(&distill("sdtt", sdtt.to_str().unwrap()));
+    assert!(
+        msg.contains("prompt/answer rows") && msg.contains("SDTT"),
+        "{msg}"
+    );
 }

@@ -11,6 +11,7 @@ use super::nets::DistillRngs;
 use super::rounds::{RoundNets, RoundStats};
 use super::state::DistillState;
 use crate::data::PackedTokens;
+use crate::data::pairs::RowLayout;
 use crate::process::ForwardProcess;
 use crate::trainer::Trainer;
 use crate::{Error, Result};
@@ -29,6 +30,17 @@ pub trait Distiller {
     fn record(&self, st: &mut DistillState);
     /// Replace the settings (a resume with overrides).
     fn set_config(&mut self, cfg: &DistillConfig);
+    /// The data's row layout; prompt/answer rows are refused by a method that cannot clamp them.
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
+        match layout {
+            RowLayout::Stream => Ok(()),
+            RowLayout::Pairs { .. } => Err(Error::InvalidArgument(
+                "prompt/answer rows: SDTT and DCD do not clamp prompts yet (IDLM of an MDLM \
+                 teacher does)"
+                    .into(),
+            )),
+        }
+    }
     /// One update: its metrics line and a short progress message.
     fn advance(
         &mut self,

@@ -14,6 +14,7 @@ use super::nets::{DistillRngs, Role, phase_times, resume_net, start_net};
 use crate::checkpoint::{CheckpointMeta, dit_from_tensors};
 use crate::config::RunConfig;
 use crate::data::PackedTokens;
+use crate::data::pairs::{RowLayout, prompt_lens};
 use crate::nn::{Denoiser, Dit, DitConfig, DropoutRng};
 use crate::process::curriculum::DuoCurriculum;
 use crate::process::relaxation::{Gaussian, Hard, Relaxation};
@@ -50,6 +51,8 @@ pub struct Idlm {
     pub fake: Option<Trainer>,
     /// Times and noise.
     pub rngs: DistillRngs,
+    /// Row layout of the data: prompt/answer rows keep their prompts clamped.
+    pub layout: RowLayout,
 }
 
 impl Idlm {
@@ -73,6 +76,7 @@ impl Idlm {
             student,
             fake,
             rngs: DistillRngs::new(cfg.seed),
+            layout: RowLayout::Stream,
         })
     }
 
@@ -88,8 +92,10 @@ impl Idlm {
         (0..acc)
             .map(|m| {
                 let x0 = self.student.next_rows(data, b)?;
+                let prompts = prompt_lens(&x0, l, self.layout);
                 let span = m * b..(m + 1) * b;
-                relax.job(x0, l, &tp[span.clone()], &t[span], &mut self.rngs.noise)
+                let (tp, t) = (&tp[span.clone()], &t[span]);
+                relax.job(x0, l, tp, t, &prompts, &mut self.rngs.noise)
             })
             .collect()
     }
@@ -171,6 +177,7 @@ impl Idlm {
                 None => None,
             },
             rngs: l.state.rngs.clone(),
+            layout: RowLayout::Stream,
         })
     }
 }
@@ -241,6 +248,17 @@ impl Distiller for IdlmRun {
     }
     fn record(&self, st: &mut super::state::DistillState) {
         st.rngs = self.idlm.rngs.clone();
+    }
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
+        if matches!(self.relax, Relax::Gaussian(_)) && layout != RowLayout::Stream {
+            return Err(Error::InvalidArgument(
+                "prompt/answer rows: IDLM-Duo does not clamp prompts yet (IDLM of an MDLM \
+                 teacher does)"
+                    .into(),
+            ));
+        }
+        self.idlm.layout = layout;
+        Ok(())
     }
     fn set_config(&mut self, cfg: &DistillConfig) {
         self.idlm.cfg = cfg.clone();

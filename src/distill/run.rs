@@ -189,6 +189,10 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
         };
         (d, st, data, kind)
     };
+    let mut distiller = distiller;
+    distiller
+        .set_layout(data.info.rows)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", data.dir.display())))?;
     let cfg = st.config.clone();
     let cfg_path = run_dir.join("distill.toml");
     crate::atomic::write_file(&cfg_path, cfg.to_toml()?.as_bytes())?;
@@ -240,13 +244,6 @@ fn open_data(
     };
     let data = DataDir::open(&dir)?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
-    if data.info.rows != crate::data::pairs::RowLayout::Stream {
-        return Err(Error::InvalidArgument(format!(
-            "{} holds prompt/answer rows: distillation does not clamp prompts yet (the teacher \
-             trains and samples with them)",
-            dir.display()
-        )));
-    }
     Ok(data)
 }
 

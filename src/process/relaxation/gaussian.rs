@@ -61,8 +61,17 @@ impl Relaxation for Gaussian {
         l: usize,
         tp: &[f64],
         t: &[f64],
+        prompts: &[usize],
         rng: &mut ChaCha8Rng,
     ) -> Result<Job> {
+        if prompts.iter().any(|&p| p > 0) {
+            // The Gaussian latent noises every position; clamping it is not written yet.
+            return Err(crate::Error::InvalidArgument(
+                "IDLM-Duo does not clamp prompts yet: its Gaussian latent noises every position of \
+                 a prompt/answer row"
+                    .into(),
+            ));
+        }
         let (b, lat) = (t.len(), &self.latent);
         let v = lat.process().vocab_size();
         let input = lat.corrupt(&x0, l, tp, self.tau, rng, &crate::runtime::device())?;

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Relaxation, active, corrupt, logits_at};
 use crate::Result;
+use crate::data::pairs::clamp_prompts;
 use crate::nn::Denoiser;
 use crate::nn::{Dit, DropoutRng};
 use crate::process::ForwardProcess;
@@ -24,6 +25,8 @@ pub struct Input {
     tp: Vec<f64>,
     t: Vec<f64>,
     l: usize,
+    /// Each row's clamped prompt length (0: none).
+    prompts: Vec<usize>,
 }
 
 /// The re-noised state built from a student sample, and the soft targets at its active positions.
@@ -55,15 +58,19 @@ impl<'a> Relaxation for Hard<'a> {
         l: usize,
         tp: &[f64],
         t: &[f64],
+        prompts: &[usize],
         rng: &mut ChaCha8Rng,
     ) -> Result<Input> {
-        let xtp = corrupt(self.0, &x0, l, tp, rng);
+        let mut xtp = corrupt(self.0, &x0, l, tp, rng);
+        // Clean prompts are not active: the student's sample is the data there.
+        clamp_prompts(&x0, &mut xtp, l, prompts);
         Ok(Input {
             x0,
             xtp,
             tp: tp.to_vec(),
             t: t.to_vec(),
             l,
+            prompts: prompts.to_vec(),
         })
     }
 
@@ -92,7 +99,7 @@ impl<'a> Relaxation for Hard<'a> {
             Some(process.clean_probs(&logits, &at)?)
         };
         let simplex = Simplex::new(&inp.x0, &pos_p, g.as_deref(), process.vocab_size());
-        let rn = renoise(process, &simplex, &inp.t, l, rng);
+        let rn = renoise(process, &simplex, &inp.t, l, &inp.prompts, rng);
         let target = simplex.rows(&rn.pos)?;
         Ok((rn, target))
     }
@@ -146,7 +153,7 @@ impl<'a> Relaxation for Hard<'a> {
             None => None,
         };
         let simplex = Simplex::new(&inp.x0, &pos_p, g_vals.as_deref(), process.vocab_size());
-        let rn = renoise(process, &simplex, &inp.t, l, rng);
+        let rn = renoise(process, &simplex, &inp.t, l, &inp.prompts, rng);
         if rn.pos.is_empty() {
             return Ok(Tensor::new(0f32, &crate::runtime::device())?);
         }
@@ -267,6 +274,7 @@ fn renoise(
     g: &Simplex,
     t: &[f64],
     l: usize,
+    prompts: &[usize],
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Renoised {
     let (n, v) = (g.x0.len(), g.v);
@@ -278,6 +286,8 @@ fn renoise(
         }
         process.renoise_row(&seq, tr, rng, &mut xt[r * l..(r + 1) * l]);
     }
+    // The prompt is clean in x_t too (the draw above keeps the stream identical either way).
+    clamp_prompts(g.x0, &mut xt, l, prompts);
     let act = active(process, &xt);
     let (mut both, mut only) = (Vec::new(), Vec::new());
     let mut g_rows = Vec::new();
@@ -347,6 +357,7 @@ mod tests {
                 &s,
                 &t,
                 l,
+                &[0; 3],
                 &mut rand_chacha::ChaCha8Rng::seed_from_u64(9),
             );
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
@@ -359,6 +370,37 @@ mod tests {
             // Active positions also active in x_t' come first, each with its row in G.
             for (i, &p) in rn.pos[..rn.n_both].iter().enumerate() {
                 assert_eq!(pos[rn.g_rows[i] as usize], p);
+            }
+        }
+    }
+
+    /// Prompt positions stay clean in x_t' and in x_t and never become loss positions, at times
+    /// where every other position is masked.
+    #[test]
+    fn prompts_stay_clean_in_every_state_and_out_of_the_loss() {
+        let (b, l, v) = (3usize, 6usize, 9usize);
+        let process = Masked::new(v, (v - 1) as u32).unwrap();
+        let x0: Vec<u32> = (0..b * l).map(|i| ((i * 7) % (v - 1)) as u32).collect();
+        let prompts = [2usize, 0, 5];
+        let t = [1.0, 1.0, 1.0];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let inp = Hard(&process)
+            .job(x0.clone(), l, &t, &t, &prompts, &mut rng)
+            .unwrap();
+        let pos_p = active(&process, &inp.xtp);
+        let s = Simplex::new(&inp.x0, &pos_p, None, v);
+        let rn = renoise(&process, &s, &t, l, &prompts, &mut rng);
+        for (r, &p) in prompts.iter().enumerate() {
+            for i in 0..l {
+                let q = r * l + i;
+                if i < p {
+                    assert_eq!(inp.xtp[q], x0[q], "x_t' row {r} position {i}");
+                    assert_eq!(rn.xt[q], x0[q], "x_t row {r} position {i}");
+                    assert!(!rn.pos.contains(&(q as u32)) && !pos_p.contains(&(q as u32)));
+                } else {
+                    assert_eq!(inp.xtp[q], (v - 1) as u32);
+                    assert!(rn.pos.contains(&(q as u32)));
+                }
             }
         }
     }

@@ -29,13 +29,15 @@ pub trait Relaxation {
     type FakeTarget;
 
     /// A micro-batch from real rows `x0` (B x L, flat) at times `tp` (student) and `t` (loss);
-    /// draws its noise from `rng`.
+    /// draws its noise from `rng`. `prompts`: each row's clamped prefix (prompt/answer rows; all 0
+    /// for unconditional data), kept clean in every state and out of every loss.
     fn job(
         &self,
         x0: Vec<u32>,
         l: usize,
         tp: &[f64],
         t: &[f64],
+        prompts: &[usize],
         rng: &mut ChaCha8Rng,
     ) -> Result<Self::Job>;
 
