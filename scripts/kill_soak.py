@@ -121,6 +121,8 @@ class Victim:
         self.name, self.run, self.fresh, self.resume = name, run, fresh, resume
         self.max_steps, self.interval, self.logs = max_steps, interval, logs
         self.kills, self.lives, self.errors = [], 0, []
+        # Whether the resume after the last checkpoint ran, finished and wrote no checkpoint.
+        self.resave_wrote_nothing = None
 
     def command(self):
         # A run killed before its first checkpoint has nothing to resume: it starts again.
@@ -160,8 +162,8 @@ class Victim:
             if rc != 0:
                 tail = err_path.read_text(errors="replace")[-2000:]
                 self.errors.append(f"{self.name} life {self.lives} ({' '.join(cmd)}): exit {rc}\n{tail}")
-            elif mode == "resave" and staged_seen:
-                self.errors.append(f"{self.name} life {self.lives}: a resume with nothing to do wrote a checkpoint")
+            elif mode == "resave":
+                self.resave_wrote_nothing = not staged_seen
             return None
         left = sorted(temps(self.run) - before)
         # Any temporary under checkpoints/: a staged step folder, `latest` being rewritten, or a
@@ -303,6 +305,8 @@ def soak(victim: Victim, plan, timeout):
             break
         if k is not None:
             victim.kills.append(k)
+        if mode == "resave" and not victim.resave_wrote_nothing:
+            victim.errors.append(f"{victim.name}: the resume after the last checkpoint wrote one again")
     # Then a last resume, which must finish by itself.
     if not victim.errors and victim.life("none", "", timeout) is not None:
         victim.errors.append(f"{victim.name}: the last resume was killed by something else")
@@ -328,6 +332,7 @@ def summary(v: Victim, cmp, ref_s, vic_s, settings, min_kills, min_ckpt):
         "mean_steps_lost_per_kill": round(sum(k["steps_lost"] for k in kills) / max(1, len(kills)), 2),
         "lost_within_interval": max_lost <= v.interval,
         "torn_metric_lines_seen_after_kills": sum(k["torn_metric_lines"] for k in kills),
+        "resume_after_last_checkpoint_wrote_nothing": v.resave_wrote_nothing,
         "temps_left_at_end": left,
         "errors": v.errors,
         "comparison": cmp,
