@@ -488,14 +488,16 @@ def main():
             print("  error:", e, flush=True)
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+    # Uncommitted changes to what builds the binary or runs the soak (not docs or results).
+    code = ["src", "vendor", "configs", "scripts", "Cargo.toml", "Cargo.lock"]
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--"] + code,
                                 capture_output=True, text=True).stdout.strip())
     report = {
         "what": "kill -9 soak (issue 23, part 2): victims killed with SIGKILL and resumed, "
                 "compared with uninterrupted runs of the same seed",
         "command": "scripts/kill_soak.sh " + " ".join(sys.argv[1:]),
         "idlm_commit": commit,
-        "worktree_dirty": dirty,
+        "code_uncommitted": dirty,
         "seed": a.seed,
         "threads": a.threads,
         "corpus_documents": n,
