@@ -306,6 +306,16 @@ pub fn save(
     Ok(dst)
 }
 
+/// Keep the newest `keep` step checkpoints of a run and the one `latest` names (`current`), as
+/// `save` does after each checkpoint: a resume calls it for a run killed after moving `latest`
+/// but before removing the oldest, which would otherwise keep one checkpoint too many.
+pub fn prune_run(run_dir: &Path, current: &Path, keep: usize) -> Result<()> {
+    let Some(name) = current.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    prune(&run_dir.join("checkpoints"), name, keep)
+}
+
 fn prune(root: &Path, current: &str, keep: usize) -> Result<()> {
     let mut steps: Vec<String> = fs::read_dir(root)
         .map_err(|e| Error::io("listing", root, e))?

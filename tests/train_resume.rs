@@ -1,4 +1,5 @@
-//! Checkpoints and resume: round trip, exact continuation, torn writes, divergence, mismatched data.
+//! Checkpoints and resume: round trip, exact continuation, torn writes, divergence, mismatched
+//! data, and what kill -9 leaves behind.
 
 mod common;
 
@@ -195,4 +196,86 @@ fn resuming_on_data_from_another_tokenizer_is_refused() {
     .to_string();
     assert!(err.contains("tokenizer mismatch"), "{err}");
     assert_eq!(checkpoint::load(&run).unwrap().meta.step, 3);
+}
+
+fn try_run(run: &Path, data: &Path, cfg: RunConfig, resume: bool) -> idlm::Result<()> {
+    run_training(&TrainRunOptions {
+        run_dir: run.to_path_buf(),
+        data_dir: data.to_path_buf(),
+        cfg,
+        resume,
+        progress: false,
+    })
+    .map(|_| ())
+}
+
+/// What kill -9 before the first checkpoint leaves (found by scripts/kill_soak.sh): metric lines
+/// and no checkpoint. `--resume` says to start again; starting again must not keep those lines.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_starts_again_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::tiny_data(tmp.path(), 300, 32);
+    let clean = tmp.path().join("clean");
+    train(&clean, &data, 3, false);
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"step\":1,\"loss\":9.0}\n{\"step\":2,\"lo",
+    )
+    .unwrap();
+    let err = try_run(&run, &data, cfg(3), true).unwrap_err().to_string();
+    assert!(
+        err.contains("holds no checkpoint to resume") && err.contains("without --resume"),
+        "{err}"
+    );
+    train(&run, &data, 3, false);
+    assert_eq!(losses(&run), losses(&clean));
+}
+
+/// What kill -9 at other instants leaves (found by scripts/kill_soak.sh): a staged checkpoint,
+/// a `latest` temp, a folder moved aside, one checkpoint too many (killed before pruning), or a
+/// finished run not yet exited. The next process clears them; a resume with nothing to do writes
+/// nothing (rewriting the checkpoint `latest` names opened a window where a second kill left
+/// nothing to resume, and it dropped `val_nelbo`); a checkpoint written after a resume but before
+/// the next validation records the last validation, as in a run never stopped.
+#[test]
+fn a_killed_runs_leftovers_are_cleared_and_a_resume_with_nothing_to_do_writes_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::tiny_data(tmp.path(), 300, 32);
+    let run = tmp.path().join("run");
+    train(&run, &data, 6, false);
+    let root = run.join("checkpoints");
+    let six = root.join("step-00000006");
+    let staged = root.join(".step-00000009.tmp-2000000001-5");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join("model.safetensors"), b"torn").unwrap();
+    std::fs::write(root.join("latest.tmp-2000000001-6"), b"step-").unwrap();
+    std::fs::create_dir_all(root.join("step-00000006.old-2000000001-7")).unwrap();
+    std::fs::create_dir_all(root.join("step-00000001")).unwrap();
+    for f in ["meta.json", "model.safetensors"] {
+        std::fs::copy(six.join(f), root.join("step-00000001").join(f)).unwrap();
+    }
+    let (ino, metrics) = (
+        std::fs::metadata(&six).unwrap().ino(),
+        std::fs::read(run.join("metrics.jsonl")).unwrap(),
+    );
+    let val6 = checkpoint::load(&run).unwrap().meta.val_nelbo;
+    assert!(val6.is_some());
+    train(&run, &data, 6, true);
+    assert_eq!(
+        common::names(&root),
+        ["latest", "step-00000003", "step-00000006"]
+    );
+    assert_eq!(std::fs::metadata(&six).unwrap().ino(), ino, "rewritten");
+    assert_eq!(checkpoint::load(&run).unwrap().meta.val_nelbo, val6);
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+    // Checkpoints every step, validation every 3: step 7 is checkpointed between validations.
+    let every = cfg(8)
+        .with_overrides(&["train.ckpt_every=1".into()])
+        .unwrap();
+    try_run(&run, &data, every, true).unwrap();
+    let seven = checkpoint::read_meta(&root.join("step-00000007")).unwrap();
+    assert_eq!(seven.val_nelbo, val6);
 }

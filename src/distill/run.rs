@@ -159,11 +159,13 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
     // One process per run folder, held until the run returns (or the process dies).
     let _lock = crate::run::RunLock::acquire(run_dir)?;
     let (distiller, st, data, kind) = if opts.resume {
+        crate::run::require_checkpoint(run_dir)?;
         let l = state::load(run_dir)?;
         let mut st = l.state.clone();
         st.config = opts.cfg.clone();
         let data = open_data(opts, &l.ck.meta.data.data_dir, &l.ck)?;
         open_run_dir(run_dir, Some(l.ck.meta.step))?;
+        checkpoint::prune_run(run_dir, &l.ck.dir, opts.cfg.keep_checkpoints)?;
         let kind = l.ck.meta.process.diffusion(&l.ck.dir)?;
         (resume_distiller(&l, &opts.cfg)?, st, data, kind)
     } else {

@@ -88,6 +88,7 @@ pub fn drive(
         append_jsonl(&metrics, &v.line)?;
     }
     let started = Instant::now();
+    let start_step = job.step();
     let mut last_ckpt: Option<PathBuf> = None;
     while job.step() < c.max_steps {
         if c.max_minutes > 0.0 && started.elapsed().as_secs_f64() > c.max_minutes * 60.0 {
@@ -118,12 +119,24 @@ pub fn drive(
         }
     }
     let step = job.step();
+    let name = format!("step-{step:08}");
     let checkpoint = match last_ckpt {
-        Some(p) if p.ends_with(format!("step-{step:08}")) => p,
+        Some(p) if p.ends_with(&name) => p,
+        // A resume with nothing left to do (killed after its final checkpoint): that checkpoint
+        // is the one loaded. Writing it again would replace the folder `latest` names, a window
+        // in which a second kill leaves nothing to resume from.
+        _ if step == start_step && latest_is(run_dir, &name) => {
+            run_dir.join("checkpoints").join(&name)
+        }
         _ => job.save()?,
     };
     bar.finish_and_clear();
     Ok(LoopEnd { checkpoint, best })
+}
+
+/// Whether `run_dir/checkpoints/latest` names the complete checkpoint `name`.
+fn latest_is(run_dir: &Path, name: &str) -> bool {
+    crate::checkpoint::resolve(run_dir).is_ok_and(|d| d.ends_with(name))
 }
 
 /// Copy a checkpoint directory to `run_dir/best` (staged, then renamed into place).

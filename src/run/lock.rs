@@ -1,7 +1,8 @@
 //! One writer per run folder: `RUN/lock` holds the pid of the process training or distilling
 //! there, under an OS advisory lock (`flock`). The kernel drops the lock when the process ends,
 //! however it ends (kill -9 included), so a stale file never blocks a resume; a second process
-//! pointed at the same folder is refused with the first one's pid.
+//! pointed at the same folder is refused with the first one's pid. Once it holds the lock, a
+//! process clears what a killed holder left half-written (`atomic::recover_dir`).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -37,7 +38,8 @@ impl RunLock {
             .map_err(|e| Error::io("opening", &path, e))?;
         // SAFETY: flock(2) on a descriptor this function owns.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        let locked = rc == 0;
+        if !locked {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut text = String::new();
@@ -69,6 +71,19 @@ impl RunLock {
             file.flush()
         };
         write_pid().map_err(|e| Error::io("writing", &path, e))?;
+        // Only under the lock: unlocked, a temp here may be another live process's.
+        if locked {
+            for dir in [run_dir.to_path_buf(), run_dir.join("checkpoints")] {
+                let handled = crate::atomic::recover_dir(&dir)?;
+                if !handled.is_empty() {
+                    tracing::info!(
+                        "{}: cleared what an interrupted write left: {}",
+                        dir.display(),
+                        handled.join(", ")
+                    );
+                }
+            }
+        }
         Ok(Self { _file: file, path })
     }
 

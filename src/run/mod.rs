@@ -105,7 +105,12 @@ pub fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| Error::io("opening", path, e))?;
-    writeln!(f, "{v}").map_err(|e| Error::io("writing", path, e))
+    // One write of the whole line: `writeln!` on a File issues a write per formatted piece, so a
+    // kill between them would leave a torn line (dropped on resume, but avoidable).
+    let mut line = v.to_string();
+    line.push('\n');
+    f.write_all(line.as_bytes())
+        .map_err(|e| Error::io("writing", path, e))
 }
 
 /// Drop metric lines past `step` (written by a run that stopped after its last checkpoint).
@@ -127,7 +132,9 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 }
 
 /// Create the run directory; refuse one that already holds a run unless resuming, and on resume
-/// drop the metric lines past the checkpoint's `step`.
+/// drop the metric lines past the checkpoint's `step`. A fresh start in a folder whose run
+/// stopped before its first checkpoint drops that run's metric lines: they would otherwise stay
+/// in front of the new run's (the same steps twice).
 pub fn open_run_dir(run_dir: &Path, resume_from: Option<u64>) -> Result<()> {
     let metrics = run_dir.join("metrics.jsonl");
     match resume_from {
@@ -139,7 +146,29 @@ pub fn open_run_dir(run_dir: &Path, resume_from: Option<u64>) -> Result<()> {
                     run_dir.display()
                 )));
             }
+            match fs::remove_file(&metrics) {
+                Ok(()) => tracing::warn!(
+                    "{}: dropped the metrics of a run that stopped before its first checkpoint",
+                    metrics.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", &metrics, e)),
+            }
         }
     }
     fs::create_dir_all(run_dir).map_err(|e| Error::io("creating", run_dir, e))
+}
+
+/// Refuse `--resume` of a folder without a checkpoint, saying what to do: a run killed before
+/// its first checkpoint has nothing to continue and starts again without `--resume`.
+pub fn require_checkpoint(run_dir: &Path) -> Result<()> {
+    let latest = run_dir.join("checkpoints").join("latest");
+    if run_dir.is_dir() && !latest.exists() && !run_dir.join("meta.json").exists() {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds no checkpoint to resume (the run stopped before its first one): start it \
+             again without --resume",
+            run_dir.display()
+        )));
+    }
+    Ok(())
 }

@@ -43,7 +43,6 @@ struct TrainJob<'a, N: Trainable, O: Objective<N>> {
     started: Instant,
     start_tokens: u64,
     last_loss: f64,
-    val: Option<f64>,
 }
 
 impl<N: Trainable, O: Objective<N>> RunJob for TrainJob<'_, N, O> {
@@ -78,13 +77,17 @@ impl<N: Trainable, O: Objective<N>> RunJob for TrainJob<'_, N, O> {
                 step: self.trainer.step,
             });
         }
-        self.val = Some(val);
+        self.trainer.last_val = Some(val);
         Ok(v)
     }
 
     fn save(&mut self) -> Result<PathBuf> {
-        self.trainer
-            .save(&self.run_dir, &self.info, &self.tok_json, self.val)
+        self.trainer.save(
+            &self.run_dir,
+            &self.info,
+            &self.tok_json,
+            self.trainer.last_val,
+        )
     }
 }
 
@@ -112,7 +115,6 @@ pub fn train_run<N: Trainable, O: Objective<N>>(
         run_dir: run_dir.clone(),
         started: Instant::now(),
         last_loss: f64::NAN,
-        val: None,
     };
     let cadence = Cadence {
         max_steps: t.max_steps,
@@ -126,7 +128,7 @@ pub fn train_run<N: Trainable, O: Objective<N>>(
     Ok(TrainSummary {
         step: job.trainer.step,
         last_loss: job.last_loss,
-        val_nelbo: job.val,
+        val_nelbo: job.trainer.last_val,
         unigram_entropy: data.info.unigram_entropy_nats,
         checkpoint: end.checkpoint,
         tokens_per_s: (job.trainer.tokens_seen - job.start_tokens) as f64 / el.max(1e-9),
@@ -142,10 +144,12 @@ pub fn start_or_resume<N: Trainable>(
 ) -> Result<TrainerCore<N>> {
     let run_dir = &opts.run_dir;
     if opts.resume {
+        crate::run::require_checkpoint(run_dir)?;
         let ck = crate::checkpoint::load(run_dir)?;
         N::check(ck.meta.process, &ck.dir)?;
         check_data_matches(&ck.meta.data, info, &ck.dir)?;
         open_run_dir(run_dir, Some(ck.meta.step))?;
+        crate::checkpoint::prune_run(run_dir, &ck.dir, opts.cfg.train.keep_checkpoints)?;
         // The architecture and family come from the checkpoint; the rest may be overridden.
         let mut cfg = opts.cfg.clone();
         cfg.model = ck.meta.config.model.clone();

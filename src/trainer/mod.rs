@@ -140,6 +140,9 @@ pub struct TrainerCore<N: Trainable> {
     pub rngs: TrainRngs,
     /// Seconds spent training (across resumes).
     pub train_seconds: f64,
+    /// The last validation loss, as checkpoints record it (`val_nelbo`; kept across a resume so
+    /// a checkpoint written before the next validation records it as an uninterrupted run does).
+    pub last_val: Option<f64>,
     perm: Vec<usize>,
 }
 
@@ -181,6 +184,7 @@ impl<N: Trainable> TrainerCore<N> {
             step: 0,
             tokens_seen: 0,
             train_seconds: 0.0,
+            last_val: None,
             perm: Vec::new(),
         })
     }
@@ -220,6 +224,7 @@ impl<N: Trainable> TrainerCore<N> {
         tr.step = m.step;
         tr.tokens_seen = m.tokens_seen;
         tr.train_seconds = m.train_seconds;
+        tr.last_val = m.val_nelbo;
         tr.rngs = serde_json::from_value(m.rng.clone())
             .map_err(|e| Error::ckpt(&ck.dir, format!("corrupt random state: {e}")))?;
         Ok(tr)
