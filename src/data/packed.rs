@@ -31,6 +31,11 @@ pub const MAGIC: &[u8; 8] = b"IDLMTOK1";
 pub const FORMAT_VERSION: u32 = 1;
 /// Size of the fixed header in bytes; token data starts here.
 pub const HEADER_LEN: usize = 128;
+/// Largest vocabulary a header may claim (the largest real ones are ~256k): a count table of the
+/// claimed size is allocated, so a corrupt header must not claim billions.
+pub const MAX_VOCAB: u32 = 1 << 24;
+/// Longest row a header may claim.
+pub const MAX_ROW_LEN: u32 = 1 << 24;
 
 /// The metadata at the start of a packed token file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +152,18 @@ impl PackedHeader {
     pub(super) fn validate(&self) -> std::result::Result<(), String> {
         if self.vocab_size == 0 {
             return Err("vocabulary size is 0".into());
+        }
+        if self.vocab_size > MAX_VOCAB {
+            return Err(format!(
+                "vocabulary size {} is beyond the {MAX_VOCAB} this idlm reads (a corrupt header?)",
+                self.vocab_size
+            ));
+        }
+        if self.row_len > MAX_ROW_LEN {
+            return Err(format!(
+                "row length {} is beyond the {MAX_ROW_LEN} this idlm reads (a corrupt header?)",
+                self.row_len
+            ));
         }
         let want = bytes_per_token_for(self.vocab_size);
         if self.bytes_per_token != want {
@@ -302,6 +319,8 @@ impl PackedTokens {
 
     /// Row `i` as a new vector.
     pub fn row(&self, i: usize) -> Result<Vec<u32>> {
+        // The row's bytes are checked to exist before its buffer is allocated.
+        self.row_bytes(i)?;
         let mut v = vec![0u32; self.row_len()];
         self.row_into(i, &mut v)?;
         Ok(v)
@@ -310,7 +329,8 @@ impl PackedTokens {
     /// Scan every token: each must be below the vocabulary and not the mask id (a corrupt file could
     /// otherwise index past an embedding table).
     pub fn verify_tokens(&self) -> Result<()> {
-        let mut row = vec![0u32; self.row_len()];
+        // No buffer for a file of no rows: its row length is then backed by no bytes.
+        let mut row = vec![0u32; if self.n_rows() > 0 { self.row_len() } else { 0 }];
         for i in 0..self.n_rows() {
             self.row_into(i, &mut row)?;
             if let Some((j, &t)) = row
@@ -335,7 +355,7 @@ impl PackedTokens {
     /// Count of each token id over the whole file (length = vocabulary size).
     pub fn token_counts(&self) -> Result<Vec<u64>> {
         let mut counts = vec![0u64; self.header.vocab_size as usize];
-        let mut row = vec![0u32; self.row_len()];
+        let mut row = vec![0u32; if self.n_rows() > 0 { self.row_len() } else { 0 }];
         for i in 0..self.n_rows() {
             self.row_into(i, &mut row)?;
             for &t in &row {
@@ -401,6 +421,38 @@ mod tests {
             t.verify_tokens().unwrap();
             assert!(!dir.path().join(format!("v{vocab}.bin.tmp")).exists());
         }
+    }
+
+    /// Found by fuzz/run.sh: a header of 0 rows claiming rows of 2.5e9 tokens made the token scan
+    /// allocate 10 GB from a 128-byte file.
+    #[test]
+    fn headers_claiming_huge_rows_or_vocabularies_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.bin");
+        let found = include_bytes!("../../fuzz/regressions/packed/oom-zero-rows-row-len-2e9.bin");
+        std::fs::write(&p, found).unwrap();
+        let e = PackedTokens::open(&p).unwrap_err().to_string();
+        assert!(e.contains("row length 2483028268 is beyond"), "{e}");
+        for (vocab, row_len, what) in [
+            (MAX_VOCAB + 1, 8, "vocabulary size"),
+            (300, MAX_ROW_LEN + 1, "row length"),
+        ] {
+            let mut h = header(300, 8);
+            (h.vocab_size, h.row_len, h.n_rows) = (vocab, row_len, 0);
+            h.bytes_per_token = bytes_per_token_for(vocab);
+            let e = PackedHeader::from_bytes(&h.to_bytes(), &p)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what) && e.contains("corrupt header"), "{e}");
+        }
+        // The largest accepted row length with no rows: nothing is allocated for it.
+        let mut h = header(300, 8);
+        (h.row_len, h.n_rows) = (MAX_ROW_LEN, 0);
+        std::fs::write(&p, h.to_bytes()).unwrap();
+        let t = PackedTokens::open(&p).unwrap();
+        t.verify_tokens().unwrap();
+        assert_eq!(t.token_counts().unwrap().iter().sum::<u64>(), 0);
+        assert!(t.row(0).is_err());
     }
 
     #[test]
