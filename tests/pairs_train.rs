@@ -365,11 +365,51 @@ fn a_tiny_teacher_learns_a_one_template_task_from_its_prompts() {
     eprintln!("right at 4 steps (right, of): teacher {teacher4:?}, student {student4:?}");
     assert_eq!(student4.1, 11 * 8);
     assert!(student4.0 * 10 >= student4.1 * 9, "student: {student4:?}");
-    // SDTT does not clamp prompts yet: refused by name, nothing written.
+    // SDTT too: x_t's prompts are clean, so neither the teacher's steps nor the KL touch them.
     let sdtt = dir.join("sdtt");
-    let msg = err(&distill("sdtt", sdtt.to_str().unwrap()));
-    assert!(
-        msg.contains("prompt/answer rows") && msg.contains("SDTT"),
-        "{msg}"
-    );
+    ok(&distill("sdtt", sdtt.to_str().unwrap()));
+    let sdtt4 = answers(sdtt.to_str().unwrap(), "4");
+    eprintln!("SDTT student: {sdtt4:?}");
+    assert!(sdtt4.0 * 10 >= sdtt4.1 * 9, "SDTT student: {sdtt4:?}");
+    // DCD's Gaussian latent noises every position: a Duo teacher of pairs is refused by name.
+    let duo = dir.join("duo");
+    let d = data.to_str().unwrap();
+    let args = ["train", "--data", d, "--preset", "tiny", "--process", "duo"];
+    ok(&idlm(
+        &[
+            &args[..],
+            &[
+                "--out",
+                duo.to_str().unwrap(),
+                "--max-steps",
+                "2",
+                "--quiet",
+            ],
+        ]
+        .concat(),
+        dir,
+    ));
+    for method in ["dcd", "idlm"] {
+        let out = dir.join(format!("duo-{method}"));
+        let msg = err(&idlm(
+            &[
+                "distill",
+                "--teacher",
+                duo.to_str().unwrap(),
+                "--method",
+                method,
+                "--out",
+                out.to_str().unwrap(),
+                "--max-steps",
+                "2",
+                "--no-genppl",
+                "--quiet",
+            ],
+            dir,
+        ));
+        assert!(
+            msg.contains("prompt/answer rows") && msg.contains("does not clamp"),
+            "{msg}"
+        );
+    }
 }

@@ -31,16 +31,7 @@ pub trait Distiller {
     /// Replace the settings (a resume with overrides).
     fn set_config(&mut self, cfg: &DistillConfig);
     /// The data's row layout; prompt/answer rows are refused by a method that cannot clamp them.
-    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
-        match layout {
-            RowLayout::Stream => Ok(()),
-            RowLayout::Pairs { .. } => Err(Error::InvalidArgument(
-                "prompt/answer rows: SDTT and DCD do not clamp prompts yet (IDLM of an MDLM \
-                 teacher does)"
-                    .into(),
-            )),
-        }
-    }
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()>;
     /// One update: its metrics line and a short progress message.
     fn advance(
         &mut self,
@@ -59,6 +50,21 @@ pub trait RoundDistiller {
     fn config_mut(&mut self) -> &mut DistillConfig;
     /// One student update (the round advances inside).
     fn update(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<RoundStats>;
+    /// The data's row layout (DCD: stream rows only, its Gaussian latent noises every position).
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
+        refuse_pairs(layout, "DCD")
+    }
+}
+
+/// Refuse prompt/answer rows for a method (`name`) that cannot clamp prompts yet.
+pub fn refuse_pairs(layout: RowLayout, name: &str) -> Result<()> {
+    match layout {
+        RowLayout::Stream => Ok(()),
+        RowLayout::Pairs { .. } => Err(Error::InvalidArgument(format!(
+            "prompt/answer rows: {name} does not clamp prompts yet (IDLM and SDTT of an MDLM \
+             teacher do)"
+        ))),
+    }
 }
 
 impl<T: RoundDistiller> Distiller for T {
@@ -74,6 +80,9 @@ impl<T: RoundDistiller> Distiller for T {
     }
     fn set_config(&mut self, cfg: &DistillConfig) {
         *self.config_mut() = cfg.clone();
+    }
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
+        RoundDistiller::set_layout(self, layout)
     }
     fn advance(
         &mut self,

@@ -250,12 +250,8 @@ impl Distiller for IdlmRun {
         st.rngs = self.idlm.rngs.clone();
     }
     fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
-        if matches!(self.relax, Relax::Gaussian(_)) && layout != RowLayout::Stream {
-            return Err(Error::InvalidArgument(
-                "prompt/answer rows: IDLM-Duo does not clamp prompts yet (IDLM of an MDLM \
-                 teacher does)"
-                    .into(),
-            ));
+        if matches!(self.relax, Relax::Gaussian(_)) {
+            super::distiller::refuse_pairs(layout, "IDLM-Duo")?;
         }
         self.idlm.layout = layout;
         Ok(())

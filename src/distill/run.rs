@@ -167,7 +167,9 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
         open_run_dir(run_dir, Some(l.ck.meta.step))?;
         checkpoint::prune_run(run_dir, &l.ck.dir, opts.cfg.keep_checkpoints)?;
         let kind = l.ck.meta.process.diffusion(&l.ck.dir)?;
-        (resume_distiller(&l, &opts.cfg)?, st, data, kind)
+        let mut d = resume_distiller(&l, &opts.cfg)?;
+        set_layout(d.as_mut(), &data)?;
+        (d, st, data, kind)
     } else {
         let ck = checkpoint::load(&opts.teacher)?;
         let kind = ck.meta.process.diffusion(&ck.dir)?;
@@ -176,7 +178,8 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
             tracing::info!("the teacher is itself a distilled student: distilling it further");
         }
         let data = open_data(opts, &ck.meta.data.data_dir, &ck)?;
-        let d = start_distiller(&opts.cfg, &ck)?;
+        let mut d = start_distiller(&opts.cfg, &ck)?;
+        set_layout(d.as_mut(), &data)?;
         open_run_dir(run_dir, None)?;
         let st = DistillState {
             config: opts.cfg.clone(),
@@ -191,10 +194,6 @@ pub fn run_distill(opts: &DistillRunOptions) -> Result<DistillSummary> {
         };
         (d, st, data, kind)
     };
-    let mut distiller = distiller;
-    distiller
-        .set_layout(data.info.rows)
-        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", data.dir.display())))?;
     let cfg = st.config.clone();
     let cfg_path = run_dir.join("distill.toml");
     crate::atomic::write_file(&cfg_path, cfg.to_toml()?.as_bytes())?;
@@ -247,6 +246,13 @@ fn open_data(
     let data = DataDir::open(&dir)?;
     check_data_matches(&ck.meta.data, &data_info(&data), &ck.dir)?;
     Ok(data)
+}
+
+/// Tell the distiller how the data's rows are laid out (a method that cannot clamp prompts refuses
+/// prompt/answer rows, naming the data).
+fn set_layout(d: &mut dyn Distiller, data: &DataDir) -> Result<()> {
+    d.set_layout(data.info.rows)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", data.dir.display())))
 }
 
 /// Refuse a method that does not apply to the teacher's process.

@@ -11,6 +11,7 @@ use super::rounds::{RoundNets, RoundStats, Weights};
 use crate::Result;
 use crate::checkpoint::Checkpoint;
 use crate::data::PackedTokens;
+use crate::data::pairs::{RowLayout, clamp_prompts, prompt_lens};
 use crate::nn::{Dit, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::schedule::antithetic_times;
@@ -30,6 +31,8 @@ pub struct Sdtt {
     pub nets: RoundNets,
     /// Times and noise.
     pub rngs: DistillRngs,
+    /// Row layout of the data: prompt/answer rows keep their prompts clamped.
+    pub layout: RowLayout,
 }
 
 impl Sdtt {
@@ -39,6 +42,7 @@ impl Sdtt {
             cfg: cfg.clone(),
             nets: RoundNets::new(cfg, teacher, weights)?,
             rngs: DistillRngs::new(cfg.seed),
+            layout: RowLayout::Stream,
         })
     }
 
@@ -48,6 +52,7 @@ impl Sdtt {
             cfg: l.state.config.clone(),
             nets: RoundNets::from_loaded(l)?,
             rngs: l.state.rngs.clone(),
+            layout: RowLayout::Stream,
         })
     }
 
@@ -71,7 +76,9 @@ impl Sdtt {
         for m in 0..acc {
             let x0 = self.nets.student.next_rows(data, b)?;
             let t = times[m * b..(m + 1) * b].to_vec();
-            let xt = corrupt(process, &x0, l, &t, &mut self.rngs.noise);
+            let mut xt = corrupt(process, &x0, l, &t, &mut self.rngs.noise);
+            // Clean prompts are never active: the teacher's steps and the KL leave them alone.
+            clamp_prompts(&x0, &mut xt, l, &prompt_lens(&x0, l, self.layout));
             let target = teacher_targets(
                 &self.nets.teacher,
                 process,
@@ -204,5 +211,9 @@ impl RoundDistiller for Sdtt {
     }
     fn update(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<RoundStats> {
         self.step(process, data)
+    }
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
+        self.layout = layout;
+        Ok(())
     }
 }
