@@ -83,7 +83,16 @@ for p in (2, 4, 5):
     obj = {"model": {"length": 1024, "hidden_size": 768}, "lr": 3e-4, "names": ["a", b"b"], "t": (1, None, True)}
     open(f"{out}/pickle/conf_p{p}.pkl", "wb").write(pickle.dumps(obj, protocol=p))
 PY
-# ckpt_import is seeded with tests/fixtures/lightning_idlm/idlm.ckpt in place (fuzz/run.sh).
+# ckpt_import is also seeded with tests/fixtures/lightning_idlm/idlm.ckpt in place (fuzz/run.sh);
+# here, the same archive without its tensor storages (small: the fuzzer mutates it faster).
+python3 - tests/fixtures/lightning_idlm/idlm.ckpt "$C/ckpt_import/no-storages.ckpt" <<'PY'
+import sys, zipfile
+src = zipfile.ZipFile(sys.argv[1])
+with zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_STORED) as out:
+    for i in src.infolist():
+        if "/data/" not in i.filename:
+            out.writestr(i.filename, src.read(i.filename))
+PY
 $I data synth-math --out "$W/synth" --train 40 --test 20 --seed 1 >/dev/null
 mkdir -p "$C/program" "$C/template" "$C/gsm8k"
 python3 - "$W/synth" "$C" <<'PY'
