@@ -198,17 +198,6 @@ fn resuming_on_data_from_another_tokenizer_is_refused() {
     assert_eq!(checkpoint::load(&run).unwrap().meta.step, 3);
 }
 
-fn try_run(run: &Path, data: &Path, cfg: RunConfig, resume: bool) -> idlm::Result<()> {
-    run_training(&TrainRunOptions {
-        run_dir: run.to_path_buf(),
-        data_dir: data.to_path_buf(),
-        cfg,
-        resume,
-        progress: false,
-    })
-    .map(|_| ())
-}
-
 /// What kill -9 before the first checkpoint leaves (found by scripts/kill_soak.sh): metric lines
 /// and no checkpoint. `--resume` says to start again; starting again must not keep those lines.
 #[test]
@@ -224,7 +213,9 @@ fn a_run_killed_before_its_first_checkpoint_starts_again_cleanly() {
         "{\"step\":1,\"loss\":9.0}\n{\"step\":2,\"lo",
     )
     .unwrap();
-    let err = try_run(&run, &data, cfg(3), true).unwrap_err().to_string();
+    let err = common::try_train(&run, &data, cfg(3), true)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("holds no checkpoint to resume") && err.contains("without --resume"),
         "{err}"
@@ -275,7 +266,7 @@ fn a_killed_runs_leftovers_are_cleared_and_a_resume_with_nothing_to_do_writes_no
     let every = cfg(8)
         .with_overrides(&["train.ckpt_every=1".into()])
         .unwrap();
-    try_run(&run, &data, every, true).unwrap();
+    common::try_train(&run, &data, every, true).unwrap();
     let seven = checkpoint::read_meta(&root.join("step-00000007")).unwrap();
     assert_eq!(seven.val_nelbo, val6);
 }
