@@ -83,6 +83,8 @@ for p in (2, 4, 5):
     obj = {"model": {"length": 1024, "hidden_size": 768}, "lr": 3e-4, "names": ["a", b"b"], "t": (1, None, True)}
     open(f"{out}/pickle/conf_p{p}.pkl", "wb").write(pickle.dumps(obj, protocol=p))
 PY
+mkdir -p "$C/hf_config"
+cp tests/fixtures/dit_reference/config.json "$C/hf_config/dit_reference.json"
 # ckpt_import is also seeded with tests/fixtures/lightning_idlm/idlm.ckpt in place (fuzz/run.sh);
 # here, the same archive without its tensor storages (small: the fuzzer mutates it faster).
 python3 - tests/fixtures/lightning_idlm/idlm.ckpt "$C/ckpt_import/no-storages.ckpt" <<'PY'

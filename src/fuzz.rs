@@ -28,6 +28,7 @@ pub const TARGETS: &[&str] = &[
     "serve_body",
     "pickle",
     "ckpt_import",
+    "hf_config",
     "program",
     "template",
     "gsm8k",
@@ -47,6 +48,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "serve_body" => serve_body,
         "pickle" => pickle,
         "ckpt_import" => ckpt_import,
+        "hf_config" => hf_config,
         "program" => program,
         "template" => template,
         "gsm8k" => gsm8k,
@@ -243,6 +245,21 @@ pub fn ckpt_import(data: &[u8]) {
     let p = file("import", "model.ckpt", data);
     if let Ok(ck) = crate::interop::import(&p, &crate::interop::ImportOptions::default()) {
         let _ = ck.dit(true);
+    }
+}
+
+/// The weights of a released Hugging Face directory for the `hf_config` target: the reference
+/// DiT fixture's (2 blocks, hidden 64), written once.
+const HF_WEIGHTS: &[u8] = include_bytes!("../tests/fixtures/dit_reference/model.safetensors");
+
+/// A released Hugging Face directory's `config.json` (beside real weights), imported.
+pub fn hf_config(data: &[u8]) {
+    static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
+    WEIGHTS.get_or_init(|| file("hf", "model.safetensors", HF_WEIGHTS));
+    file("hf", "config.json", data);
+    let dir = scratch().join("hf");
+    if let Ok(ck) = crate::interop::import(&dir, &crate::interop::ImportOptions::default()) {
+        let _ = ck.dit(false);
     }
 }
 

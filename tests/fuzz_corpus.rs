@@ -145,6 +145,7 @@ targets!(
     serve_body,
     pickle,
     ckpt_import,
+    hf_config,
     program,
     template,
     gsm8k,

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""results/fuzz/report.json from the logs of `fuzz/run.sh` (fuzz/logs/<target>.log) and what the runs
+kept (fuzz/artifacts/<target>/, fuzz/corpus-run/<target>/). Run from fuzz/: `python3 report.py`."""
+import json, os, re, subprocess
+
+targets = re.findall(r'^name = "(.*)"$', open("Cargo.toml").read(), re.M)
+targets = [t for t in targets if t != "idlm-fuzz"]
+out = {"command": "bash fuzz/run.sh (then python3 fuzz/report.py)", "targets": {}}
+try:
+    out["idlm_commit"] = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+except Exception:
+    pass
+count = lambda d: len(os.listdir(d)) if os.path.isdir(d) else 0
+for t in targets:
+    path = f"logs/{t}.log"
+    log = open(path, errors="replace").read() if os.path.exists(path) else ""
+    stats = re.findall(r"#(\d+): cov: (\d+) ft: (\d+) corp: (\d+) exec/s: (\d+).*?time: (\d+)s", log)
+    last = stats[-1] if stats else ("0",) * 6
+    arts = sorted(os.listdir(f"artifacts/{t}")) if os.path.isdir(f"artifacts/{t}") else []
+    out["targets"][t] = {
+        "seconds": int(last[5]),
+        "executions": int(last[0]),
+        "coverage_edges": int(last[1]),
+        "features": int(last[2]),
+        "corpus_inputs": count(f"corpus-run/{t}"),
+        "execs_per_s": int(last[4]),
+        "seeds_committed": count(f"corpus/{t}"),
+        "regressions_committed": count(f"regressions/{t}"),
+        "crashes": sum(a.startswith("crash") for a in arts),
+        "timeouts": sum(a.startswith("timeout") for a in arts),
+        "ooms": sum(a.startswith("oom") for a in arts),
+        "artifacts": arts,
+    }
+os.makedirs("../results/fuzz", exist_ok=True)
+tmp = "../results/fuzz/report.json.tmp"
+with open(tmp, "w") as f:
+    json.dump(out, f, indent=1)
+    f.write("\n")
+os.replace(tmp, "../results/fuzz/report.json")
+for t, r in out["targets"].items():
+    print(f"{t:12} {r['seconds']:4d}s {r['executions']:9d} runs {r['coverage_edges']:6d} edges "
+          f"crash/timeout/oom {r['crashes']}/{r['timeouts']}/{r['ooms']}")
