@@ -31,6 +31,9 @@ pub enum Piece {
 
 /// The marker of a hole in an infilling template: `[MASK:n]` (n >= 1 generated tokens).
 pub const HOLE_SYNTAX: &str = "[MASK:n]";
+/// Longest row a template may ask for (far beyond any model's length): checked before a row is
+/// allocated, so `[MASK:99999999999]` is an error, not an allocation of its size.
+pub const MAX_TEMPLATE_LEN: usize = 1 << 20;
 
 /// Split `"The [MASK:5] sat on the [MASK:3]."` into text and holes. A `[MASK:` without a positive
 /// count and a closing bracket is an error that quotes it; a bare `[MASK]` is one hole.
@@ -57,6 +60,11 @@ pub fn parse_infill(template: &str) -> Result<Vec<Piece>> {
                     &num[..end]
                 ))
             })?;
+            if n > MAX_TEMPLATE_LEN {
+                return Err(bad(format!(
+                    "hole '[MASK:{n}]' at byte {at}: at most {MAX_TEMPLATE_LEN} tokens"
+                )));
+            }
             if n == 0 {
                 return Err(bad(format!("hole '[MASK:0]' at byte {at}: n must be >= 1")));
             }
@@ -118,22 +126,44 @@ impl Template {
         len: Option<usize>,
         mut encode: impl FnMut(&str) -> Result<Vec<u32>>,
     ) -> Result<Self> {
-        let mut fixed: Vec<Option<u32>> = start.iter().map(|&t| Some(t)).collect();
-        for p in pieces {
-            match p {
-                Piece::Text(s) => fixed.extend(encode(s)?.into_iter().map(Some)),
-                Piece::Hole(n) => fixed.extend(std::iter::repeat_n(None, *n)),
-            }
-        }
-        let need = fixed.len();
-        let len = len.unwrap_or(need);
-        if need > len {
+        // Sizes first: the row is allocated only once it is known to fit.
+        let texts: Vec<Option<Vec<u32>>> = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(s) => encode(s).map(Some),
+                Piece::Hole(_) => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        let need = pieces.iter().zip(&texts).fold(start.len(), |acc, (p, t)| {
+            acc.saturating_add(match (p, t) {
+                (Piece::Hole(n), _) => *n,
+                (_, Some(ids)) => ids.len(),
+                _ => 0,
+            })
+        });
+        let row = len.unwrap_or(need);
+        if need > row {
             return Err(Error::InvalidArgument(format!(
-                "the infill template takes {need} tokens, more than the row of {len} \
+                "the infill template takes {need} tokens, more than the row of {row} \
                  (the model's length or --len)"
             )));
         }
-        fixed.resize(len, None);
+        if row > MAX_TEMPLATE_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "the infill template makes a row of {row} tokens, more than the {MAX_TEMPLATE_LEN} \
+                 idlm builds"
+            )));
+        }
+        let mut fixed: Vec<Option<u32>> = Vec::with_capacity(row);
+        fixed.extend(start.iter().map(|&t| Some(t)));
+        for (p, t) in pieces.iter().zip(texts) {
+            match (p, t) {
+                (Piece::Hole(n), _) => fixed.extend(std::iter::repeat_n(None, *n)),
+                (_, Some(ids)) => fixed.extend(ids.into_iter().map(Some)),
+                _ => {}
+            }
+        }
+        fixed.resize(row, None);
         Ok(Self { fixed })
     }
 
@@ -234,6 +264,42 @@ mod tests {
             let e = parse_infill(bad).unwrap_err().to_string();
             assert!(e.contains("infill template"), "{bad}: {e}");
         }
+    }
+
+    /// Found by fuzz/run.sh: `[MASK:128808888880888]` made the row builder allocate (or overflow)
+    /// before comparing with the row length.
+    #[test]
+    fn huge_holes_are_refused_before_anything_is_allocated() {
+        let enc = |s: &str| Ok(s.bytes().map(u32::from).collect());
+        let e = parse_infill("a [MASK:128808888880888] b")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 1048576 tokens"), "{e}");
+        let max = format!("[MASK:{MAX_TEMPLATE_LEN}]");
+        let pieces = parse_infill(&format!("{max}{max}{max}")).unwrap();
+        let e = Template::infill(&[0], &pieces, Some(64), enc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("takes 3145729 tokens, more than the row of 64"),
+            "{e}"
+        );
+        let e = Template::infill(&[0], &pieces, None, enc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row of 3145729 tokens, more than the 1048576"),
+            "{e}"
+        );
+        let e = Template::infill(
+            &[],
+            &[Piece::Hole(usize::MAX), Piece::Hole(9)],
+            Some(8),
+            enc,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&format!("takes {} tokens", usize::MAX)), "{e}");
     }
 
     #[test]
