@@ -2,9 +2,9 @@
 # Coverage-guided fuzzing of every loader (issue 23): each target of src/fuzz.rs for SECONDS (600
 # by default) under cargo-fuzz (libFuzzer, AddressSanitizer, needs a nightly toolchain:
 # `cargo install cargo-fuzz`), LANES targets at a time. Crashes, hangs (> 10 s) and out-of-memory
-# (> 2 GiB) do not stop a run: each is kept under fuzz/artifacts/<target>/. New inputs go to
-# fuzz/corpus-run/<target>/ (not committed); at the end those adding coverage are merged into the
-# committed fuzz/corpus/<target>/, and results/fuzz/report.json gets the counts per target.
+# (> 2 GiB) do not stop a run: each is kept under fuzz/artifacts/<target>/. The committed seeds of
+# fuzz/corpus/<target>/ start it; what it finds goes to fuzz/corpus-run/<target>/ (not committed:
+# tens of MB), and results/fuzz/report.json gets the counts per target (fuzz/report.py).
 #   bash fuzz/run.sh                 # every target, 10 minutes each, 2 at a time
 #   SECONDS_PER=30 bash fuzz/run.sh config pickle
 set -euo pipefail
@@ -26,8 +26,6 @@ one() {
         -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
         -max_total_time="$PER" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
         -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1 || true
-    ./target/x86_64-unknown-linux-gnu/release/"$t" -merge=1 "corpus/$t" "corpus-run/$t" \
-        >"logs/$t.merge.log" 2>&1 || true
     echo "$t done"
 }
 running=0
@@ -40,29 +38,4 @@ for t in "${TARGETS[@]}"; do
     fi
 done
 wait
-python3 - "$PER" "${TARGETS[@]}" <<'PY'
-import json, os, re, sys
-per, targets = int(sys.argv[1]), sys.argv[2:]
-path = "../results/fuzz/report.json"
-report = json.load(open(path)) if os.path.exists(path) else {"targets": {}}
-for t in targets:
-    log = open(f"logs/{t}.log", errors="replace").read()
-    stats = re.findall(r"#(\d+): cov: (\d+) ft: (\d+) corp: (\d+) exec/s: (\d+)", log)
-    last = stats[-1] if stats else ("0", "0", "0", "0", "0")
-    arts = sorted(os.listdir(f"artifacts/{t}")) if os.path.isdir(f"artifacts/{t}") else []
-    report["targets"][t] = {
-        "seconds": per, "executions": int(last[0]), "coverage_edges": int(last[1]),
-        "features": int(last[2]), "corpus_run": int(last[3]), "execs_per_s": int(last[4]),
-        "committed_corpus_files": len(os.listdir(f"corpus/{t}")),
-        "crashes": len([a for a in arts if a.startswith("crash")]),
-        "timeouts": len([a for a in arts if a.startswith("timeout")]),
-        "ooms": len([a for a in arts if a.startswith("oom")]),
-        "artifacts": arts,
-    }
-report["command"] = "bash fuzz/run.sh"
-os.makedirs("../results/fuzz", exist_ok=True)
-tmp = path + ".tmp"
-json.dump(report, open(tmp, "w"), indent=1)
-os.replace(tmp, path)
-print(json.dumps({t: {k: report["targets"][t][k] for k in ("executions", "coverage_edges", "crashes", "timeouts", "ooms")} for t in targets}, indent=1))
-PY
+python3 report.py
