@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """results/fuzz/report.json from the logs of `fuzz/run.sh` (fuzz/logs/<target>.log) and what the runs
-kept (fuzz/artifacts/<target>/, fuzz/corpus-run/<target>/). Run from fuzz/: `python3 report.py`."""
+kept (fuzz/artifacts/<target>/: open findings; fuzz/regressions/<target>/: fixed ones, replayed by
+tests/fuzz_corpus.rs; fuzz/corpus-run/<target>/). Run from fuzz/: `python3 report.py`."""
 import json, os, re, subprocess
 
 targets = re.findall(r'^name = "(.*)"$', open("Cargo.toml").read(), re.M)
@@ -25,7 +26,7 @@ for t in targets:
         "corpus_inputs": count(f"corpus-run/{t}"),
         "execs_per_s": int(last[4]),
         "seeds_committed": count(f"corpus/{t}"),
-        "regressions_committed": count(f"regressions/{t}"),
+        "fixed_findings": sorted(os.listdir(f"regressions/{t}")) if os.path.isdir(f"regressions/{t}") else [],
         "crashes": sum(a.startswith("crash") for a in arts),
         "timeouts": sum(a.startswith("timeout") for a in arts),
         "ooms": sum(a.startswith("oom") for a in arts),

@@ -198,6 +198,8 @@ fn read_lightning(path: &Path, role: Role) -> Result<Source> {
         .dict_get(root, "hyper_parameters")
         .and_then(|h| p.dict_get(h, "config"))
         .map(|c| omegaconf::to_json(p, c))
+        .transpose()
+        .map_err(|e| Error::ckpt(path, e))?
         .unwrap_or(Value::Null);
     let tokenizer_json = p
         .dict_get(root, "hyper_parameters")
