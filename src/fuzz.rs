@@ -233,11 +233,11 @@ pub fn serve_body(data: &[u8]) {
 
 /// A pickle stream (checkpoint import), then its OmegaConf reading.
 pub fn pickle(data: &[u8]) {
-    if let Ok(p) = crate::interop::pickle::Pickle::parse(data) {
-        if let Ok(v) = crate::interop::omegaconf::to_json(&p, p.root()) {
-            let _ = crate::interop::omegaconf::lookup(&v, "model.length");
-            let _ = crate::interop::omegaconf::usize_at(&v, "model.hidden_size");
-        }
+    if let Ok(p) = crate::interop::pickle::Pickle::parse(data)
+        && let Ok(v) = crate::interop::omegaconf::to_json(&p, p.root())
+    {
+        let _ = crate::interop::omegaconf::lookup(&v, "model.length");
+        let _ = crate::interop::omegaconf::usize_at(&v, "model.hidden_size");
     }
 }
 
