@@ -41,3 +41,23 @@ os.replace(tmp, "../results/fuzz/report.json")
 for t, r in out["targets"].items():
     print(f"{t:12} {r['seconds']:4d}s {r['executions']:9d} runs {r['coverage_edges']:6d} edges "
           f"crash/timeout/oom {r['crashes']}/{r['timeouts']}/{r['ooms']}")
+
+rows = ["| target | seconds | runs | coverage edges | open crash / timeout / oom | fixed findings |",
+        "|---|---|---|---|---|---|"]
+for t, r in out["targets"].items():
+    fixed = ", ".join(f"`{f}`" for f in r["fixed_findings"]) or "-"
+    rows.append(f"| `{t}` | {r['seconds']} | {r['executions']:,} | {r['coverage_edges']:,} | "
+                f"{r['crashes']} / {r['timeouts']} / {r['ooms']} | {fixed} |")
+readme = f"""# Fuzzing report
+
+Made by `bash fuzz/run.sh` (cargo-fuzz, libFuzzer with AddressSanitizer, 2 GiB memory and
+allocation limits, 10 s per input; 2-3 targets at a time on 2 cores), then `python3 fuzz/report.py`
+(idlm commit {out.get('idlm_commit', '?')} at report time). Each target's last run is counted; the
+findings were fixed, their inputs are in `fuzz/regressions/<target>/`, and the targets whose code
+changed (packed, template, pickle) were run again for 10 minutes afterwards. What each target
+feeds is in [fuzz/README.md](../../fuzz/README.md).
+
+""" + "\n".join(rows) + "\n"
+tmp = "../results/fuzz/README.md.tmp"
+open(tmp, "w").write(readme)
+os.replace(tmp, "../results/fuzz/README.md")
