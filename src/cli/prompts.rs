@@ -10,7 +10,7 @@ use super::SampleArgs;
 use idlm::data::TextTokenizer;
 use idlm::sample::Template;
 use idlm::sample::record::SampleRecord;
-use idlm::sample::template::{completion_ids, parse_infill};
+use idlm::sample::template::{completion_ids, parse_infill, prompt_prefix};
 
 /// One conditioning of a request.
 pub struct Condition {
@@ -102,9 +102,7 @@ pub fn conditions(
     let len = a.len.unwrap_or(model_len);
     let encode = |s: &str| -> idlm::Result<Vec<u32>> { tok.encode(s) };
     let prefix = |p: &str| -> Result<Arc<Template>> {
-        let mut ids = vec![bos];
-        ids.extend(encode(p)?);
-        ids.extend(sep);
+        let ids = prompt_prefix(bos, encode(p)?, sep);
         Ok(Arc::new(Template::prefix(&ids, len).with_context(
             || format!("prompt {:?}", p.chars().take(60).collect::<String>()),
         )?))

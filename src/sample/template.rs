@@ -20,6 +20,15 @@ pub struct Template {
     fixed: Vec<Option<u32>>,
 }
 
+/// The clamped start of a prompted row: `[BOS] prompt`, then a pairs model's separator.
+pub fn prompt_prefix(bos: u32, prompt: Vec<u32>, sep: Option<u32>) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(prompt.len() + 2);
+    ids.push(bos);
+    ids.extend(prompt);
+    ids.extend(sep);
+    ids
+}
+
 /// One piece of an infilling template: given text or a hole of `n` generated tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
@@ -127,20 +136,20 @@ impl Template {
         mut encode: impl FnMut(&str) -> Result<Vec<u32>>,
     ) -> Result<Self> {
         // Sizes first: the row is allocated only once it is known to fit.
-        let texts: Vec<Option<Vec<u32>>> = pieces
+        let mut texts = Vec::new();
+        for p in pieces {
+            if let Piece::Text(s) = p {
+                texts.push(encode(s)?);
+            }
+        }
+        let need = pieces
             .iter()
             .map(|p| match p {
-                Piece::Text(s) => encode(s).map(Some),
-                Piece::Hole(_) => Ok(None),
+                Piece::Hole(n) => *n,
+                Piece::Text(_) => 0,
             })
-            .collect::<Result<_>>()?;
-        let need = pieces.iter().zip(&texts).fold(start.len(), |acc, (p, t)| {
-            acc.saturating_add(match (p, t) {
-                (Piece::Hole(n), _) => *n,
-                (_, Some(ids)) => ids.len(),
-                _ => 0,
-            })
-        });
+            .chain(texts.iter().map(Vec::len))
+            .fold(start.len(), usize::saturating_add);
         let row = len.unwrap_or(need);
         if need > row {
             return Err(Error::InvalidArgument(format!(
@@ -156,11 +165,11 @@ impl Template {
         }
         let mut fixed: Vec<Option<u32>> = Vec::with_capacity(row);
         fixed.extend(start.iter().map(|&t| Some(t)));
-        for (p, t) in pieces.iter().zip(texts) {
-            match (p, t) {
-                (Piece::Hole(n), _) => fixed.extend(std::iter::repeat_n(None, *n)),
-                (_, Some(ids)) => fixed.extend(ids.into_iter().map(Some)),
-                _ => {}
+        let mut texts = texts.into_iter();
+        for p in pieces {
+            match p {
+                Piece::Hole(n) => fixed.extend(std::iter::repeat_n(None, *n)),
+                Piece::Text(_) => fixed.extend(texts.next().into_iter().flatten().map(Some)),
             }
         }
         fixed.resize(row, None);

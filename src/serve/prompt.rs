@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::error::ApiError;
 use crate::data::TextTokenizer;
 use crate::sample::Template;
-use crate::sample::template::completion_ids;
+use crate::sample::template::{completion_ids, prompt_prefix};
 
 /// What a model needs to turn request text into a row template.
 #[derive(Clone)]
@@ -73,9 +73,7 @@ impl PromptCodec {
                 "an autoregressive model only continues a prompt: leave suffix out",
             ));
         }
-        let mut head = vec![self.bos];
-        head.extend(self.encode("prompt", prompt)?);
-        head.extend(self.sep);
+        let head = prompt_prefix(self.bos, self.encode("prompt", prompt)?, self.sep);
         let tail = self.encode("suffix", suffix)?;
         let given = head.len() + tail.len();
         if given >= max_len {
