@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # The miniature of the paper's conditional experiment, teacher only (issue 21, part 5): seeded
-# TinyGSM-style problems (idlm data synth-math), prompt/answer rows of 128 tokens (BPE 512), a
+# TinyGSM-style problems (idlm data synth-math), prompt/answer rows of 128-144 tokens (BPE 512), a
 # `mini` MDLM teacher trained on 2 cores for at most MINUTES, then accuracy by execution on both
 # held-out splits (unseen numbers, unseen templates) at several step counts, greedy noise removal.
-# Writes results/synth-math-teacher/summary.json (+ the eval JSONs). Usage:
-#   bash scripts/synth_math_teacher.sh [WORK_DIR]      (MINUTES=50 STEPS="1024 64 16 8 4" N=200)
+# STYLE=varied (the default: equivalent programs with random spellings, see src/task/style.rs)
+# or fixed (one program per problem; results/synth-math-teacher-fixed came from it, as it was
+# the only style then, with WORK_DIR runs/gsm). Writes results/synth-math-teacher-$STYLE/
+# summary.json (+ the eval JSONs). Usage:
+#   bash scripts/synth_math_teacher.sh [WORK_DIR]   (STYLE=varied MINUTES=50 STEPS="1024 64 16 8 4" N=200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=${1:-runs/gsm}
+style=${STYLE:-varied}
+work=${1:-runs/gsm-$style}
 minutes=${MINUTES:-50}
 steps=${STEPS:-1024 64 16 8 4}
 n=${N:-200}
-out=results/synth-math-teacher
-idlm=target/release/idlm
+# Varied programs are longer (spellings such as my_total): 144 tokens holds every pair of them.
+seq_len=${SEQ_LEN:-$([ "$style" = fixed ] && echo 128 || echo 144)}
+out=results/synth-math-teacher-$style
 cargo build --release --bin idlm
 mkdir -p "$work" "$out"
-[ -d "$work/synth" ] || $idlm data synth-math --out "$work/synth" --seed 0 --train 50000 --test "$n"
+# A copy, so that rebuilding the checkout while this runs does not swap the binary under it.
+cp target/release/idlm "$work/idlm.bin"
+idlm=$work/idlm.bin
+[ -d "$work/synth" ] || $idlm data synth-math --out "$work/synth" --style "$style" --seed 0 --train 50000 --test "$n"
 [ -d "$work/data" ] || $idlm prepare --corpus "$work/synth/train.jsonl" --format pairs --vocab 512 \
-    --seq-len 128 --valid-fraction 0.02 --out "$work/data"
+    --seq-len "$seq_len" --valid-fraction 0.02 --out "$work/data"
 [ -d "$work/teacher" ] || $idlm train --data "$work/data" --preset mini --out "$work/teacher" \
     --max-steps 20000 --max-minutes "$minutes" --set train.eval_every=500 --set train.ckpt_every=500 --quiet
 for split in test_numbers test_templates; do
@@ -37,6 +45,7 @@ for f in sorted(glob.glob(os.path.join(out, "test_*-*.json"))):
     split, k = os.path.basename(f)[:-5].rsplit("-", 1)
     s = [json.loads(l) for l in open(os.path.join(work, f"{split}-{k}.jsonl"))]
     rows.append({"method": "mdlm-teacher", "process": "mdlm", "steps": int(k), "split": split,
+                 "style": os.path.basename(out).rsplit("-", 1)[1],
                  "accuracy": d["accuracy"], "accuracy_se": d["accuracy_se"],
                  "nfe": sum(r["nfe"] for r in s) / len(s),
                  "seconds_per_sample": sum(r["seconds"] for r in s) / len(s), "samples": len(s),

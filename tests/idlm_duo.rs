@@ -13,8 +13,7 @@ use idlm::nn::init::init_dit;
 use idlm::nn::{Dit, DitConfig};
 use idlm::process::curriculum::{DuoConfig, DuoCurriculum};
 use idlm::process::duality::{alpha_tilde, sigma_tilde};
-use idlm::process::relaxation::gaussian::duo_generator_loss;
-use idlm::process::uniform::Signal;
+use idlm::process::relaxation::gaussian::{Clamp, Renoising, duo_generator_loss};
 use rand::{Rng, SeedableRng};
 
 const V: usize = 7;
@@ -49,10 +48,7 @@ fn net(seed: u64) -> Dit {
 
 struct Case {
     latent: DuoCurriculum,
-    xi: Tensor,
-    scales: Vec<(f64, f64)>,
-    signals: Vec<Signal>,
-    sigma: Vec<f32>,
+    r: Renoising,
     _dir: tempfile::TempDir,
 }
 
@@ -77,10 +73,15 @@ fn case() -> Case {
     }
     Case {
         latent,
-        xi,
-        scales,
-        signals,
-        sigma,
+        r: Renoising {
+            xi,
+            scales,
+            signals,
+            sigma,
+            l: L,
+            tau: 1.0,
+            clamp: None,
+        },
         _dir: dir,
     }
 }
@@ -95,10 +96,7 @@ fn loss_and_grad(
 ) -> (f64, Vec<f32>) {
     let zv = Var::from_vec(z.to_vec(), (B * L, V), &Device::Cpu).unwrap();
     let g = candle_nn::ops::softmax(zv.as_tensor(), 1).unwrap();
-    let loss = duo_generator_loss(
-        &c.latent, teacher, fake, &g, &c.xi, &c.scales, &c.signals, &c.sigma, L, 1.0, mode,
-    )
-    .unwrap();
+    let loss = duo_generator_loss(&c.latent, teacher, fake, &g, &c.r, mode).unwrap();
     let grads = loss.backward().unwrap();
     let gz = grads
         .get(zv.as_tensor())
@@ -162,6 +160,51 @@ fn teacher_equal_to_fake_gives_zero_loss_and_gradient() {
     // Without a fake (the naive ablation) the loss is l(f*, G) > 0.
     let (naive, _) = loss_and_grad(&c, &teacher, None, &z, DuoGradient::Pathwise);
     assert!(naive > 0.0);
+}
+
+#[test]
+fn clamped_prompts_get_no_loss_and_no_gradient() {
+    let mut c = case();
+    let (teacher, fake) = (net(1), net(2));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let z: Vec<f32> = (0..B * L * V)
+        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+        .collect();
+    let (free, _) = loss_and_grad(&c, &teacher, Some(&fake), &z, DuoGradient::Pathwise);
+    // Row 0 has a prompt of 2 tokens, row 1 none.
+    let x0 = [3u32, 5, 1, 2, 4, 6];
+    let prompts = [2usize, 0];
+    c.r.clamp = Clamp::new(&x0, L, V, &prompts, &Device::Cpu).unwrap();
+    assert!(c.r.clamp.is_some());
+    let (loss, grad) = loss_and_grad(&c, &teacher, Some(&fake), &z, DuoGradient::Pathwise);
+    assert!(
+        (loss - free).abs() > 1e-6,
+        "clamping changed nothing: {loss}"
+    );
+    let clamped = |i: usize| i / L == 0 && i % L < prompts[0];
+    for (k, g) in grad.iter().enumerate() {
+        let i = k / V;
+        if clamped(i) {
+            assert_eq!(*g, 0.0, "gradient reaches clamped position {i}");
+        }
+    }
+    assert!(grad.iter().any(|g| g.abs() > 1e-6));
+    // The student's output at a clamped position changes nothing.
+    let mut z2 = z.clone();
+    for (k, x) in z2.iter_mut().enumerate() {
+        if clamped(k / V) {
+            *x = -3.0 * *x + 1.0;
+        }
+    }
+    let (loss2, _) = loss_and_grad(&c, &teacher, Some(&fake), &z2, DuoGradient::Pathwise);
+    assert_eq!(loss, loss2);
+    // Rows without prompts need no clamp.
+    assert!(
+        Clamp::new(&x0, L, V, &[0, 0], &Device::Cpu)
+            .unwrap()
+            .is_none()
+    );
+    assert!(Clamp::new(&x0[..4], L, V, &[1, 0], &Device::Cpu).is_err());
 }
 
 fn duo_teacher(root: &Path, data: &Path) -> std::path::PathBuf {

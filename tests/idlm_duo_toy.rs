@@ -140,7 +140,7 @@ fn p_theta(
         .map(|i| (i as f64 + rng.random::<f64>()) / m as f64)
         .collect();
     let rel = latent
-        .corrupt(&x0, l, &t, TAU, &mut rng, &Device::Cpu)
+        .corrupt(&x0, l, &t, &vec![0; m], TAU, &mut rng, &Device::Cpu)
         .unwrap();
     let sigma = Tensor::from_slice(&rel.sigma, m, &Device::Cpu).unwrap();
     let feats = student

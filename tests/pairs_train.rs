@@ -275,39 +275,10 @@ fn a_tiny_teacher_learns_a_one_template_task_from_its_prompts() {
         dir,
     ));
     let prompts = dir.join("prompts.jsonl");
-    let mut s = String::new();
-    for w in &WORDS[..WORDS.len() - 1] {
-        s.push_str(&format!("{{\"prompt\": \"after {w} comes\"}}\n"));
-    }
-    std::fs::write(&prompts, s).unwrap();
-    let out = ok(&idlm(
-        &[
-            "sample",
-            "--ckpt",
-            run.to_str().unwrap(),
-            "--prompts",
-            prompts.to_str().unwrap(),
-            "-n",
-            "2",
-            "--steps",
-            "64",
-            "--noise-removal",
-            "greedy",
-        ],
-        dir,
-    ));
-    let mut right = 0;
-    let mut total = 0;
-    for line in out.lines() {
-        let r: serde_json::Value = serde_json::from_str(line).unwrap();
-        let i = r["prompt_index"].as_u64().unwrap() as usize;
-        total += 1;
-        if r["completion"].as_str().unwrap().trim() == WORDS[i + 1] {
-            right += 1;
-        }
-    }
+    write_prompts(&prompts);
+    let (right, total) = right_answers(dir, &run, &prompts, "64", "2");
     assert_eq!(total, 22);
-    assert_eq!(right, total, "answers:\n{out}");
+    assert_eq!(right, total, "teacher at 64 steps");
 
     // IDLM distils on the same rows with their prompts clamped; the student answers in 4 steps.
     let student = dir.join("student");
@@ -335,32 +306,8 @@ fn a_tiny_teacher_learns_a_one_template_task_from_its_prompts() {
         )
     };
     ok(&distill("idlm", st));
-    let p = prompts.to_str().unwrap();
-    let answers = |ckpt: &str, steps: &str| {
-        let out = ok(&idlm(
-            &[
-                "sample",
-                "--ckpt",
-                ckpt,
-                "--prompts",
-                p,
-                "--steps",
-                steps,
-                "--noise-removal",
-                "greedy",
-            ],
-            dir,
-        ));
-        let right = out
-            .lines()
-            .filter(|line| {
-                let r: serde_json::Value = serde_json::from_str(line).unwrap();
-                let i = r["prompt_index"].as_u64().unwrap() as usize;
-                r["completion"].as_str().unwrap().trim() == WORDS[i + 1]
-            })
-            .count();
-        (right, out.lines().count())
-    };
+    let answers =
+        |ckpt: &str, steps: &str| right_answers(dir, Path::new(ckpt), &prompts, steps, "8");
     let (teacher4, student4) = (answers(t, "4"), answers(st, "4"));
     eprintln!("right at 4 steps (right, of): teacher {teacher4:?}, student {student4:?}");
     assert_eq!(student4.1, 11 * 8);
@@ -371,27 +318,100 @@ fn a_tiny_teacher_learns_a_one_template_task_from_its_prompts() {
     let sdtt4 = answers(sdtt.to_str().unwrap(), "4");
     eprintln!("SDTT student: {sdtt4:?}");
     assert!(sdtt4.0 * 10 >= sdtt4.1 * 9, "SDTT student: {sdtt4:?}");
-    // DCD's Gaussian latent noises every position: a Duo teacher of pairs is refused by name.
-    let duo = dir.join("duo");
-    let d = data.to_str().unwrap();
-    let args = ["train", "--data", d, "--preset", "tiny", "--process", "duo"];
-    ok(&idlm(
+}
+
+/// (right, total) of `ckpt`'s greedy answers to the prompts file at `steps` steps, `n` each.
+fn right_answers(dir: &Path, ckpt: &Path, prompts: &Path, steps: &str, n: &str) -> (usize, usize) {
+    let out = ok(&idlm(
         &[
-            &args[..],
-            &[
-                "--out",
-                duo.to_str().unwrap(),
-                "--max-steps",
-                "2",
-                "--quiet",
-            ],
-        ]
-        .concat(),
+            "sample",
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "-n",
+            n,
+            "--steps",
+            steps,
+            "--noise-removal",
+            "greedy",
+        ],
         dir,
     ));
+    let right = out
+        .lines()
+        .filter(|line| {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let i = r["prompt_index"].as_u64().unwrap() as usize;
+            r["completion"].as_str().unwrap().trim() == WORDS[i + 1]
+        })
+        .count();
+    (right, out.lines().count())
+}
+
+/// The one-template task's prompts, one per line.
+fn write_prompts(path: &Path) {
+    let mut s = String::new();
+    for w in &WORDS[..WORDS.len() - 1] {
+        s.push_str(&format!("{{\"prompt\": \"after {w} comes\"}}\n"));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn a_tiny_duo_teacher_and_its_dcd_and_idlm_students_answer_with_clamped_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let f = dir.join("pairs.jsonl");
+    write_pairs(&f, 60);
+    let data = dir.join("data");
+    let d = data.to_str().unwrap();
+    let prep = [
+        "--vocab",
+        "300",
+        "--seq-len",
+        "12",
+        "--valid-fraction",
+        "0.1",
+        "--out",
+        d,
+    ];
+    ok(&prepare_pairs(dir, &f, &prep));
+    let prompts = dir.join("prompts.jsonl");
+    write_prompts(&prompts);
+    // Duo's Gaussian curriculum (with clamped prompts) for the first 200 steps, then the plain
+    // NELBO (clamped too).
+    let duo = dir.join("duo");
+    let sets = [
+        "train.lr=3e-3",
+        "train.batch_size=16",
+        "train.ema_decay=0.9",
+        "train.eval_every=3000",
+        "train.ckpt_every=3000",
+        "model.time_conditioning=true",
+        "duo.curriculum_end=200",
+        "duo.table_points=2000",
+    ];
+    let mut args = vec!["train", "--data", d, "--preset", "tiny", "--process", "duo"];
+    args.extend([
+        "--out",
+        duo.to_str().unwrap(),
+        "--max-steps",
+        "3000",
+        "--quiet",
+    ]);
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    ok(&idlm(&args, dir));
+    let teacher = right_answers(dir, &duo, &prompts, "64", "8");
+    eprintln!("Duo teacher at 64 steps (right, of): {teacher:?}");
+    assert_eq!(teacher.1, 88);
+    assert!(teacher.0 * 10 >= teacher.1 * 9, "Duo teacher: {teacher:?}");
+    // DCD and IDLM-Duo keep the prompts clean in their Gaussian latents and out of their losses.
     for method in ["dcd", "idlm"] {
         let out = dir.join(format!("duo-{method}"));
-        let msg = err(&idlm(
+        ok(&idlm(
             &[
                 "distill",
                 "--teacher",
@@ -401,15 +421,32 @@ fn a_tiny_teacher_learns_a_one_template_task_from_its_prompts() {
                 "--out",
                 out.to_str().unwrap(),
                 "--max-steps",
-                "2",
+                "20",
+                "--set",
+                "batch_size=8",
+                "--set",
+                "val_every=10",
+                "--set",
+                "val_samples=6",
+                "--set",
+                "val_steps=4",
                 "--no-genppl",
                 "--quiet",
             ],
             dir,
         ));
-        assert!(
-            msg.contains("prompt/answer rows") && msg.contains("does not clamp"),
-            "{msg}"
-        );
+        // Validation answers the validation rows' prompts and scores the answers alone (one
+        // or two tokens: entropy below ln 3), not whole unconditional rows (entropy above 1).
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let vals: Vec<f64> = metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["val_entropy"].as_f64())
+            .collect();
+        assert_eq!(vals.len(), 3, "validation at steps 0, 10, 20:\n{metrics}");
+        assert!(vals.iter().all(|&e| e < 3f64.ln()), "{vals:?}");
+        let student = right_answers(dir, &out, &prompts, "4", "8");
+        eprintln!("{method} student at 4 steps: {student:?}");
+        assert!(student.0 * 10 >= student.1 * 9, "{method}: {student:?}");
     }
 }

@@ -60,8 +60,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 seed,
                 train,
                 test,
+                style,
             } => {
-                let r = idlm::task::synth::write_synth_math(&out, seed, train, test)?;
+                let style = idlm::task::style::Style::parse(&style)?;
+                let r = idlm::task::synth::write_synth_math(&out, seed, train, test, style)?;
                 for (split, n, chars) in &r.splits {
                     println!("{split}: {n} problems, mean answer {chars:.0} characters");
                 }

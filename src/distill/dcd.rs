@@ -1,7 +1,8 @@
 //! DCD, Duo's discrete consistency distillation (docs/algorithms.md §3.7): on one deterministic Gaussian
 //! trajectory (a shared xi), the student at the hard state of time t learns the frozen teacher's
 //! prediction at the state of time s = t - dt, by KL(student || teacher); every round dt doubles
-//! and the teacher becomes the student's raw weights.
+//! and the teacher becomes the student's raw weights. Prompt/answer rows keep their prompts clean
+//! in both states and out of the KL.
 
 use candle_core::{D, Tensor};
 
@@ -12,9 +13,10 @@ use super::rounds::{RoundNets, RoundStats, Weights};
 use crate::Result;
 use crate::checkpoint::Checkpoint;
 use crate::data::PackedTokens;
+use crate::data::pairs::{RowLayout, prompt_lens};
 use crate::nn::{DitInput, DropoutRng};
 use crate::process::ForwardProcess;
-use crate::process::curriculum::{DuoConfig, DuoCurriculum, LatentPair};
+use crate::process::curriculum::{DuoConfig, DuoCurriculum, LatentPair, prompt_mask};
 use crate::process::schedule::antithetic_times;
 
 /// What one update measured.
@@ -29,6 +31,8 @@ pub struct Dcd {
     /// Times and noise.
     pub rngs: DistillRngs,
     latent: DuoCurriculum,
+    /// Row layout of the data: prompt/answer rows keep their prompts clamped.
+    pub layout: RowLayout,
 }
 
 /// The Gaussian latent over DCD's gamma window for the model's vocabulary.
@@ -49,6 +53,7 @@ impl Dcd {
             nets: RoundNets::new(cfg, teacher, weights)?,
             rngs: DistillRngs::new(cfg.seed),
             latent: latent(cfg, teacher.meta.model.vocab_size)?,
+            layout: RowLayout::Stream,
         })
     }
 
@@ -59,6 +64,7 @@ impl Dcd {
             nets: RoundNets::from_loaded(l)?,
             rngs: l.state.rngs.clone(),
             latent: latent(&l.state.config, l.ck.meta.model.vocab_size)?,
+            layout: RowLayout::Stream,
         })
     }
 
@@ -74,7 +80,7 @@ impl Dcd {
         let times = antithetic_times(b * acc, &mut self.rngs.time);
         let dt = self.dt();
         let dev = self.nets.student.model.device().clone();
-        let mut jobs: Vec<(LatentPair, Tensor)> = Vec::with_capacity(acc);
+        let mut jobs: Vec<(LatentPair, Tensor, Tensor, usize)> = Vec::with_capacity(acc);
         for m in 0..acc {
             let x0 = self.nets.student.next_rows(data, b)?;
             // t moved up by dt and clipped, s = t - dt: both on the sampler's [0, 1].
@@ -83,21 +89,27 @@ impl Dcd {
                 .map(|&ti| (ti + dt).clamp(0.0, 1.0))
                 .collect();
             let s: Vec<f64> = t.iter().map(|&ti| ti - dt).collect();
-            let pair = self.latent.pair(&x0, l, &t, &s, &mut self.rngs.noise)?;
+            // Clean prompts in both states: the teacher conditions on them, the KL leaves them out.
+            let prompts = prompt_lens(&x0, l, self.layout);
+            let pair = self
+                .latent
+                .pair(&x0, l, &t, &s, &prompts, &mut self.rngs.noise)?;
             let xs = Tensor::from_slice(&pair.xs, (b, l), &dev)?;
             let sig = Tensor::from_slice(&pair.sigma_s, b, &dev)?;
             let feats = self.nets.teacher.features(DitInput::Ids(&xs), &sig, None)?;
             let d = feats.dim(2)?;
             let logits = self.nets.teacher.head(&feats.reshape((b * l, d))?)?;
             let target = candle_nn::ops::log_softmax(&logits, D::Minus1)?.detach();
-            jobs.push((pair, target));
+            let keep = prompt_mask(&prompts, l, &dev)?;
+            let counted = b * l - prompts.iter().map(|&p| p.min(l)).sum::<usize>();
+            jobs.push((pair, target, keep, counted));
         }
         let p = self.cfg.dropout;
         let st = self
             .nets
             .student
             .optimize((b * l * acc) as u64, |model, micro, rng| {
-                let (pair, target) = &jobs[micro];
+                let (pair, target, keep, counted) = &jobs[micro];
                 let mut drop = DropoutRng { p, rng };
                 let xt = Tensor::from_slice(&pair.xt, (b, l), &dev)?;
                 let sig = Tensor::from_slice(&pair.sigma_t, b, &dev)?;
@@ -105,9 +117,10 @@ impl Dcd {
                 let d = feats.dim(2)?;
                 let logits = model.head(&feats.reshape((b * l, d))?)?;
                 let lq = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-                // kl-bwd: sum_v f_theta (log f_theta - log f_teacher), mean over tokens.
+                // kl-bwd: sum_v f_theta (log f_theta - log f_teacher), mean over the tokens
+                // outside the prompts.
                 let kl = lq.exp()?.mul(&(&lq - target)?)?.sum(D::Minus1)?;
-                Ok((kl.sum_all()? / (b * l) as f64)?)
+                Ok(((kl * keep)?.sum_all()? / (*counted).max(1) as f64)?)
             })?;
         let round = self.nets.round;
         self.nets.end_update(self.cfg.dcd_round_steps)?;
@@ -134,5 +147,9 @@ impl RoundDistiller for Dcd {
     }
     fn update(&mut self, _: &dyn ForwardProcess, data: &PackedTokens) -> Result<RoundStats> {
         self.step(data)
+    }
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
+        self.layout = layout;
+        Ok(())
     }
 }

@@ -30,7 +30,8 @@ pub trait Distiller {
     fn record(&self, st: &mut DistillState);
     /// Replace the settings (a resume with overrides).
     fn set_config(&mut self, cfg: &DistillConfig);
-    /// The data's row layout; prompt/answer rows are refused by a method that cannot clamp them.
+    /// The data's row layout: prompt/answer rows keep their prompts clean in every state and out
+    /// of every loss.
     fn set_layout(&mut self, layout: RowLayout) -> Result<()>;
     /// One update: its metrics line and a short progress message.
     fn advance(
@@ -50,21 +51,8 @@ pub trait RoundDistiller {
     fn config_mut(&mut self) -> &mut DistillConfig;
     /// One student update (the round advances inside).
     fn update(&mut self, process: &dyn ForwardProcess, data: &PackedTokens) -> Result<RoundStats>;
-    /// The data's row layout (DCD: stream rows only, its Gaussian latent noises every position).
-    fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
-        refuse_pairs(layout, "DCD")
-    }
-}
-
-/// Refuse prompt/answer rows for a method (`name`) that cannot clamp prompts yet.
-pub fn refuse_pairs(layout: RowLayout, name: &str) -> Result<()> {
-    match layout {
-        RowLayout::Stream => Ok(()),
-        RowLayout::Pairs { .. } => Err(Error::InvalidArgument(format!(
-            "prompt/answer rows: {name} does not clamp prompts yet (IDLM and SDTT of an MDLM \
-             teacher do)"
-        ))),
-    }
+    /// The data's row layout (prompts clamped, as [`Distiller::set_layout`]).
+    fn set_layout(&mut self, layout: RowLayout) -> Result<()>;
 }
 
 impl<T: RoundDistiller> Distiller for T {

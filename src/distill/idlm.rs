@@ -250,9 +250,6 @@ impl Distiller for IdlmRun {
         st.rngs = self.idlm.rngs.clone();
     }
     fn set_layout(&mut self, layout: RowLayout) -> Result<()> {
-        if matches!(self.relax, Relax::Gaussian(_)) {
-            super::distiller::refuse_pairs(layout, "IDLM-Duo")?;
-        }
         self.idlm.layout = layout;
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! resume.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
@@ -16,13 +17,15 @@ use super::sdtt::Sdtt;
 use super::state::{self, DistillState, Loaded, NetState};
 use crate::checkpoint::{self, Checkpoint, DataInfo};
 use crate::data::DataDir;
+use crate::data::pairs::prompt_len;
 use crate::eval::entropy::entropy_stats;
 use crate::eval::genppl::GenPpl;
 use crate::process::{ForwardProcess, ProcessKind};
 use crate::run::{
     Cadence, RunJob, Validation, check_data_matches, data_info, drive, make_process, open_run_dir,
 };
-use crate::sample::{SamplerOptions, sample};
+use crate::sample::template::completion_ids;
+use crate::sample::{Request, SamplerOptions, Template, sample, sample_requests};
 use crate::{Error, Result};
 
 /// What `run_distill` needs.
@@ -269,6 +272,8 @@ fn check_method_fits(method: Method, kind: ProcessKind, dir: &Path) -> Result<()
 }
 
 /// Few-step samples of the student's EMA on a fixed seed: (GenPPL if a scorer is given, entropy).
+/// On prompt/answer data the samples answer the prompts of the first validation rows, clamped,
+/// and are scored on their answers alone (up to the separator).
 fn validate(
     student: &crate::trainer::Trainer,
     process: &dyn ForwardProcess,
@@ -283,15 +288,22 @@ fn validate(
         seed: 1,
         ..student.cfg.sample.clone()
     };
-    let samples = sample(
-        &model,
-        process,
-        cfg.val_samples,
-        data.info.seq_len,
-        &opts,
-        None,
-    )?;
-    let ids: Vec<Vec<u32>> = samples.into_iter().map(|s| s.ids).collect();
+    let l = data.info.seq_len;
+    let ids: Vec<Vec<u32>> = match data.info.rows.sep() {
+        None => sample(&model, process, cfg.val_samples, l, &opts, None)?
+            .into_iter()
+            .map(|s| s.ids)
+            .collect(),
+        Some(sep) => {
+            let (requests, prefixes) = prompted_requests(data, sep, cfg.val_samples, &opts)?;
+            let out = sample_requests(&model, process, &requests, cfg.val_samples, None)?;
+            out.into_iter()
+                .flatten()
+                .zip(prefixes)
+                .map(|(s, p)| completion_ids(&s.ids, p, Some(sep)).to_vec())
+                .collect()
+        }
+    };
     let e = entropy_stats(&ids).mean;
     let g = match scorer {
         Some(s) => {
@@ -304,6 +316,40 @@ fn validate(
         None => None,
     };
     Ok((g, e))
+}
+
+/// One request per validation row (the first `n`, cycled if fewer), its `[BOS] prompt [SEP]`
+/// clamped, each on its own seed; and each prompt's length.
+fn prompted_requests(
+    data: &DataDir,
+    sep: u32,
+    n: usize,
+    opts: &SamplerOptions,
+) -> Result<(Vec<Request>, Vec<usize>)> {
+    let (rows, l) = (data.valid.n_rows(), data.info.seq_len);
+    if rows == 0 {
+        return Err(Error::Data(format!(
+            "{}: no validation rows to take prompts from",
+            data.dir.display()
+        )));
+    }
+    let mut requests = Vec::with_capacity(n);
+    let mut prefixes = Vec::with_capacity(n);
+    for i in 0..n {
+        let row = data.valid.row(i % rows)?;
+        let p = prompt_len(&row, sep);
+        requests.push(Request {
+            n: 1,
+            len: l,
+            opts: SamplerOptions {
+                seed: opts.seed + i as u64,
+                ..opts.clone()
+            },
+            template: Some(Arc::new(Template::prefix(&row[..p], l)?)),
+        });
+        prefixes.push(p);
+    }
+    Ok((requests, prefixes))
 }
 
 /// A fresh distiller of `cfg.method` from a teacher checkpoint; every network starts from the

@@ -68,6 +68,16 @@ pub fn gamma_for_alpha(n: usize, alpha: f64) -> Result<f64> {
     Ok(0.5 * (lo + hi))
 }
 
+/// The soft-input logit of a clamped position's token (0 elsewhere): softmax of it is exactly
+/// one-hot in f32 (exp(-1e4) underflows to 0), so the network embeds exactly the clean token, as
+/// it would from its id.
+pub const CLAMP_LOGIT: f32 = 1e4;
+
+/// Whether position `pos` of a row with a clamped prefix of `prompt` tokens is clamped.
+fn clamped(pos: usize, prompt: usize) -> bool {
+    pos < prompt
+}
+
 /// A batch corrupted through the Gaussian latent.
 pub struct Relaxed {
     /// w / tau, (B, L, V): the network input (softmaxed inside the embedding).
@@ -155,22 +165,27 @@ impl DuoCurriculum {
         (g, Signal { alpha, dalpha })
     }
 
-    /// Corrupt rows `x0` (B x L) at times `t` (one per row) through the Gaussian latent.
+    /// Corrupt rows `x0` (B x L) at times `t` (one per row) through the Gaussian latent; the
+    /// first `prompts[r]` positions of row r stay clean (soft input one-hot, hard state x0). The
+    /// noise is drawn for every position, so clamping changes no other position's draw.
+    #[allow(clippy::too_many_arguments)]
     pub fn corrupt(
         &self,
         x0: &[u32],
         l: usize,
         t: &[f64],
+        prompts: &[usize],
         tau: f64,
         rng: &mut ChaCha8Rng,
         dev: &candle_core::Device,
     ) -> Result<Relaxed> {
         let b = t.len();
         let v = self.process.vocab_size();
-        if x0.len() != b * l {
+        if x0.len() != b * l || prompts.len() != b {
             return Err(Error::InvalidArgument(format!(
-                "{} tokens for {b} rows of {l}",
-                x0.len()
+                "{} tokens and {} prompt lengths for {b} rows of {l}",
+                x0.len(),
+                prompts.len()
             )));
         }
         let mut input = vec![0f32; b * l * v];
@@ -194,6 +209,11 @@ impl DuoCurriculum {
                     *o = (w * inv_tau) as f32;
                 }
                 xt[i] = best.0 as u32;
+                if clamped(pos, prompts[r]) {
+                    row.fill(0.0);
+                    row[x0[i] as usize] = CLAMP_LOGIT;
+                    xt[i] = x0[i];
+                }
             }
             signals.push(s);
             sigma.push(-(s.alpha.ln()) as f32);
@@ -207,18 +227,20 @@ impl DuoCurriculum {
     }
 
     /// DCD's pair (docs/algorithms.md §3.7): w_t = alpha~_t x0 + sigma~_t xi and w_s = alpha~_s x0 +
-    /// sigma~_s xi with one shared xi per position, taken to their hard argmax tokens.
+    /// sigma~_s xi with one shared xi per position, taken to their hard argmax tokens; the first
+    /// `prompts[r]` positions of row r are x0 in both.
     pub fn pair(
         &self,
         x0: &[u32],
         l: usize,
         t: &[f64],
         s: &[f64],
+        prompts: &[usize],
         rng: &mut ChaCha8Rng,
     ) -> Result<LatentPair> {
         let b = t.len();
         let v = self.process.vocab_size();
-        if x0.len() != b * l || s.len() != b {
+        if x0.len() != b * l || s.len() != b || prompts.len() != b {
             return Err(Error::InvalidArgument(format!(
                 "{} tokens and {} / {} times for {b} rows of {l}",
                 x0.len(),
@@ -252,8 +274,11 @@ impl DuoCurriculum {
                         bs = (k, ws);
                     }
                 }
-                out.xt[i] = bt.0 as u32;
-                out.xs[i] = bs.0 as u32;
+                (out.xt[i], out.xs[i]) = if clamped(pos, prompts[r]) {
+                    (x0[i], x0[i])
+                } else {
+                    (bt.0 as u32, bs.0 as u32)
+                };
             }
             out.sigma_t.push(-(st.alpha.ln()) as f32);
             out.sigma_s.push(-(ss.alpha.ln()) as f32);
@@ -261,13 +286,15 @@ impl DuoCurriculum {
         Ok(out)
     }
 
-    /// Mean NELBO integrand over the batch's tokens for a relaxed batch: the network sees the
-    /// soft input, the loss is the hard-target integrand at argmax w with the T(gamma) signal.
+    /// Mean NELBO integrand over the batch's unclamped tokens for a relaxed batch: the network
+    /// sees the soft input, the loss is the hard-target integrand at argmax w with the T(gamma)
+    /// signal; the first `prompts[r]` positions of row r are left out (as `prompted_batch_loss`).
     pub fn batch_loss(
         &self,
         model: &Dit,
         x0: &[u32],
         batch: &Relaxed,
+        prompts: &[usize],
         dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (b, l, _) = batch.input.dims3()?;
@@ -284,8 +311,26 @@ impl DuoCurriculum {
         let g = Tensor::from_vec(g, (b * l, v), &dev)?;
         let sig: Vec<Signal> = (0..b * l).map(|i| batch.signals[i / l]).collect();
         let loss = self.process.integrand_rows(&logits, &batch.xt, &g, &sig)?;
+        let counted = b * l - prompts.iter().map(|&p| p.min(l)).sum::<usize>();
+        if counted == 0 {
+            return Ok(Tensor::new(0f32, &dev)?);
+        }
+        if counted < b * l {
+            let keep = prompt_mask(prompts, l, &dev)?;
+            return Ok(((loss * keep)?.sum_all()? / counted as f64)?);
+        }
         Ok((loss.sum_all()? / (b * l) as f64)?)
     }
+}
+
+/// 1 at every unclamped position of rows of length `l` with prompts `prompts`, 0 at the
+/// prompts: (B x L,) f32, to weight per-position losses.
+pub fn prompt_mask(prompts: &[usize], l: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let m: Vec<f32> = prompts
+        .iter()
+        .flat_map(|&p| (0..l).map(move |pos| if clamped(pos, p) { 0.0 } else { 1.0 }))
+        .collect();
+    Ok(Tensor::from_vec(m, prompts.len() * l, dev)?)
 }
 
 #[cfg(test)]
@@ -363,7 +408,7 @@ mod tests {
         for t in [0.2, 0.6] {
             let times = vec![t; rows];
             let r = c
-                .corrupt(&x0, l, &times, 1e-3, &mut rng, &Device::Cpu)
+                .corrupt(&x0, l, &times, &vec![0; rows], 1e-3, &mut rng, &Device::Cpu)
                 .unwrap();
             let kept = r.xt.iter().zip(&x0).filter(|(a, b)| a == b).count() as f64;
             let total = (rows * l) as f64;
@@ -384,8 +429,135 @@ mod tests {
             }
         }
         assert!(
-            c.corrupt(&x0, 7, &[0.5], 1.0, &mut rng, &Device::Cpu)
+            c.corrupt(&x0, 7, &[0.5], &[0], 1.0, &mut rng, &Device::Cpu)
                 .is_err()
         );
+    }
+
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn clamped_prompts_stay_clean_and_out_of_the_loss() {
+        let n = 12;
+        let (_d, c) = curriculum(n, 0, 10);
+        let (b, l) = (3, 9);
+        let x0: Vec<u32> = (0..b * l).map(|i| ((i * 5 + 1) % n) as u32).collect();
+        let prompts = [4, 0, 9];
+        let t = [0.9, 0.7, 1.0];
+        let mut r1 = ChaCha8Rng::seed_from_u64(3);
+        let mut r2 = r1.clone();
+        let free = c
+            .corrupt(&x0, l, &t, &[0; 3], 0.1, &mut r1, &Device::Cpu)
+            .unwrap();
+        let kept = c
+            .corrupt(&x0, l, &t, &prompts, 0.1, &mut r2, &Device::Cpu)
+            .unwrap();
+        let inp = kept.input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let free_inp = free.input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let probs = crate::nn::ops::softmax::softmax_last(&kept.input).unwrap();
+        let probs = probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for r in 0..b {
+            for pos in 0..l {
+                let i = r * l + pos;
+                let row = i * n..(i + 1) * n;
+                if pos < prompts[r] {
+                    assert_eq!(kept.xt[i], x0[i]);
+                    // The network sees the clean token's one-hot (the kernel's exp leaves < 1e-30).
+                    for (k, &p) in probs[row].iter().enumerate() {
+                        if k == x0[i] as usize {
+                            assert_eq!(p, 1.0);
+                        } else {
+                            assert!(p < 1e-30, "{p}");
+                        }
+                    }
+                } else {
+                    // Clamping changes no other position's draw.
+                    assert_eq!(kept.xt[i], free.xt[i]);
+                    assert_eq!(inp[row.clone()], free_inp[row]);
+                }
+            }
+        }
+        let pair = c.pair(&x0, l, &t, &[0.5; 3], &prompts, &mut r1).unwrap();
+        for r in 0..b {
+            for pos in 0..prompts[r] {
+                assert_eq!(pair.xt[r * l + pos], x0[r * l + pos]);
+                assert_eq!(pair.xs[r * l + pos], x0[r * l + pos]);
+            }
+        }
+        // The loss is the mean integrand over the unclamped positions only: the per-position
+        // terms, from the same network output, reproduce it.
+        let cfg = crate::nn::DitConfig {
+            vocab_size: n,
+            hidden_size: 16,
+            cond_dim: 8,
+            n_blocks: 1,
+            n_heads: 2,
+            mlp_ratio: 2,
+            length: l,
+            dropout: 0.0,
+            time_conditioning: true,
+        };
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+        let model = Dit::new(vb, &cfg).unwrap();
+        // Non-zero output weights, so every position's term differs.
+        for v in vm.all_vars() {
+            let noise = Tensor::randn(0f32, 0.3, v.shape(), &Device::Cpu).unwrap();
+            v.set(&noise).unwrap();
+        }
+        let all = c.batch_loss(&model, &x0, &kept, &[0; 3], None).unwrap();
+        let part = c.batch_loss(&model, &x0, &kept, &prompts, None).unwrap();
+        let sigma = Tensor::from_slice(&kept.sigma, b, &Device::Cpu).unwrap();
+        let feats = model
+            .features(DitInput::Soft(&kept.input), &sigma, None)
+            .unwrap();
+        let logits = model
+            .head(&feats.reshape((b * l, cfg.hidden_size)).unwrap())
+            .unwrap();
+        let mut g = vec![0f32; b * l * n];
+        for (i, &x) in x0.iter().enumerate() {
+            g[i * n + x as usize] = 1.0;
+        }
+        let g = Tensor::from_vec(g, (b * l, n), &Device::Cpu).unwrap();
+        let sig: Vec<Signal> = (0..b * l).map(|i| kept.signals[i / l]).collect();
+        let terms = c
+            .process()
+            .integrand_rows(&logits, &kept.xt, &g, &sig)
+            .unwrap();
+        let terms = terms.to_vec1::<f32>().unwrap();
+        let (mut sum, mut count) = (0f64, 0usize);
+        for r in 0..b {
+            for pos in prompts[r]..l {
+                sum += terms[r * l + pos] as f64;
+                count += 1;
+            }
+        }
+        let part = part.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (part - sum / count as f64).abs() < 1e-5 * (1.0 + part.abs()),
+            "{part}"
+        );
+        let all = all.to_scalar::<f32>().unwrap() as f64;
+        let every = terms.iter().map(|&x| x as f64).sum::<f64>() / (b * l) as f64;
+        assert!((all - every).abs() < 1e-5 * (1.0 + all.abs()));
+        assert!(
+            (part - all).abs() > 1e-6,
+            "the prompts' terms were in the loss"
+        );
+        // A row that is all prompt has nothing to learn.
+        let x = &x0[..l];
+        let only = c
+            .corrupt(x, l, &[0.5], &[l], 0.1, &mut r1, &Device::Cpu)
+            .unwrap();
+        let none = c.batch_loss(&model, x, &only, &[l], None).unwrap();
+        assert_eq!(none.to_scalar::<f32>().unwrap(), 0.0);
+        // ... and the network reads it exactly as the clean ids.
+        let sig = Tensor::from_slice(&only.sigma, 1, &Device::Cpu).unwrap();
+        let soft = model
+            .features(DitInput::Soft(&only.input), &sig, None)
+            .unwrap();
+        let ids = Tensor::from_slice(x, (1, l), &Device::Cpu).unwrap();
+        let hard = model.features(DitInput::Ids(&ids), &sig, None).unwrap();
+        let diff = (soft - hard).unwrap().abs().unwrap().flatten_all().unwrap();
+        assert!(diff.max(0).unwrap().to_scalar::<f32>().unwrap() < 1e-6);
     }
 }

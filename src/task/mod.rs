@@ -11,6 +11,7 @@ pub mod limits;
 pub mod parser;
 pub mod program;
 pub mod score;
+pub mod style;
 pub mod synth;
 pub mod templates;
 pub mod value;

@@ -243,7 +243,7 @@ fn arbitrary_bytes_never_panic() {
 #[test]
 fn mutated_generated_programs_never_panic() {
     use rand::{Rng, SeedableRng};
-    let progs = super::synth::generate("train", 300, 1).unwrap();
+    let progs = super::synth::generate("train", 300, 1, super::style::Style::Varied).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let alphabet = b" \n\t()+-*/%=.,:#'\"0123456789abcdefxyz_";
     let mut failed = 0;

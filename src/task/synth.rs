@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use super::PROGRAM_HEADER;
+use super::style::{Style, write_program};
 use super::templates::{Draw, Template, WITHHELD, templates};
 use crate::{Error, Result};
 
@@ -57,31 +57,23 @@ pub fn held_out(template: &str, numbers: &[i64]) -> bool {
     tuple_hash(template, numbers).is_multiple_of(HOLDOUT_MODULUS)
 }
 
-/// The program of a template's assignments.
-fn program(lines: &[(&str, String)]) -> String {
-    let mut s = format!("{PROGRAM_HEADER}\n");
-    for (v, e) in lines {
-        s.push_str(&format!("    {v} = {e}\n"));
-    }
-    s.push_str("    return result\n");
-    s
-}
-
-/// Draw one problem of `t`.
-pub fn draw(t: &Template, rng: &mut ChaCha8Rng) -> SynthProblem {
+/// Draw one problem of `t`, its program written in `style` (the style's draws come after the
+/// template's, so `fixed` problems are those of earlier versions).
+pub fn draw(t: &Template, rng: &mut ChaCha8Rng, style: Style) -> SynthProblem {
     let mut d = Draw::new(rng);
     let m = (t.make)(&mut d);
+    let numbers = d.numbers;
     SynthProblem {
         template: t.id,
         prompt: m.question,
-        answer: program(&m.lines),
+        answer: write_program(&m.lines, style, rng),
         number: m.number,
-        numbers: d.numbers,
+        numbers,
     }
 }
 
 /// `n` problems of split `split` (one of [`SPLITS`]) for `seed`; each split has its own stream.
-pub fn generate(split: &str, n: usize, seed: u64) -> Result<Vec<SynthProblem>> {
+pub fn generate(split: &str, n: usize, seed: u64, style: Style) -> Result<Vec<SynthProblem>> {
     let k = SPLITS
         .iter()
         .position(|s| *s == split)
@@ -104,7 +96,7 @@ pub fn generate(split: &str, n: usize, seed: u64) -> Result<Vec<SynthProblem>> {
             )));
         }
         let t = pool[rand::Rng::random_range(&mut rng, 0..pool.len())];
-        let p = draw(t, &mut rng);
+        let p = draw(t, &mut rng, style);
         let keep = match k {
             0 => !held_out(t.id, &p.numbers),
             1 => held_out(t.id, &p.numbers),
@@ -131,12 +123,13 @@ pub fn write_synth_math(
     seed: u64,
     n_train: usize,
     n_test: usize,
+    style: Style,
 ) -> Result<SynthReport> {
     std::fs::create_dir_all(out).map_err(|e| Error::io("create", out, e))?;
     let mut report = SynthReport { splits: Vec::new() };
     for split in SPLITS {
         let n = if *split == "train" { n_train } else { n_test };
-        let probs = generate(split, n, seed)?;
+        let probs = generate(split, n, seed, style)?;
         let mut text = String::new();
         for p in &probs {
             let line = json!({
@@ -154,6 +147,7 @@ pub fn write_synth_math(
     let info = json!({
         "format": "idlm-synth-math-v1",
         "seed": seed,
+        "style": style.name(),
         "templates": templates().map(|t| json!({"id": t.id, "ops": t.ops})).collect::<Vec<_>>(),
         "withheld_templates": WITHHELD,
         "holdout": format!("FNV-1a(template, numbers) % {HOLDOUT_MODULUS} == 0 -> test_numbers"),
@@ -182,8 +176,9 @@ mod tests {
         let mut checked = 0;
         for seed in 0..3000u64 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let style = [Style::Fixed, Style::Varied][seed as usize % 2];
             for t in &all {
-                let p = draw(t, &mut rng);
+                let p = draw(t, &mut rng, style);
                 let v = run_program(&p.answer)
                     .unwrap_or_else(|e| panic!("{}: {e}\n{}", t.id, p.answer));
                 let want = RefNumber::parse(&p.number.to_string()).unwrap();
@@ -203,11 +198,12 @@ mod tests {
 
     #[test]
     fn splits_are_deterministic_and_disjoint() {
-        let a = generate("train", 2000, 5).unwrap();
-        assert_eq!(a, generate("train", 2000, 5).unwrap());
-        assert_ne!(a, generate("train", 2000, 6).unwrap());
-        let nums = generate("test_numbers", 500, 5).unwrap();
-        let tmpl = generate("test_templates", 500, 5).unwrap();
+        let v = Style::Varied;
+        let a = generate("train", 2000, 5, v).unwrap();
+        assert_eq!(a, generate("train", 2000, 5, v).unwrap());
+        assert_ne!(a, generate("train", 2000, 6, v).unwrap());
+        let nums = generate("test_numbers", 500, 5, v).unwrap();
+        let tmpl = generate("test_templates", 500, 5, v).unwrap();
         let train_tuples: HashSet<_> = a.iter().map(|p| (p.template, p.numbers.clone())).collect();
         let train_templates: HashSet<_> = a.iter().map(|p| p.template).collect();
         assert_eq!(train_templates.len(), templates().count() - WITHHELD.len());
@@ -219,11 +215,21 @@ mod tests {
             assert!(WITHHELD.contains(&p.template) && !train_templates.contains(p.template));
         }
         // Held-out tuples are a property of the tuple, not of the seed.
-        for p in generate("train", 500, 99).unwrap() {
+        for p in generate("train", 500, 99, Style::Fixed).unwrap() {
             assert!(!held_out(p.template, &p.numbers));
         }
         let mean = a.iter().map(|p| p.answer.len()).sum::<usize>() as f64 / a.len() as f64;
-        assert!((100.0..260.0).contains(&mean), "mean answer {mean} chars");
-        assert!(generate("nope", 1, 0).is_err());
+        assert!((100.0..320.0).contains(&mean), "mean answer {mean} chars");
+        assert!(generate("nope", 1, 0, v).is_err());
+        // Varied programs of one problem differ in spelling, not in value.
+        let fixed = generate("train", 2000, 5, Style::Fixed).unwrap();
+        let distinct: HashSet<_> = a.iter().map(|p| &p.answer).collect();
+        let distinct_fixed: HashSet<_> = fixed.iter().map(|p| &p.answer).collect();
+        assert!(
+            distinct.len() > distinct_fixed.len(),
+            "{} vs {}",
+            distinct.len(),
+            distinct_fixed.len()
+        );
     }
 }

@@ -32,15 +32,8 @@ impl<'a> DiffusionObjective<'a> {
     }
 
     /// Train on rows of this layout: a pairs layout clamps each row's prompt (never noised, not
-    /// in the loss). Duo's Gaussian curriculum does not clamp yet, so it refuses pairs.
+    /// in the loss), in Duo's Gaussian curriculum as after it.
     pub fn with_layout(mut self, layout: RowLayout) -> Result<Self> {
-        if layout != RowLayout::Stream && self.curriculum.is_some() {
-            return Err(crate::Error::InvalidArgument(
-                "Duo's Gaussian curriculum does not clamp prompts yet: train prompt/answer data \
-                 with duo.curriculum_end=0"
-                    .into(),
-            ));
-        }
         self.layout = layout;
         Ok(self)
     }
@@ -83,12 +76,19 @@ impl<'a> DiffusionObjective<'a> {
             for micro in 0..t.grad_accum {
                 let x0 = tr.next_rows(data, b)?;
                 let tt = &times[micro * b..(micro + 1) * b];
-                let relaxed = c.corrupt(&x0, l, tt, tau, &mut tr.rngs.noise, &dev)?;
-                batches.push((x0, relaxed));
+                let prompts = prompt_lens(&x0, l, self.layout);
+                let relaxed = c.corrupt(&x0, l, tt, &prompts, tau, &mut tr.rngs.noise, &dev)?;
+                batches.push((x0, relaxed, prompts));
             }
             return tr.optimize(tokens, |model, micro, rng| {
-                let (x0, relaxed) = &batches[micro];
-                c.batch_loss(model, x0, relaxed, Some(&mut DropoutRng { p, rng }))
+                let (x0, relaxed, prompts) = &batches[micro];
+                c.batch_loss(
+                    model,
+                    x0,
+                    relaxed,
+                    prompts,
+                    Some(&mut DropoutRng { p, rng }),
+                )
             });
         }
         let mut batches = Vec::with_capacity(t.grad_accum);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::Relaxation;
 use crate::nn::{Dit, DitInput, DropoutRng};
 use crate::process::ForwardProcess;
-use crate::process::curriculum::{DuoCurriculum, Relaxed};
+use crate::process::curriculum::{CLAMP_LOGIT, DuoCurriculum, Relaxed};
 use crate::process::duality::{alpha_tilde, sigma_tilde};
 use crate::process::uniform::Signal;
 use crate::{Error, Result};
@@ -64,17 +64,10 @@ impl Relaxation for Gaussian {
         prompts: &[usize],
         rng: &mut ChaCha8Rng,
     ) -> Result<Job> {
-        if prompts.iter().any(|&p| p > 0) {
-            // The Gaussian latent noises every position; clamping it is not written yet.
-            return Err(crate::Error::InvalidArgument(
-                "IDLM-Duo does not clamp prompts yet: its Gaussian latent noises every position of \
-                 a prompt/answer row"
-                    .into(),
-            ));
-        }
         let (b, lat) = (t.len(), &self.latent);
         let v = lat.process().vocab_size();
-        let input = lat.corrupt(&x0, l, tp, self.tau, rng, &crate::runtime::device())?;
+        let dev = crate::runtime::device();
+        let input = lat.corrupt(&x0, l, tp, prompts, self.tau, rng, &dev)?;
         let mut scales = Vec::with_capacity(b);
         let mut signals = Vec::with_capacity(b * l);
         let mut sigma = Vec::with_capacity(b);
@@ -85,13 +78,18 @@ impl Relaxation for Gaussian {
             sigma.push(-(s.alpha.ln()) as f32);
         }
         let xi = gaussian(b * l, v, rng)?;
+        let clamp = Clamp::new(&x0, l, v, prompts, &dev)?;
         Ok(Job {
             input,
-            scales,
-            signals,
-            sigma,
-            xi,
-            l,
+            renoise: Renoising {
+                xi,
+                scales,
+                signals,
+                sigma,
+                l,
+                tau: self.tau,
+                clamp,
+            },
         })
     }
 
@@ -102,7 +100,7 @@ impl Relaxation for Gaussian {
         _: &mut ChaCha8Rng,
     ) -> Result<(Tensor, Tensor, Vec<u32>)> {
         let g = student_probs(student, &j.input, None)?.detach();
-        let (w, xt) = renoise_gaussian(&g, &j.xi, &j.scales, j.l, self.tau)?;
+        let (w, xt) = renoise_gaussian(&g, &j.renoise)?;
         Ok((g, w.detach(), xt))
     }
 
@@ -113,12 +111,13 @@ impl Relaxation for Gaussian {
         (g, w, xt): &(Tensor, Tensor, Vec<u32>),
         dropout: &mut DropoutRng,
     ) -> Result<Tensor> {
-        let logits = soft_logits(fake, w, &j.sigma, Some(dropout))?;
+        let r = &j.renoise;
+        let logits = soft_logits(fake, w, &r.sigma, Some(dropout))?;
         let loss = self
             .latent
             .process()
-            .integrand_rows(&logits, xt, g, &j.signals)?;
-        Ok((loss.sum_all()? / j.scales.len() as f64)?)
+            .integrand_rows(&logits, xt, g, &r.signals)?;
+        r.per_sequence(loss)
     }
 
     fn generator_loss(
@@ -131,33 +130,99 @@ impl Relaxation for Gaussian {
         _: &mut ChaCha8Rng,
     ) -> Result<Tensor> {
         let g = student_probs(student, &j.input, Some(dropout))?;
-        duo_generator_loss(
-            &self.latent,
-            teacher,
-            fake,
-            &g,
-            &j.xi,
-            &j.scales,
-            &j.signals,
-            &j.sigma,
-            j.l,
-            self.tau,
-            self.mode,
-        )
+        duo_generator_loss(&self.latent, teacher, fake, &g, &j.renoise, self.mode)
     }
 }
 
-/// One micro-batch of IDLM-Duo: the student's relaxed input, its real rows, the loss times' signals and
-/// sigma, and the re-noising noise xi.
+/// One micro-batch of IDLM-Duo: the student's relaxed input and how its sample is re-noised.
 pub struct Job {
     input: Relaxed,
+    renoise: Renoising,
+}
+
+/// How a micro-batch's student sample G is re-noised at the loss times, and which positions are
+/// clamped prompts.
+pub struct Renoising {
+    /// The re-noising noise xi, (B x L, V).
+    pub xi: Tensor,
     /// (alpha~_t, sigma~_t) per row.
-    scales: Vec<(f64, f64)>,
+    pub scales: Vec<(f64, f64)>,
     /// Integrand signal per position.
-    signals: Vec<Signal>,
-    sigma: Vec<f32>,
-    xi: Tensor,
-    l: usize,
+    pub signals: Vec<Signal>,
+    /// -log alpha_t per row (the networks' time input).
+    pub sigma: Vec<f32>,
+    /// Row length.
+    pub l: usize,
+    /// Relaxation temperature.
+    pub tau: f64,
+    /// Clamped prompts, if any row has one.
+    pub clamp: Option<Clamp>,
+}
+
+impl Renoising {
+    /// Per-position losses (B x L,) to the batch loss: summed over the unclamped positions, per
+    /// sequence.
+    fn per_sequence(&self, loss: Tensor) -> Result<Tensor> {
+        let loss = match &self.clamp {
+            Some(c) => (loss * &c.mask)?,
+            None => loss,
+        };
+        Ok((loss.sum_all()? / self.scales.len() as f64)?)
+    }
+}
+
+/// The clamped prompts of a micro-batch: their re-noised input is the clean token's one-hot (so
+/// G never reaches it), their hard state is the clean token, their loss terms are dropped.
+pub struct Clamp {
+    /// (B x L, 1): 0 at clamped positions, 1 elsewhere.
+    keep: Tensor,
+    /// (B x L, V): [`CLAMP_LOGIT`] at the clean token of clamped positions, 0 elsewhere.
+    clean: Tensor,
+    /// (B x L,): the loss weights, `keep` flattened.
+    mask: Tensor,
+    /// The clean tokens at clamped positions (B x L; None elsewhere).
+    tokens: Vec<Option<u32>>,
+}
+
+impl Clamp {
+    /// The clamp of rows `x0` (length `l`, vocabulary `v`) whose first `prompts[r]` positions
+    /// are prompt; None when no row has a prompt.
+    pub fn new(
+        x0: &[u32],
+        l: usize,
+        v: usize,
+        prompts: &[usize],
+        dev: &candle_core::Device,
+    ) -> Result<Option<Self>> {
+        if prompts.iter().all(|&p| p == 0) {
+            return Ok(None);
+        }
+        let m = prompts.len() * l;
+        if x0.len() != m {
+            return Err(Error::InvalidArgument(format!(
+                "clamp: {} tokens for {} rows of {l}",
+                x0.len(),
+                prompts.len()
+            )));
+        }
+        let mut keep = vec![1f32; m];
+        let mut clean = vec![0f32; m * v];
+        let mut tokens = vec![None; m];
+        for (r, &p) in prompts.iter().enumerate() {
+            for pos in 0..p.min(l) {
+                let i = r * l + pos;
+                keep[i] = 0.0;
+                clean[i * v + x0[i] as usize] = CLAMP_LOGIT;
+                tokens[i] = Some(x0[i]);
+            }
+        }
+        Ok(Some(Self {
+            keep: Tensor::from_vec(keep.clone(), (m, 1), dev)?,
+            clean: Tensor::from_vec(clean, (m, v), dev)?,
+            mask: Tensor::from_vec(keep, m, dev)?,
+            tokens,
+        }))
+    }
 }
 
 /// The student's distribution G (B x L, V) on a relaxed input, with the graph kept.
@@ -185,14 +250,9 @@ fn soft_logits(
 }
 
 /// w = (alpha~_t G + sigma~_t xi) / tau as (B, L, V), differentiable in `g` (B x L, V), and the
-/// hard state argmax w.
-pub fn renoise_gaussian(
-    g: &Tensor,
-    xi: &Tensor,
-    scales: &[(f64, f64)],
-    l: usize,
-    tau: f64,
-) -> Result<(Tensor, Vec<u32>)> {
+/// hard state argmax w; clamped positions get the clean token's one-hot input and state.
+pub fn renoise_gaussian(g: &Tensor, r: &Renoising) -> Result<(Tensor, Vec<u32>)> {
+    let (xi, scales, l, tau) = (&r.xi, &r.scales, r.l, r.tau);
     let (m, v) = g.dims2()?;
     let b = scales.len();
     if m != b * l || xi.dims() != g.dims() {
@@ -206,12 +266,22 @@ pub fn renoise_gaussian(
         let x: Vec<f32> = (0..m).map(|i| (f(&scales[i / l]) / tau) as f32).collect();
         Ok(Tensor::from_vec(x, (m, 1), g.device())?)
     };
-    let w = (g.broadcast_mul(&col(&|s| s.0)?)? + xi.broadcast_mul(&col(&|s| s.1)?)?)?;
+    let mut w = (g.broadcast_mul(&col(&|s| s.0)?)? + xi.broadcast_mul(&col(&|s| s.1)?)?)?;
+    if let Some(c) = &r.clamp {
+        w = (w.broadcast_mul(&c.keep)? + &c.clean)?;
+    }
     let vals = w.detach().to_vec2::<f32>()?;
-    let xt = vals
+    let mut xt: Vec<u32> = vals
         .iter()
         .map(|row| crate::process::argmax(row) as u32)
         .collect();
+    if let Some(c) = &r.clamp {
+        for (x, t) in xt.iter_mut().zip(&c.tokens) {
+            if let Some(t) = t {
+                *x = *t;
+            }
+        }
+    }
     Ok((w.reshape((b, l, v))?, xt))
 }
 
@@ -226,33 +296,28 @@ fn gaussian(m: usize, v: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     Ok(Tensor::from_vec(x, (m, v), &crate::runtime::device())?)
 }
 
-/// The IDLM-Duo student loss of one micro-batch: sum over positions of [l(f*, G) - l(f, G)] / B
-/// with l the soft-target UDLM integrand at argmax w; without a fake, l(f*, G) alone.
-#[allow(clippy::too_many_arguments)]
+/// The IDLM-Duo student loss of one micro-batch: sum over unclamped positions of
+/// [l(f*, G) - l(f, G)] / B with l the soft-target UDLM integrand at argmax w; without a fake,
+/// l(f*, G) alone.
 pub fn duo_generator_loss(
     latent: &DuoCurriculum,
     teacher: &Dit,
     fake: Option<&Dit>,
     g: &Tensor,
-    xi: &Tensor,
-    scales: &[(f64, f64)],
-    signals: &[Signal],
-    sigma: &[f32],
-    l: usize,
-    tau: f64,
+    r: &Renoising,
     mode: DuoGradient,
 ) -> Result<Tensor> {
     let gin = match mode {
         DuoGradient::Pathwise => g.clone(),
         DuoGradient::StopGradient => g.detach(),
     };
-    let (w, xt) = renoise_gaussian(&gin, xi, scales, l, tau)?;
+    let (w, xt) = renoise_gaussian(&gin, r)?;
     let p = latent.process();
-    let lt = soft_logits(teacher, &w, sigma, None)?;
-    let mut loss = p.integrand_rows(&lt, &xt, g, signals)?;
+    let lt = soft_logits(teacher, &w, &r.sigma, None)?;
+    let mut loss = p.integrand_rows(&lt, &xt, g, &r.signals)?;
     if let Some(f) = fake {
-        let lf = soft_logits(f, &w, sigma, None)?;
-        loss = (loss - p.integrand_rows(&lf, &xt, g, signals)?)?;
+        let lf = soft_logits(f, &w, &r.sigma, None)?;
+        loss = (loss - p.integrand_rows(&lf, &xt, g, &r.signals)?)?;
     }
-    Ok((loss.sum_all()? / scales.len() as f64)?)
+    r.per_sequence(loss)
 }
