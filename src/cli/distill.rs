@@ -82,7 +82,10 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 
 /// Run `idlm reproduce`.
 pub fn reproduce(a: ReproduceArgs) -> Result<()> {
-    use idlm::reproduce::{ReproduceOptions, preset, report_files};
+    use idlm::reproduce::{ReproduceOptions, gsm_preset, preset, report_files};
+    if let Some(p) = gsm_preset(&a.preset) {
+        return reproduce_gsm(p?.with_overrides(&a.set)?, a.work, a.out);
+    }
     let p = preset(&a.preset)?.with_overrides(&a.set)?;
     let work = a
         .work
@@ -113,5 +116,32 @@ pub fn reproduce(a: ReproduceArgs) -> Result<()> {
     for f in report_files(&out) {
         println!("  {}", f.display());
     }
+    Ok(())
+}
+
+/// `idlm reproduce` of a conditional preset (mini-gsm): no text-quality models needed.
+fn reproduce_gsm(
+    p: idlm::reproduce::GsmPreset,
+    work: Option<std::path::PathBuf>,
+    out: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let work = work.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}", p.name)));
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("results/{}", p.name)));
+    let t0 = std::time::Instant::now();
+    let log = |m: &str| eprintln!("[{:7.1} s] {m}", t0.elapsed().as_secs_f64());
+    let rows = idlm::reproduce::reproduce_gsm(
+        &idlm::reproduce::GsmOptions {
+            preset: p,
+            work,
+            out: out.clone(),
+            command: super::command_line(),
+        },
+        &log,
+    )?;
+    println!(
+        "{} rows; wrote {}",
+        rows.len(),
+        out.join("README.md").display()
+    );
     Ok(())
 }

@@ -96,7 +96,7 @@ pub fn command_line() -> String {
 pub struct ReproduceArgs {
     /// Reproduction preset (configs/reproduce/<name>.toml; built into the binary).
     #[arg(long, default_value = "mini",
-          value_parser = clap::builder::PossibleValuesParser::new(idlm::reproduce::names()))]
+          value_parser = clap::builder::PossibleValuesParser::new(idlm::reproduce::all_names()))]
     pub preset: String,
     /// Working directory for data, runs and samples (default runs/<preset>).
     #[arg(long)]
@@ -105,7 +105,9 @@ pub struct ReproduceArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Preset overrides (repeatable): a preset key (samples=8, teacher_steps=[8,4]), the
-    /// teacher's config (teacher.train.max_steps=4) or a student's (idlm.max_steps=2).
+    /// teacher's config (teacher.train.max_steps=4) or a student's (idlm.max_steps=2); for
+    /// mini-gsm a teacher's by its name (mdlm.train.max_steps=4) and the AR baseline's
+    /// (ar.train.max_steps=4).
     #[arg(long = "set")]
     pub set: Vec<String>,
 }

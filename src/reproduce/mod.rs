@@ -3,7 +3,11 @@
 //! samples every model at every step count with paired seeds, evaluates under protocol v1, and
 //! writes a report. What it runs is a preset (`configs/reproduce/*.toml`, see [`preset`]).
 
+pub mod answering;
 mod evaluate;
+pub mod gsm;
+pub mod gsm_preset;
+mod gsm_report;
 pub mod preset;
 pub mod report;
 
@@ -26,6 +30,8 @@ use crate::sample::{SamplerOptions, sample};
 use crate::train::run_training;
 use crate::{Error, Result};
 use evaluate::{EvalContext, RowSpec};
+pub use gsm::{GsmOptions, GsmRow, reproduce_gsm};
+pub use gsm_preset::{GsmPreset, gsm_names, gsm_preset};
 pub use preset::{Preset, StudentSpec, names, preset};
 pub use report::Stage;
 
@@ -406,11 +412,16 @@ impl Run<'_> {
 }
 
 /// The step of a run's latest checkpoint, if it has one.
-fn finished_steps(dir: &Path) -> Option<u64> {
+pub(crate) fn finished_steps(dir: &Path) -> Option<u64> {
     checkpoint::resolve(dir)
         .ok()
         .and_then(|d| checkpoint::read_meta(&d).ok())
         .map(|m| m.step)
+}
+
+/// Every built-in preset: the text tables, then the conditional ones.
+pub fn all_names() -> Vec<&'static str> {
+    names().into_iter().chain(gsm_names()).collect()
 }
 
 /// The report directory's files, for callers that want to print where things went.

@@ -116,28 +116,36 @@ impl Preset {
 
     /// Set preset keys through the TOML form, so every key is settable and typed as in the files.
     fn with_top_level(&self, sets: &[(&str, &str)]) -> Result<Self> {
-        let err = |m: String| Error::Config(m);
-        let mut doc = toml::Table::try_from(self)
-            .map_err(|e| err(format!("cannot serialise preset {}: {e}", self.name)))?;
-        for (key, raw) in sets {
-            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-            let slot = doc
-                .get_mut(*key)
-                .ok_or_else(|| err(format!("unknown reproduction preset key '{key}'")))?;
-            *slot = value;
-        }
-        Preset::deserialize(toml::Value::Table(doc)).map_err(|e| {
-            let keys: Vec<&str> = sets.iter().map(|(k, _)| *k).collect();
-            err(format!(
-                "overriding {} of preset {}: {e}",
-                keys.join(", "),
-                self.name
-            ))
-        })
+        set_keys(self, &self.name, sets)
     }
+}
+
+/// `value` with top-level keys replaced through its TOML form (`raw` parsed as a TOML value, or
+/// taken as a string), so every key is settable and typed as in the preset files.
+pub fn set_keys<T>(value: &T, name: &str, sets: &[(&str, &str)]) -> Result<T>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+{
+    let err = |m: String| Error::Config(m);
+    let mut doc = toml::Table::try_from(value)
+        .map_err(|e| err(format!("cannot serialise preset {name}: {e}")))?;
+    for (key, raw) in sets {
+        let v = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let slot = doc
+            .get_mut(*key)
+            .ok_or_else(|| err(format!("unknown reproduction preset key '{key}'")))?;
+        *slot = v;
+    }
+    T::deserialize(toml::Value::Table(doc)).map_err(|e| {
+        let keys: Vec<&str> = sets.iter().map(|(k, _)| *k).collect();
+        err(format!(
+            "overriding {} of preset {name}: {e}",
+            keys.join(", ")
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,516 @@
+//! `idlm reproduce --preset mini-gsm`: the paper's conditional experiment in miniature, as one
+//! command: synth-math problems, prompt/answer data, the teachers, their students and the AR
+//! baseline (each reused or resumed when its run folder holds it), then every model answering
+//! both held-out splits at every step count, scored by execution, and the real GSM8K test
+//! problems through the same path. Writes `summary.json`, `README.md`, plots and `stages.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::answering::{
+    Answerer, Problem, answer_all, greedy, read_problems, tally, write_answers,
+};
+use super::gsm_preset::GsmPreset;
+use super::{Stage, finished_steps};
+use crate::ar::{ArSamplerOptions, lm_from_checkpoint, run_ar_training};
+use crate::checkpoint;
+use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
+use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
+use crate::run::TrainRunOptions;
+use crate::train::run_training;
+use crate::{Error, Result};
+
+/// Where the conditional reproduction works and writes.
+pub struct GsmOptions {
+    /// The preset.
+    pub preset: GsmPreset,
+    /// Working directory (data, runs, answers): not committed.
+    pub work: PathBuf,
+    /// Report directory (committed).
+    pub out: PathBuf,
+    /// The command line that started it, for the report.
+    pub command: String,
+}
+
+/// One row of the table (summary.json).
+#[derive(Debug, Clone, Serialize)]
+pub struct GsmRow {
+    /// Model (`mdlm-teacher`, `idlm-mdlm`, `ar-greedy`, ...).
+    pub method: String,
+    /// Its process (`mdlm`, `duo`, `ar`).
+    pub process: String,
+    /// Sampling steps (None for AR, which takes one step per token).
+    pub steps: Option<usize>,
+    /// `test_numbers`, `test_templates` or `gsm8k_test`.
+    pub split: String,
+    /// Correct / problems.
+    pub accuracy: f64,
+    /// Binomial standard error sqrt(p (1 - p) / n).
+    pub accuracy_se: f64,
+    /// Mean network calls per problem.
+    pub nfe: f64,
+    /// Mean wall-clock seconds per problem.
+    pub seconds_per_sample: f64,
+    /// Problems.
+    pub samples: usize,
+    /// Problems per outcome class.
+    pub outcomes: std::collections::BTreeMap<&'static str, usize>,
+    /// The checkpoint answering.
+    pub checkpoint: String,
+}
+
+/// A model of the table.
+struct Model {
+    method: String,
+    dir: PathBuf,
+    steps: Vec<usize>,
+}
+
+/// The held-out splits every model answers.
+pub const SPLITS: &[&str] = &["test_numbers", "test_templates"];
+
+/// Run every stage (reusing finished ones) and write the report.
+pub fn reproduce_gsm(opts: &GsmOptions, log: &dyn Fn(&str)) -> Result<Vec<GsmRow>> {
+    let started = Instant::now();
+    let p = &opts.preset;
+    p.validate()?;
+    let mut stages = Vec::new();
+    let synth = opts.work.join("synth");
+    let data_dir = opts.work.join("data");
+    stages.push(make_data(p, &synth, &data_dir, log)?);
+    let mut models: Vec<Model> = Vec::new();
+    for t in &p.teachers {
+        let cfg = p.teacher_config(t)?;
+        let dir = opts.work.join(&t.name);
+        let sets: String = t
+            .overrides
+            .iter()
+            .map(|o| format!(" --set '{o}'"))
+            .collect();
+        let command = format!(
+            "idlm train --data {} --preset {}{sets} --out {}",
+            data_dir.display(),
+            t.preset,
+            dir.display()
+        );
+        stages.push(train_stage(
+            &t.name, &dir, &data_dir, &cfg, false, command, log,
+        )?);
+        models.push(Model {
+            method: format!("{}-teacher", t.name),
+            dir,
+            steps: p.teacher_steps.clone(),
+        });
+    }
+    for s in &p.students {
+        let source = p
+            .teachers
+            .iter()
+            .map(|t| (t.name.as_str(), opts.work.join(&t.name)))
+            .chain(
+                p.students
+                    .iter()
+                    .map(|o| (o.method.as_str(), opts.work.join(&o.method))),
+            )
+            .find(|(n, _)| *n == s.from)
+            .map(|(_, d)| d)
+            .ok_or_else(|| Error::Config(format!("{} distils unknown '{}'", s.method, s.from)))?;
+        let dir = opts.work.join(&s.method);
+        let dc = DistillConfig::default().with_overrides(&s.overrides)?;
+        let t0 = Instant::now();
+        let finished = finished_steps(&dir);
+        let reused = finished.is_some_and(|st| st >= dc.max_steps);
+        if !reused {
+            log(&format!("distilling: {}", s.method));
+            // No GenPPL scorer: validation tracks the answers' entropy; the final checkpoint
+            // answers (programs are not text a language model's perplexity ranks).
+            run_distill(&DistillRunOptions {
+                run_dir: dir.clone(),
+                teacher: source.clone(),
+                data_dir: Some(data_dir.clone()),
+                cfg: dc,
+                resume: finished.is_some(),
+                progress: true,
+                genppl_model: None,
+            })?;
+        }
+        let sets: Vec<String> = s.overrides.iter().map(|o| format!("--set '{o}'")).collect();
+        stages.push(Stage {
+            name: format!("distill {}", s.method),
+            command: format!(
+                "idlm distill --teacher {} --out {} --no-genppl {}",
+                source.display(),
+                dir.display(),
+                sets.join(" ")
+            ),
+            seconds: t0.elapsed().as_secs_f64(),
+            reused,
+        });
+        models.push(Model {
+            method: s.method.clone(),
+            dir,
+            steps: p.student_steps.clone(),
+        });
+    }
+    let ar_dir = opts.work.join("ar");
+    if let Some(cfg) = p.ar_config()? {
+        let command = format!(
+            "idlm train --data {} --process ar (the {} teacher's config) --out {}",
+            data_dir.display(),
+            p.ar_from,
+            ar_dir.display()
+        );
+        stages.push(train_stage(
+            "ar", &ar_dir, &data_dir, &cfg, true, command, log,
+        )?);
+    }
+    let data = DataDir::open(&data_dir)?;
+    let answers_dir = opts.work.join("answers");
+    std::fs::create_dir_all(&answers_dir).map_err(|e| Error::io("creating", &answers_dir, e))?;
+    let ev = Evaluator {
+        p,
+        data: &data,
+        answers_dir: &answers_dir,
+        log,
+    };
+    let mut rows = Vec::new();
+    let t0 = Instant::now();
+    for split in SPLITS {
+        let problems = read_problems(&synth.join(format!("{split}.jsonl")), p.test_problems)?;
+        for m in &models {
+            rows.extend(ev.diffusion_rows(m, split, &problems, &m.steps)?);
+        }
+        if p.ar_config()?.is_some() {
+            rows.extend(ev.ar_rows(&ar_dir, split, &problems)?);
+        }
+    }
+    stages.push(Stage {
+        name: "answer both held-out splits".into(),
+        command: format!(
+            "idlm sample --ckpt RUN --prompts {}/SPLIT.jsonl --steps K --noise-removal greedy && \
+             idlm eval SAMPLES --metrics accuracy --answers {}/SPLIT.jsonl",
+            synth.display(),
+            synth.display()
+        ),
+        seconds: t0.elapsed().as_secs_f64(),
+        reused: false,
+    });
+    let gsm8k_note = gsm8k_rows(&ev, &models, &ar_dir, &mut rows, &mut stages)?;
+    super::gsm_report::write(
+        &opts.out,
+        &super::gsm_report::GsmReport {
+            preset: p,
+            command: &opts.command,
+            stages: &stages,
+            rows: &rows,
+            gsm8k_note: &gsm8k_note,
+            total_seconds: started.elapsed().as_secs_f64(),
+        },
+    )?;
+    Ok(rows)
+}
+
+/// 1-2. Generate the problems and prepare the prompt/answer rows (each reused when complete; a
+/// folder made with other settings is refused, naming them).
+fn make_data(p: &GsmPreset, synth: &Path, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Stage> {
+    let t0 = Instant::now();
+    let info = synth.join("synth_math.json");
+    let reused = info.is_file();
+    if reused {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&info).map_err(|e| Error::io("reading", &info, e))?,
+        )
+        .map_err(|e| Error::Data(format!("{}: {e}", info.display())))?;
+        let counts: Vec<u64> = v["splits"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["problems"].as_u64()).collect())
+            .unwrap_or_default();
+        // Each split is its own stream: a longer test split starts with the shorter one.
+        let fits = v["seed"].as_u64() == Some(p.synth_seed)
+            && v["style"].as_str().unwrap_or("fixed") == p.style
+            && counts.first() == Some(&(p.train_problems as u64))
+            && counts.len() == 3
+            && counts[1..].iter().all(|&c| c >= p.test_problems as u64);
+        if !fits {
+            return Err(Error::Data(format!(
+                "{} was made with other settings (seed {}, style {}, problems {counts:?}): \
+                 remove it or use another --work",
+                info.display(),
+                v["seed"],
+                v["style"]
+            )));
+        }
+    } else {
+        log("generating synth-math problems");
+        crate::task::synth::write_synth_math(
+            synth,
+            p.synth_seed,
+            p.train_problems,
+            p.test_problems,
+            p.style()?,
+        )?;
+    }
+    if !data_dir.join("data.json").is_file() {
+        log("preparing prompt/answer rows");
+        let sources = vec![synth.join("train.jsonl")];
+        let tok = TokenizerChoice::Train {
+            vocab_size: p.vocab,
+        };
+        let name = synth.join("train.jsonl").display().to_string();
+        let mut po = PrepareOptions::new(&name, sources, tok, p.seq_len, data_dir);
+        po.valid_fraction = p.valid_fraction;
+        po.pairs = true;
+        data::prepare(&po)?;
+    }
+    Ok(Stage {
+        name: "synth-math + prepare".into(),
+        command: format!(
+            "idlm data synth-math --out {s} --seed {} --train {} --test {} --style {} && idlm \
+             prepare --corpus {s}/train.jsonl --format pairs --vocab {} --seq-len {} \
+             --valid-fraction {} --out {}",
+            p.synth_seed,
+            p.train_problems,
+            p.test_problems,
+            p.style,
+            p.vocab,
+            p.seq_len,
+            p.valid_fraction,
+            data_dir.display(),
+            s = synth.display()
+        ),
+        seconds: t0.elapsed().as_secs_f64(),
+        reused,
+    })
+}
+
+/// Train (resume, or reuse once it reached its steps) a diffusion teacher or the AR baseline.
+fn train_stage(
+    name: &str,
+    dir: &Path,
+    data_dir: &Path,
+    cfg: &crate::config::RunConfig,
+    ar: bool,
+    command: String,
+    log: &dyn Fn(&str),
+) -> Result<Stage> {
+    let t0 = Instant::now();
+    let done = finished_steps(dir);
+    let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
+    if !reused {
+        log(&format!("training {name}"));
+        let o = TrainRunOptions {
+            run_dir: dir.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            cfg: cfg.clone(),
+            resume: done.is_some(),
+            progress: true,
+        };
+        if ar {
+            run_ar_training(&o)?;
+        } else {
+            run_training(&o)?;
+        }
+    }
+    Ok(Stage {
+        name: format!("train {name}"),
+        command,
+        seconds: t0.elapsed().as_secs_f64(),
+        reused,
+    })
+}
+
+/// What every row's answering shares.
+struct Evaluator<'a> {
+    p: &'a GsmPreset,
+    data: &'a DataDir,
+    answers_dir: &'a Path,
+    log: &'a dyn Fn(&str),
+}
+
+impl Evaluator<'_> {
+    /// The data's row markers: (BOS, SEP).
+    fn markers(&self) -> Result<(u32, u32)> {
+        let sep = self.data.info.rows.sep().ok_or_else(|| {
+            Error::Data(format!(
+                "{}: not prompt/answer rows",
+                self.data.dir.display()
+            ))
+        })?;
+        Ok((self.data.tokenizer.bos_id(), sep))
+    }
+
+    /// A row from answers, its answers file written.
+    fn row(
+        &self,
+        method: &str,
+        process: &str,
+        steps: Option<usize>,
+        split: &str,
+        answers: &[super::answering::Answered],
+        checkpoint: &Path,
+    ) -> Result<GsmRow> {
+        let stem = match steps {
+            Some(k) => format!("{method}-{split}-{k}"),
+            None => format!("{method}-{split}"),
+        };
+        write_answers(&self.answers_dir.join(format!("{stem}.jsonl")), answers)?;
+        let (correct, n, outcomes) = tally(answers);
+        let acc = correct as f64 / n.max(1) as f64;
+        let mean = |f: &dyn Fn(&super::answering::Answered) -> f64| {
+            answers.iter().map(f).sum::<f64>() / n.max(1) as f64
+        };
+        let row = GsmRow {
+            method: method.to_string(),
+            process: process.to_string(),
+            steps,
+            split: split.to_string(),
+            accuracy: acc,
+            accuracy_se: (acc * (1.0 - acc) / n.max(1) as f64).sqrt(),
+            nfe: mean(&|a| a.nfe as f64),
+            seconds_per_sample: mean(&|a| a.seconds),
+            samples: n,
+            outcomes,
+            checkpoint: checkpoint.display().to_string(),
+        };
+        (self.log)(&format!(
+            "{stem}: {correct}/{n} = {:.1}% +- {:.1}, NFE {:.1}, {:.4} s/problem",
+            100.0 * acc,
+            100.0 * row.accuracy_se,
+            row.nfe,
+            row.seconds_per_sample
+        ));
+        Ok(row)
+    }
+
+    /// One diffusion model answering `problems` at each of `steps`.
+    fn diffusion_rows(
+        &self,
+        m: &Model,
+        split: &str,
+        problems: &[Problem],
+        steps: &[usize],
+    ) -> Result<Vec<GsmRow>> {
+        let ck = checkpoint::load(&m.dir)?;
+        let model = ck.dit(true)?;
+        let process = ck.process(None)?;
+        let (bos, sep) = self.markers()?;
+        let pname = ck.meta.process.name().to_string();
+        let mut rows = Vec::new();
+        for &k in steps {
+            (self.log)(&format!("{} answering {split} at {k} steps", m.method));
+            let who = Answerer::Diffusion {
+                model: &model,
+                process: process.as_ref(),
+                opts: greedy(&ck.meta.config.sample, k, self.p.batch_size, self.p.seed),
+            };
+            let a = answer_all(
+                &who,
+                problems,
+                &self.data.tokenizer,
+                bos,
+                sep,
+                self.data.info.seq_len,
+            )?;
+            rows.push(self.row(&m.method, &pname, Some(k), split, &a, &ck.dir)?);
+        }
+        Ok(rows)
+    }
+
+    /// The AR baseline answering `problems`, greedily and sampled (temperature 1); `modes`
+    /// filters by name.
+    fn ar_rows_with(
+        &self,
+        dir: &Path,
+        split: &str,
+        problems: &[Problem],
+        modes: &[&str],
+    ) -> Result<Vec<GsmRow>> {
+        let ck = checkpoint::load(dir)?;
+        let model = lm_from_checkpoint(&ck, true)?;
+        let (bos, sep) = self.markers()?;
+        let mut rows = Vec::new();
+        for (name, temperature) in [("ar-greedy", 0.0), ("ar-sampled", 1.0)] {
+            if !modes.contains(&name) {
+                continue;
+            }
+            (self.log)(&format!("{name} answering {split}"));
+            let who = Answerer::Ar {
+                model: &model,
+                opts: ArSamplerOptions {
+                    temperature,
+                    top_p: 1.0,
+                    batch_size: 1,
+                    seed: self.p.seed,
+                },
+                exclude: Some(ck.meta.data.mask_id),
+            };
+            let a = answer_all(
+                &who,
+                problems,
+                &self.data.tokenizer,
+                bos,
+                sep,
+                self.data.info.seq_len,
+            )?;
+            rows.push(self.row(name, "ar", None, split, &a, &ck.dir)?);
+        }
+        Ok(rows)
+    }
+
+    /// The AR baseline, greedy and sampled.
+    fn ar_rows(&self, dir: &Path, split: &str, problems: &[Problem]) -> Result<Vec<GsmRow>> {
+        self.ar_rows_with(dir, split, problems, &["ar-greedy", "ar-sampled"])
+    }
+}
+
+/// The real GSM8K test problems through the same path: every model at its first (largest) step
+/// count, the AR baseline greedy. Returns the note for the report (where the problems came
+/// from, or why this part was skipped).
+fn gsm8k_rows(
+    ev: &Evaluator,
+    models: &[Model],
+    ar_dir: &Path,
+    rows: &mut Vec<GsmRow>,
+    stages: &mut Vec<Stage>,
+) -> Result<String> {
+    let n = ev.p.gsm8k_problems;
+    if n == 0 {
+        return Ok("GSM8K: skipped (gsm8k_problems = 0).".into());
+    }
+    let dir = match crate::task::gsm8k::locate(None) {
+        Ok(d) => d,
+        Err(e) => {
+            (ev.log)(&format!("GSM8K skipped: {e}"));
+            return Ok(format!("GSM8K: skipped: {e}"));
+        }
+    };
+    let t0 = Instant::now();
+    let problems = read_problems(&dir.join("test.jsonl"), n)?;
+    for m in models {
+        let k = m.steps.first().copied().unwrap_or(1024);
+        rows.extend(ev.diffusion_rows(m, "gsm8k_test", &problems, &[k])?);
+    }
+    if ev.p.ar_config()?.is_some() {
+        rows.extend(ev.ar_rows_with(ar_dir, "gsm8k_test", &problems, &["ar-greedy"])?);
+    }
+    stages.push(Stage {
+        name: "answer GSM8K test".into(),
+        command: format!(
+            "idlm data gsm8k --out runs/gsm8k && idlm sample --ckpt RUN --prompts \
+             runs/gsm8k/test.jsonl --steps K --noise-removal greedy && idlm eval SAMPLES \
+             --metrics accuracy --answers runs/gsm8k/test.jsonl   ({} problems from {})",
+            problems.len(),
+            dir.display()
+        ),
+        seconds: t0.elapsed().as_secs_f64(),
+        reused: false,
+    });
+    Ok(format!(
+        "GSM8K: the first {} test problems from {}, each model at its largest step count, the \
+         AR baseline greedy; a question too long for the row (prompt_too_long) counts as wrong.",
+        problems.len(),
+        dir.display()
+    ))
+}

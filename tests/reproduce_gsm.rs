@@ -1,0 +1,199 @@
+//! `idlm reproduce --preset mini-gsm` end to end on tiny models: every stage runs (synth-math,
+//! pairs data, MDLM and Duo teachers, IDLM / SDTT / DCD / IDLM-Duo / IDLM-DCD students, the AR
+//! baseline), every (model, steps, split) row is in summary.json with its answers file, the
+//! accuracy is what the answers score to, and a second run reuses every trained stage and
+//! reproduces every number.
+
+mod common;
+
+use std::path::Path;
+
+use common::{err, ok};
+use serde_json::Value;
+
+/// Tiny settings for every network of the preset.
+fn tiny_sets() -> Vec<String> {
+    let mut sets: Vec<String> = [
+        "train_problems=300",
+        "test_problems=6",
+        "vocab=300",
+        "seq_len=256",
+        "teacher_steps=[4, 2]",
+        "student_steps=[2]",
+        "gsm8k_problems=4",
+        "batch_size=4",
+        "duo.duo.curriculum_end=3",
+        "duo.duo.table_points=2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for t in ["mdlm", "duo"] {
+        for x in [
+            "model.hidden_size=32",
+            "model.cond_dim=16",
+            "model.n_blocks=1",
+            "model.n_heads=2",
+            "model.mlp_ratio=2",
+            "train.max_steps=6",
+            "train.batch_size=4",
+            "train.eval_every=3",
+            "train.ckpt_every=3",
+            "train.warmup_steps=1",
+        ] {
+            sets.push(format!("{t}.{x}"));
+        }
+    }
+    for s in ["idlm-mdlm", "sdtt", "dcd", "idlm-duo", "idlm-dcd"] {
+        for x in [
+            "max_steps=2",
+            "batch_size=2",
+            "val_every=1",
+            "val_samples=2",
+            "val_steps=2",
+            "ckpt_every=1",
+        ] {
+            sets.push(format!("{s}.{x}"));
+        }
+    }
+    sets
+}
+
+fn run(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "reproduce",
+        "--preset",
+        "mini-gsm",
+        "--work",
+        "w",
+        "--out",
+        "o",
+    ];
+    let sets = tiny_sets();
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    for s in extra {
+        args.extend(["--set", s]);
+    }
+    // The shared data (GSM8K) as the checkout sees it, when it is there.
+    let shared = std::fs::canonicalize("../shared/data").ok();
+    std::process::Command::new(env!("CARGO_BIN_EXE_idlm"))
+        .args(&args)
+        .current_dir(dir)
+        .env("IDLM_HOME", dir.join("cache"))
+        .envs(shared.map(|s| ("IDLM_SHARED_DATA", s)))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn mini_gsm_runs_every_stage_scores_by_execution_and_reproduces_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(&run(dir, &[]));
+    let rows: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("o/summary.json")).unwrap())
+            .unwrap();
+    let has_gsm8k = idlm::task::gsm8k::locate(None).is_ok();
+    // 2 teachers x 2 steps + 5 students x 1 step + AR greedy and sampled, on both splits.
+    let held_out = 2 * (2 * 2 + 5 + 2);
+    assert_eq!(rows.len(), held_out + if has_gsm8k { 7 + 1 } else { 0 });
+    let methods: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    for m in [
+        "mdlm-teacher",
+        "duo-teacher",
+        "idlm-mdlm",
+        "sdtt",
+        "dcd",
+        "idlm-duo",
+        "idlm-dcd",
+        "ar-greedy",
+        "ar-sampled",
+    ] {
+        assert!(methods.contains(m), "{m} missing: {methods:?}");
+    }
+    for r in &rows {
+        for k in [
+            "method",
+            "process",
+            "steps",
+            "accuracy",
+            "accuracy_se",
+            "split",
+            "nfe",
+        ] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+        let split = r["split"].as_str().unwrap();
+        let n = r["samples"].as_u64().unwrap() as usize;
+        assert_eq!(n, if split == "gsm8k_test" { 4 } else { 6 }, "{r}");
+        // The answers file behind the row scores to its accuracy.
+        let stem = match r["steps"].as_u64() {
+            Some(k) => format!("{}-{split}-{k}", r["method"].as_str().unwrap()),
+            None => format!("{}-{split}", r["method"].as_str().unwrap()),
+        };
+        let answers = common::jsonl(&dir.join(format!("w/answers/{stem}.jsonl")));
+        assert_eq!(answers.len(), n);
+        let mut correct = 0;
+        for a in &answers {
+            let number = idlm::task::RefNumber::parse(a["number"].as_str().unwrap()).unwrap();
+            let outcome = a["outcome"].as_str().unwrap();
+            if outcome != "prompt_too_long" {
+                let again =
+                    idlm::task::score_text(a["completion"].as_str().unwrap(), None, &number);
+                assert_eq!(again.class(), outcome, "{a}");
+            }
+            correct += usize::from(outcome == "correct");
+        }
+        let acc = r["accuracy"].as_f64().unwrap();
+        assert_eq!(acc, correct as f64 / n as f64);
+        let se = r["accuracy_se"].as_f64().unwrap();
+        assert!((se - (acc * (1.0 - acc) / n as f64).sqrt()).abs() < 1e-12);
+        if r["process"] == "ar" {
+            assert!(r["steps"].is_null());
+        } else if split != "gsm8k_test" {
+            // A diffusion row spends about its steps (Duo's greedy tail adds one call).
+            let (k, nfe) = (r["steps"].as_f64().unwrap(), r["nfe"].as_f64().unwrap());
+            assert!(nfe >= 1.0 && nfe <= k + 1.0, "{r}");
+        }
+    }
+    let readme = std::fs::read_to_string(dir.join("o/README.md")).unwrap();
+    assert!(readme.contains("## Held-out numbers") && readme.contains("## Held-out templates"));
+    assert!(readme.contains(if has_gsm8k {
+        "GSM8K: the first 4"
+    } else {
+        "GSM8K: skipped"
+    }));
+    for f in [
+        "accuracy_vs_steps_test_numbers.png",
+        "accuracy_vs_seconds.png",
+    ] {
+        assert!(dir.join("o").join(f).is_file(), "{f}");
+    }
+
+    // A second run reuses every trained stage and gives the same answers.
+    ok(&run(dir, &[]));
+    let stages: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("o/stages.json")).unwrap()).unwrap();
+    for s in stages["stages"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        if name.starts_with("train") || name.starts_with("distill") || name.starts_with("synth") {
+            assert_eq!(s["reused"], true, "{name} ran again");
+        }
+    }
+    let again: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("o/summary.json")).unwrap())
+            .unwrap();
+    let key = |r: &Value| (r["method"].clone(), r["split"].clone(), r["steps"].clone());
+    for (a, b) in rows.iter().zip(&again) {
+        assert_eq!(key(a), key(b));
+        assert_eq!(a["accuracy"], b["accuracy"]);
+        assert_eq!(a["outcomes"], b["outcomes"]);
+        assert_eq!(a["nfe"], b["nfe"]);
+    }
+    // Data made with other settings is refused by name, not silently mixed.
+    let e = err(&run(dir, &["style=\"fixed\""]));
+    assert!(e.contains("was made with other settings"), "{e}");
+}
