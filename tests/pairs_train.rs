@@ -227,27 +227,31 @@ fn the_loss_leaves_prompt_positions_out_exactly() {
     assert_eq!(count, 2 * 11 - (4 + 2));
 }
 
+/// The one-template task (60 copies of each pair) prepared in `dir/data`: BPE 300, rows of 12.
+fn one_template_data(dir: &Path) -> std::path::PathBuf {
+    let f = dir.join("pairs.jsonl");
+    write_pairs(&f, 60);
+    let data = dir.join("data");
+    let d = data.to_str().unwrap();
+    let prep = [
+        "--vocab",
+        "300",
+        "--seq-len",
+        "12",
+        "--valid-fraction",
+        "0.1",
+        "--out",
+        d,
+    ];
+    ok(&prepare_pairs(dir, &f, &prep));
+    data
+}
+
 #[test]
 fn a_tiny_teacher_learns_a_one_template_task_from_its_prompts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let f = dir.join("pairs.jsonl");
-    write_pairs(&f, 60);
-    let data = dir.join("data");
-    ok(&prepare_pairs(
-        dir,
-        &f,
-        &[
-            "--vocab",
-            "300",
-            "--seq-len",
-            "12",
-            "--valid-fraction",
-            "0.1",
-            "--out",
-            data.to_str().unwrap(),
-        ],
-    ));
+    let data = one_template_data(dir);
     let run = dir.join("teacher");
     ok(&idlm(
         &[
@@ -362,21 +366,8 @@ fn write_prompts(path: &Path) {
 fn a_tiny_duo_teacher_and_its_dcd_and_idlm_students_answer_with_clamped_prompts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let f = dir.join("pairs.jsonl");
-    write_pairs(&f, 60);
-    let data = dir.join("data");
+    let data = one_template_data(dir);
     let d = data.to_str().unwrap();
-    let prep = [
-        "--vocab",
-        "300",
-        "--seq-len",
-        "12",
-        "--valid-fraction",
-        "0.1",
-        "--out",
-        d,
-    ];
-    ok(&prepare_pairs(dir, &f, &prep));
     let prompts = dir.join("prompts.jsonl");
     write_prompts(&prompts);
     // Duo's Gaussian curriculum (with clamped prompts) for the first 200 steps, then the plain

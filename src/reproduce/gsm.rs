@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::answering::{
-    Answerer, Problem, answer_all, greedy, read_problems, tally, write_answers,
+    Answered, Answerer, Problem, answer_all, greedy, read_problems, tally, write_answers,
 };
 use super::gsm_preset::GsmPreset;
 use super::{Stage, finished_steps};
@@ -330,6 +330,13 @@ struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
+    /// `who`'s scored answers to `problems`, in rows of the data's layout.
+    fn answer(&self, who: &Answerer, problems: &[Problem]) -> Result<Vec<Answered>> {
+        let (bos, sep) = self.markers()?;
+        let (tok, len) = (&self.data.tokenizer, self.data.info.seq_len);
+        answer_all(who, problems, tok, bos, sep, len)
+    }
+
     /// The data's row markers: (BOS, SEP).
     fn markers(&self) -> Result<(u32, u32)> {
         let sep = self.data.info.rows.sep().ok_or_else(|| {
@@ -348,7 +355,7 @@ impl Evaluator<'_> {
         process: &str,
         steps: Option<usize>,
         split: &str,
-        answers: &[super::answering::Answered],
+        answers: &[Answered],
         checkpoint: &Path,
     ) -> Result<GsmRow> {
         let stem = match steps {
@@ -358,9 +365,8 @@ impl Evaluator<'_> {
         write_answers(&self.answers_dir.join(format!("{stem}.jsonl")), answers)?;
         let (correct, n, outcomes) = tally(answers);
         let acc = correct as f64 / n.max(1) as f64;
-        let mean = |f: &dyn Fn(&super::answering::Answered) -> f64| {
-            answers.iter().map(f).sum::<f64>() / n.max(1) as f64
-        };
+        let mean =
+            |f: &dyn Fn(&Answered) -> f64| answers.iter().map(f).sum::<f64>() / n.max(1) as f64;
         let row = GsmRow {
             method: method.to_string(),
             process: process.to_string(),
@@ -395,7 +401,6 @@ impl Evaluator<'_> {
         let ck = checkpoint::load(&m.dir)?;
         let model = ck.dit(true)?;
         let process = ck.process(None)?;
-        let (bos, sep) = self.markers()?;
         let pname = ck.meta.process.name().to_string();
         let mut rows = Vec::new();
         for &k in steps {
@@ -405,14 +410,7 @@ impl Evaluator<'_> {
                 process: process.as_ref(),
                 opts: greedy(&ck.meta.config.sample, k, self.p.batch_size, self.p.seed),
             };
-            let a = answer_all(
-                &who,
-                problems,
-                &self.data.tokenizer,
-                bos,
-                sep,
-                self.data.info.seq_len,
-            )?;
+            let a = self.answer(&who, problems)?;
             rows.push(self.row(&m.method, &pname, Some(k), split, &a, &ck.dir)?);
         }
         Ok(rows)
@@ -429,7 +427,6 @@ impl Evaluator<'_> {
     ) -> Result<Vec<GsmRow>> {
         let ck = checkpoint::load(dir)?;
         let model = lm_from_checkpoint(&ck, true)?;
-        let (bos, sep) = self.markers()?;
         let mut rows = Vec::new();
         for (name, temperature) in [("ar-greedy", 0.0), ("ar-sampled", 1.0)] {
             if !modes.contains(&name) {
@@ -446,14 +443,7 @@ impl Evaluator<'_> {
                 },
                 exclude: Some(ck.meta.data.mask_id),
             };
-            let a = answer_all(
-                &who,
-                problems,
-                &self.data.tokenizer,
-                bos,
-                sep,
-                self.data.info.seq_len,
-            )?;
+            let a = self.answer(&who, problems)?;
             rows.push(self.row(name, "ar", None, split, &a, &ck.dir)?);
         }
         Ok(rows)

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::Stage;
 use super::gsm::GsmRow;
 use super::gsm_preset::GsmPreset;
+use super::report::write_json;
 use crate::plot::{LinePlot, Series, line_plot};
 use crate::{Error, Result};
 
@@ -26,12 +27,6 @@ pub struct GsmReport<'a> {
     pub gsm8k_note: &'a str,
     /// Total wall-clock seconds.
     pub total_seconds: f64,
-}
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)
-        .map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
-    crate::atomic::write_file(path, (text + "\n").as_bytes())
 }
 
 /// The rows of `split`, in table order.
@@ -188,12 +183,6 @@ pub fn write(out: &Path, r: &GsmReport) -> Result<()> {
     md.push_str(r.gsm8k_note);
     md.push_str("\n\n");
     md.push_str(&crate::report::plot_links(&plots));
-    md.push_str("\n## Stages\n\n| stage | seconds | reused | command |\n|---|---|---|---|\n");
-    for s in r.stages {
-        md.push_str(&format!(
-            "| {} | {:.0} | {} | `{}` |\n",
-            s.name, s.seconds, s.reused, s.command
-        ));
-    }
+    md.push_str(&super::report::stages_table(r.stages));
     crate::atomic::write_file(&out.join("README.md"), md.as_bytes())
 }

@@ -40,7 +40,8 @@ pub struct Report<'a> {
     pub total_seconds: f64,
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+/// Pretty JSON with a final newline, written atomically.
+pub(super) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
     crate::atomic::write_file(path, (text + "\n").as_bytes())
@@ -79,12 +80,19 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
     md.push_str(&crate::report::markdown_table(r.rows));
     md.push('\n');
     md.push_str(&crate::report::plot_links(&plots));
-    md.push_str("\n## Stages\n\n| stage | seconds | reused | command |\n|---|---|---|---|\n");
-    for s in r.stages {
+    md.push_str(&stages_table(r.stages));
+    crate::atomic::write_file(&out.join("README.md"), md.as_bytes())
+}
+
+/// The "Stages" section: each stage's time, whether it was reused, and its command.
+pub(super) fn stages_table(stages: &[Stage]) -> String {
+    let mut md =
+        String::from("\n## Stages\n\n| stage | seconds | reused | command |\n|---|---|---|---|\n");
+    for s in stages {
         md.push_str(&format!(
             "| {} | {:.0} | {} | `{}` |\n",
             s.name, s.seconds, s.reused, s.command
         ));
     }
-    crate::atomic::write_file(&out.join("README.md"), md.as_bytes())
+    md
 }
