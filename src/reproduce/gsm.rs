@@ -63,6 +63,9 @@ pub struct GsmRow {
 
 /// A model of the table.
 struct Model {
+    /// Its run folder's name (what students name as `from`).
+    name: String,
+    /// Row label.
     method: String,
     dir: PathBuf,
     steps: Vec<usize>,
@@ -71,101 +74,17 @@ struct Model {
 /// The held-out splits every model answers.
 pub const SPLITS: &[&str] = &["test_numbers", "test_templates"];
 
-/// Run every stage (reusing finished ones) and write the report.
+/// Run every stage (reusing finished ones) and write the report. Each model answers as soon as
+/// it is trained (a teacher, then the students it makes possible, in preset order) and the
+/// report is rewritten after each, so a long run shows its rows as they come and an interrupted
+/// one keeps them.
 pub fn reproduce_gsm(opts: &GsmOptions, log: &dyn Fn(&str)) -> Result<Vec<GsmRow>> {
     let started = Instant::now();
     let p = &opts.preset;
     p.validate()?;
-    let mut stages = Vec::new();
     let synth = opts.work.join("synth");
     let data_dir = opts.work.join("data");
-    stages.push(make_data(p, &synth, &data_dir, log)?);
-    let mut models: Vec<Model> = Vec::new();
-    for t in &p.teachers {
-        let cfg = p.teacher_config(t)?;
-        let dir = opts.work.join(&t.name);
-        let sets: String = t
-            .overrides
-            .iter()
-            .map(|o| format!(" --set '{o}'"))
-            .collect();
-        let command = format!(
-            "idlm train --data {} --preset {}{sets} --out {}",
-            data_dir.display(),
-            t.preset,
-            dir.display()
-        );
-        stages.push(train_stage(
-            &t.name, &dir, &data_dir, &cfg, false, command, log,
-        )?);
-        models.push(Model {
-            method: format!("{}-teacher", t.name),
-            dir,
-            steps: p.teacher_steps.clone(),
-        });
-    }
-    for s in &p.students {
-        let source = p
-            .teachers
-            .iter()
-            .map(|t| (t.name.as_str(), opts.work.join(&t.name)))
-            .chain(
-                p.students
-                    .iter()
-                    .map(|o| (o.method.as_str(), opts.work.join(&o.method))),
-            )
-            .find(|(n, _)| *n == s.from)
-            .map(|(_, d)| d)
-            .ok_or_else(|| Error::Config(format!("{} distils unknown '{}'", s.method, s.from)))?;
-        let dir = opts.work.join(&s.method);
-        let dc = DistillConfig::default().with_overrides(&s.overrides)?;
-        let t0 = Instant::now();
-        let finished = finished_steps(&dir);
-        let reused = finished.is_some_and(|st| st >= dc.max_steps);
-        if !reused {
-            log(&format!("distilling: {}", s.method));
-            // No GenPPL scorer: validation tracks the answers' entropy; the final checkpoint
-            // answers (programs are not text a language model's perplexity ranks).
-            run_distill(&DistillRunOptions {
-                run_dir: dir.clone(),
-                teacher: source.clone(),
-                data_dir: Some(data_dir.clone()),
-                cfg: dc,
-                resume: finished.is_some(),
-                progress: true,
-                genppl_model: None,
-            })?;
-        }
-        let sets: Vec<String> = s.overrides.iter().map(|o| format!("--set '{o}'")).collect();
-        stages.push(Stage {
-            name: format!("distill {}", s.method),
-            command: format!(
-                "idlm distill --teacher {} --out {} --no-genppl {}",
-                source.display(),
-                dir.display(),
-                sets.join(" ")
-            ),
-            seconds: t0.elapsed().as_secs_f64(),
-            reused,
-        });
-        models.push(Model {
-            method: s.method.clone(),
-            dir,
-            steps: p.student_steps.clone(),
-        });
-    }
-    let ar_dir = opts.work.join("ar");
-    if let Some(cfg) = p.ar_config()? {
-        let command = format!(
-            "idlm train --data {} --process ar (the {} teacher's config) --out {}",
-            data_dir.display(),
-            p.ar_from,
-            ar_dir.display()
-        );
-        stages.push(train_stage(
-            "ar", &ar_dir, &data_dir, &cfg, true, command, log,
-        )?);
-    }
+    let mut stages = vec![make_data(p, &synth, &data_dir, log)?];
     let data = DataDir::open(&data_dir)?;
     let answers_dir = opts.work.join("answers");
     std::fs::create_dir_all(&answers_dir).map_err(|e| Error::io("creating", &answers_dir, e))?;
@@ -175,41 +94,189 @@ pub fn reproduce_gsm(opts: &GsmOptions, log: &dyn Fn(&str)) -> Result<Vec<GsmRow
         answers_dir: &answers_dir,
         log,
     };
-    let mut rows = Vec::new();
-    let t0 = Instant::now();
+    let mut problems = Vec::new();
     for split in SPLITS {
-        let problems = read_problems(&synth.join(format!("{split}.jsonl")), p.test_problems)?;
-        for m in &models {
-            rows.extend(ev.diffusion_rows(m, split, &problems, &m.steps)?);
-        }
-        if p.ar_config()?.is_some() {
-            rows.extend(ev.ar_rows(&ar_dir, split, &problems)?);
+        let f = synth.join(format!("{split}.jsonl"));
+        problems.push((*split, read_problems(&f, p.test_problems)?));
+    }
+    let mut run = Progress {
+        opts,
+        stages: Vec::new(),
+        rows: Vec::new(),
+        started,
+    };
+    run.stages.append(&mut stages);
+    let mut models: Vec<Model> = Vec::new();
+    for t in &p.teachers {
+        let m = train_teacher(p, t, &opts.work, &data_dir, log, &mut run.stages)?;
+        run.answer(&ev, &problems, |split, probs| {
+            ev.diffusion_rows(&m, split, probs, &m.steps)
+        })?;
+        models.push(m);
+        // Every student whose source now exists, in preset order (IDLM-DCD after DCD).
+        for s in &p.students {
+            let ready = models.iter().any(|m| m.name == s.from);
+            if !ready || models.iter().any(|m| m.name == s.method) {
+                continue;
+            }
+            let m = distill_student(p, s, &opts.work, &data_dir, log, &mut run.stages)?;
+            run.answer(&ev, &problems, |split, probs| {
+                ev.diffusion_rows(&m, split, probs, &m.steps)
+            })?;
+            models.push(m);
         }
     }
+    let ar_dir = opts.work.join("ar");
+    if let Some(cfg) = p.ar_config()? {
+        let command = format!(
+            "idlm train --data {} --process ar (the {} teacher's config) --out {}",
+            data_dir.display(),
+            p.ar_from,
+            ar_dir.display()
+        );
+        let st = train_stage("ar", &ar_dir, &data_dir, &cfg, true, command, log)?;
+        run.stages.push(st);
+        run.answer(&ev, &problems, |split, probs| {
+            ev.ar_rows(&ar_dir, split, probs)
+        })?;
+    }
+    let note = gsm8k_rows(&ev, &models, &ar_dir, &mut run.rows, &mut run.stages)?;
+    run.report(&note)?;
+    Ok(run.rows)
+}
+
+/// The rows and stages so far, and the report they make.
+struct Progress<'a> {
+    opts: &'a GsmOptions,
+    stages: Vec<Stage>,
+    rows: Vec<GsmRow>,
+    started: Instant,
+}
+
+impl Progress<'_> {
+    /// Answer every held-out split with `rows_of` (timed as one stage), then rewrite the report.
+    fn answer(
+        &mut self,
+        ev: &Evaluator,
+        problems: &[(&str, Vec<Problem>)],
+        rows_of: impl Fn(&str, &[Problem]) -> Result<Vec<GsmRow>>,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let before = self.rows.len();
+        for (split, probs) in problems {
+            self.rows.extend(rows_of(split, probs)?);
+        }
+        let who = self.rows.get(before).map_or("", |r| r.method.as_str());
+        self.stages.push(Stage {
+            name: format!("answer held-out splits: {who}"),
+            command: format!(
+                "idlm sample --ckpt RUN --prompts SYNTH/SPLIT.jsonl --steps K --noise-removal \
+                 greedy --batch-size {} && idlm eval SAMPLES --metrics accuracy --answers \
+                 SYNTH/SPLIT.jsonl",
+                ev.p.batch_size
+            ),
+            seconds: t0.elapsed().as_secs_f64(),
+            reused: false,
+        });
+        self.report("GSM8K: not run yet (the pipeline is still going).")
+    }
+
+    /// Write the report of what is done.
+    fn report(&self, gsm8k_note: &str) -> Result<()> {
+        super::gsm_report::write(
+            &self.opts.out,
+            &super::gsm_report::GsmReport {
+                preset: &self.opts.preset,
+                command: &self.opts.command,
+                stages: &self.stages,
+                rows: &self.rows,
+                gsm8k_note,
+                total_seconds: self.started.elapsed().as_secs_f64(),
+            },
+        )
+    }
+}
+
+/// Train (or reuse) one teacher.
+fn train_teacher(
+    p: &GsmPreset,
+    t: &super::gsm_preset::TeacherSpec,
+    work: &Path,
+    data_dir: &Path,
+    log: &dyn Fn(&str),
+    stages: &mut Vec<Stage>,
+) -> Result<Model> {
+    let cfg = p.teacher_config(t)?;
+    let dir = work.join(&t.name);
+    let sets: String = t
+        .overrides
+        .iter()
+        .map(|o| format!(" --set '{o}'"))
+        .collect();
+    let command = format!(
+        "idlm train --data {} --preset {}{sets} --out {}",
+        data_dir.display(),
+        t.preset,
+        dir.display()
+    );
+    stages.push(train_stage(
+        &t.name, &dir, data_dir, &cfg, false, command, log,
+    )?);
+    Ok(Model {
+        name: t.name.clone(),
+        method: format!("{}-teacher", t.name),
+        dir,
+        steps: p.teacher_steps.clone(),
+    })
+}
+
+/// Distil (or reuse) one student from the run folder of its source.
+fn distill_student(
+    p: &GsmPreset,
+    s: &super::preset::StudentSpec,
+    work: &Path,
+    data_dir: &Path,
+    log: &dyn Fn(&str),
+    stages: &mut Vec<Stage>,
+) -> Result<Model> {
+    let source = work.join(&s.from);
+    let dir = work.join(&s.method);
+    let dc = DistillConfig::default().with_overrides(&s.overrides)?;
+    let t0 = Instant::now();
+    let finished = finished_steps(&dir);
+    let reused = finished.is_some_and(|st| st >= dc.max_steps);
+    if !reused {
+        log(&format!("distilling: {}", s.method));
+        // No GenPPL scorer: validation tracks the answers' entropy; the final checkpoint
+        // answers (programs are not text a language model's perplexity ranks).
+        run_distill(&DistillRunOptions {
+            run_dir: dir.clone(),
+            teacher: source.clone(),
+            data_dir: Some(data_dir.to_path_buf()),
+            cfg: dc,
+            resume: finished.is_some(),
+            progress: true,
+            genppl_model: None,
+        })?;
+    }
+    let sets: Vec<String> = s.overrides.iter().map(|o| format!("--set '{o}'")).collect();
     stages.push(Stage {
-        name: "answer both held-out splits".into(),
+        name: format!("distill {}", s.method),
         command: format!(
-            "idlm sample --ckpt RUN --prompts {}/SPLIT.jsonl --steps K --noise-removal greedy && \
-             idlm eval SAMPLES --metrics accuracy --answers {}/SPLIT.jsonl",
-            synth.display(),
-            synth.display()
+            "idlm distill --teacher {} --out {} --no-genppl {}",
+            source.display(),
+            dir.display(),
+            sets.join(" ")
         ),
         seconds: t0.elapsed().as_secs_f64(),
-        reused: false,
+        reused,
     });
-    let gsm8k_note = gsm8k_rows(&ev, &models, &ar_dir, &mut rows, &mut stages)?;
-    super::gsm_report::write(
-        &opts.out,
-        &super::gsm_report::GsmReport {
-            preset: p,
-            command: &opts.command,
-            stages: &stages,
-            rows: &rows,
-            gsm8k_note: &gsm8k_note,
-            total_seconds: started.elapsed().as_secs_f64(),
-        },
-    )?;
-    Ok(rows)
+    Ok(Model {
+        name: s.method.clone(),
+        method: s.method.clone(),
+        dir,
+        steps: p.student_steps.clone(),
+    })
 }
 
 /// 1-2. Generate the problems and prepare the prompt/answer rows (each reused when complete; a
