@@ -313,9 +313,9 @@ pub enum DataCmd {
         /// Problems in each held-out split.
         #[arg(long, default_value_t = 500)]
         test: usize,
-        /// How programs are written: `varied` (equivalent programs with random variable
-        /// spellings, input order and return form, as model-written TinyGSM answers) or
-        /// `fixed` (one program per problem).
+        /// How programs are written: `varied` (equivalent programs with random input order and
+        /// return form, as model-written TinyGSM answers vary) or `fixed` (one program per
+        /// problem).
         #[arg(long, default_value = "varied")]
         style: String,
     },

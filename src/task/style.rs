@@ -2,15 +2,19 @@
 //!
 //! `fixed` writes one program per problem: the template's names, its order, `return result`.
 //! Given the question, every answer token is then determined, so parallel decoding loses nothing
-//! and a teacher is as accurate at 4 steps as at 1024 (results/synth-math-teacher: 93.5% vs
-//! 96.5%), which leaves a distiller nothing to show. `varied` writes one of many equivalent
-//! programs, as TinyGSM's model-written answers do: the variables take one of the [`VARIANTS`]
-//! spellings (one for the whole program, as a writer keeps one naming habit), the literal inputs
-//! come in any order, and the last line is either `result = e` + `return result` or `return e`.
-//! Every choice is drawn per problem and is the same wherever it shows up, so a program is right
-//! only when its tokens agree with each other: the joint dependence that few-step samplers break
-//! and that distillation has to recover. (A spelling drawn per variable was tried first: 4^k
-//! programs per problem left the `mini` teacher at 0% after 5,000 steps, even at 1,024 steps.)
+//! and a teacher is as accurate at 4 steps as at 1024 (results/synth-math-teacher-fixed: 93.5% vs
+//! 96.5%), which leaves a distiller nothing to show. `varied` writes one of several equivalent
+//! programs, as TinyGSM's model-written answers vary: the literal inputs come in any order, and
+//! the last line is either `result = e` + `return result` or `return e`, both drawn per problem.
+//! A program is then right only when its tokens agree with each other (each input defined once,
+//! with its own number, before it is used): the joint dependence that few-step samplers break
+//! and that distillation has to recover.
+//!
+//! Both choices keep the token positions of everything else: the inputs' block has the same
+//! length in any order, and the return form changes only the tail. Variable spellings (`n_x`,
+//! `x_val`, ...) were tried first and dropped: they shift every later token by a varying amount,
+//! and the `mini` teacher (masked diffusion, any-order decoding) was still at 0% after 3,000 steps
+//! with one spelling per program and after 5,000 with one per variable, even at 1,024 steps.
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -19,16 +23,12 @@ use rand_chacha::ChaCha8Rng;
 use super::PROGRAM_HEADER;
 use crate::{Error, Result};
 
-/// The spellings of the variables `v` of a `varied` program (`{}` is `v`). No template's name
-/// starts with `n_` or `my_` or ends with `_val`, so two variables never share a spelling.
-pub const VARIANTS: &[&str] = &["{}", "n_{}", "{}_val", "my_{}"];
-
 /// How programs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Style {
     /// One program per problem.
     Fixed,
-    /// Equivalent programs with random spellings, input order and return form (the default).
+    /// Equivalent programs with random input order and return form (the default).
     #[default]
     Varied,
 }
@@ -54,29 +54,6 @@ impl Style {
     }
 }
 
-/// Replace each identifier of `expr` by `rename` of it (numbers and operators kept).
-fn rename_expr(expr: &str, rename: &dyn Fn(&str) -> String) -> String {
-    let mut out = String::with_capacity(expr.len() + 8);
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if !word.is_empty() {
-            let is_name = word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
-            out.push_str(&if is_name { rename(word) } else { word.clone() });
-            word.clear();
-        }
-    };
-    for c in expr.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            word.push(c);
-        } else {
-            flush(&mut word, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
-}
-
 /// Whether `e` is a literal number (an input line).
 fn is_literal(e: &str) -> bool {
     !e.is_empty()
@@ -94,31 +71,20 @@ pub fn write_program(lines: &[(&str, String)], style: Style, rng: &mut ChaCha8Rn
         s.push_str("    return result\n");
         return s;
     }
-    // Builtins called in expressions (`round`, `min`, ...) are not variables.
-    let vars: Vec<&str> = lines.iter().map(|(v, _)| *v).collect();
-    let spelling = VARIANTS[rng.random_range(0..VARIANTS.len())];
-    let rename = |w: &str| {
-        if vars.contains(&w) {
-            spelling.replace("{}", w)
-        } else {
-            w.to_string()
-        }
-    };
     let inputs = lines.iter().take_while(|(_, e)| is_literal(e)).count();
     let mut order: Vec<usize> = (0..lines.len()).collect();
     order[..inputs].shuffle(rng);
     let direct_return = rng.random_bool(0.5);
     for (k, &i) in order.iter().enumerate() {
         let (v, e) = &lines[i];
-        let e = rename_expr(e, &rename);
         if k + 1 == order.len() && direct_return {
             s.push_str(&format!("    return {e}\n"));
         } else {
-            s.push_str(&format!("    {} = {e}\n", rename(v)));
+            s.push_str(&format!("    {v} = {e}\n"));
         }
     }
     if !direct_return {
-        s.push_str(&format!("    return {}\n", rename("result")));
+        s.push_str("    return result\n");
     }
     s
 }
@@ -168,37 +134,17 @@ mod tests {
             assert!(at("41") < at(" - ") && at("15") < at(" - ") && at("11") < at(" + "));
             seen.insert(p);
         }
-        // 4 spellings x 3! orders x 2 returns = 48 programs: 400 draws find nearly all.
-        assert!(
-            seen.len() >= 44 && seen.len() <= 48,
-            "{} distinct programs",
-            seen.len()
-        );
-        // One spelling per program: every assigned name is spelled the same way.
-        let kind = |v: &str| {
-            if v.starts_with("n_") {
-                1
-            } else if v.starts_with("my_") {
-                2
-            } else if v.ends_with("_val") {
-                3
-            } else {
-                0
-            }
-        };
-        let mut kinds = std::collections::HashSet::new();
+        // 3! orders x 2 returns = 12 programs: 400 draws find them all.
+        assert_eq!(seen.len(), 12);
         for p in &seen {
-            let names: Vec<&str> = p
-                .lines()
-                .filter_map(|l| l.split_once(" = ").map(|(v, _)| v.trim()))
-                .collect();
-            let k: std::collections::HashSet<i32> = names.iter().map(|v| kind(v)).collect();
-            assert_eq!(k.len(), 1, "{p}");
-            kinds.extend(k);
+            // The input block keeps its length in any order, so later lines keep their place.
+            let block: usize = p.lines().skip(1).take(3).map(str::len).sum();
+            assert_eq!(block, "    has = 41    lost = 15    found = 11".len(), "{p}");
+            let direct = !p.contains("return result");
+            assert_eq!(direct, p.contains("return round(left + found)"), "{p}");
         }
-        assert_eq!(kinds.len(), VARIANTS.len());
-        // A program with mismatched spellings is wrong, which is the point of the style.
-        let bad = format!("{PROGRAM_HEADER}\n    has = 4\n    return n_has\n");
+        // An input defined twice and another missing is wrong, which is the point of the style.
+        let bad = format!("{PROGRAM_HEADER}\n    has = 41\n    has = 15\n    return has - lost\n");
         assert!(crate::task::run_program(&bad).is_err());
     }
 
