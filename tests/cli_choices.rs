@@ -49,7 +49,10 @@ fn wrong_values_get_clap_errors_listing_the_choices() {
     }
     // Presets are data: the choices come from configs/reproduce/.
     let e = err(&idlm(&["reproduce", "--preset", "bogus"], tmp.path()));
-    assert!(e.contains("[possible values: mini, mini-duo]"), "{e}");
+    assert!(
+        e.contains("[possible values: mini, mini-duo, mini-gsm]"),
+        "{e}"
+    );
     // A comma list is checked item by item.
     let e = err(&idlm(
         &["eval", "none.jsonl", "--metrics", "entropy,bogus"],

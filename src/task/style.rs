@@ -139,7 +139,11 @@ mod tests {
         for p in &seen {
             // The input block keeps its length in any order, so later lines keep their place.
             let block: usize = p.lines().skip(1).take(3).map(str::len).sum();
-            assert_eq!(block, "    has = 41    lost = 15    found = 11".len(), "{p}");
+            assert_eq!(
+                block,
+                "    has = 41    lost = 15    found = 11".len(),
+                "{p}"
+            );
             let direct = !p.contains("return result");
             assert_eq!(direct, p.contains("return round(left + found)"), "{p}");
         }
