@@ -3,10 +3,11 @@
 # TinyGSM-style problems (idlm data synth-math), prompt/answer rows of 128-144 tokens (BPE 512), a
 # `mini` MDLM teacher trained on 2 cores for at most MINUTES, then accuracy by execution on both
 # held-out splits (unseen numbers, unseen templates) at several step counts, greedy noise removal.
-# STYLE=varied (the default: equivalent programs with random spellings, see src/task/style.rs)
+# STYLE=varied (the default: equivalent programs, random input order and return form; see
+# src/task/style.rs)
 # or fixed (one program per problem; results/synth-math-teacher-fixed came from it, as it was
 # the only style then, with WORK_DIR runs/gsm). Writes results/synth-math-teacher-$STYLE/
-# summary.json (+ the eval JSONs). Usage:
+# summary.json (+ the eval JSONs); results/synth-math-teacher-varied came from MINUTES=60. Usage:
 #   bash scripts/synth_math_teacher.sh [WORK_DIR]   (STYLE=varied MINUTES=50 STEPS="1024 64 16 8 4" N=200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ work=${1:-runs/gsm-$style}
 minutes=${MINUTES:-50}
 steps=${STEPS:-1024 64 16 8 4}
 n=${N:-200}
-# Varied programs are longer (spellings such as my_total): 144 tokens holds every pair of them.
+# Varied programs get the rows of the mini-gsm preset (144 tokens), so its data is this data.
 seq_len=${SEQ_LEN:-$([ "$style" = fixed ] && echo 128 || echo 144)}
 out=results/synth-math-teacher-$style
 cargo build --release --bin idlm
