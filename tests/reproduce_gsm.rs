@@ -59,6 +59,11 @@ fn tiny_sets() -> Vec<String> {
     sets
 }
 
+/// The shared data folder (GSM8K) as the checkout sees it, when it is there.
+fn shared_data() -> Option<std::path::PathBuf> {
+    std::fs::canonicalize("../shared/data").ok()
+}
+
 fn run(dir: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "reproduce",
@@ -76,13 +81,11 @@ fn run(dir: &Path, extra: &[&str]) -> std::process::Output {
     for s in extra {
         args.extend(["--set", s]);
     }
-    // The shared data (GSM8K) as the checkout sees it, when it is there.
-    let shared = std::fs::canonicalize("../shared/data").ok();
     std::process::Command::new(env!("CARGO_BIN_EXE_idlm"))
         .args(&args)
         .current_dir(dir)
         .env("IDLM_HOME", dir.join("cache"))
-        .envs(shared.map(|s| ("IDLM_SHARED_DATA", s)))
+        .envs(shared_data().map(|s| ("IDLM_SHARED_DATA", s)))
         .output()
         .unwrap()
 }
@@ -95,7 +98,9 @@ fn mini_gsm_runs_every_stage_scores_by_execution_and_reproduces_itself() {
     let rows: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("o/summary.json")).unwrap())
             .unwrap();
-    let has_gsm8k = idlm::task::gsm8k::locate(None).is_ok();
+    // What the run finds: GSM8K in the shared folder, or nowhere (its cache starts empty).
+    let has_gsm8k =
+        shared_data().is_some_and(|s| idlm::task::gsm8k::locate(Some(&s.join("gsm8k"))).is_ok());
     // 2 teachers x 2 steps + 5 students x 1 step + AR greedy and sampled, on both splits.
     let held_out = 2 * (2 * 2 + 5 + 2);
     assert_eq!(rows.len(), held_out + if has_gsm8k { 7 + 1 } else { 0 });
