@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::data::corpus::Document;
+use crate::data::pairs::RowLayout;
 use crate::data::tokenizer::TextTokenizer;
 use crate::serve::api::{self, ModelInfo};
 use crate::serve::limits::Limits;
@@ -212,9 +213,18 @@ fn serve_models() -> &'static [ModelInfo] {
             info(
                 "mdlm",
                 "mdlm",
-                Some(PromptCodec::new(tok.clone(), bos, Some(bos), false)),
+                Some(PromptCodec::new(
+                    tok.clone(),
+                    bos,
+                    RowLayout::Pairs { sep_id: bos },
+                    false,
+                )),
             ),
-            info("ar", "ar", Some(PromptCodec::new(tok, bos, None, true))),
+            info(
+                "ar",
+                "ar",
+                Some(PromptCodec::new(tok, bos, RowLayout::Stream, true)),
+            ),
             info("bare", "duo", None),
         ]
     })

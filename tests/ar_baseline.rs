@@ -357,7 +357,7 @@ fn tiny_ar_model_learns_a_repeated_pattern() {
     let floor = 5f64.ln() / (l - 1) as f64;
     let tail = last[last.len() - 20..].iter().sum::<f64>() / 20.0;
     assert!(tail < floor + 0.03, "loss {tail} vs floor {floor}");
-    let s = ar_nll(&tr.model, &data, Default::default(), 64, 16, 6).unwrap();
+    let s = ar_nll(&tr.model, &data, &Default::default(), 64, 16, 6).unwrap();
     assert!(s.nll < floor + 0.03 && (s.perplexity - s.nll.exp()).abs() < 1e-9);
     assert_eq!(s.tokens, 64 * (l as u64 - 1));
     let greedy = ArSamplerOptions {

@@ -14,9 +14,6 @@ use idlm::checkpoint::{self, Checkpoint};
 use idlm::interop::{ImportOptions, Role, export_hf, import};
 use idlm::nn::DitInput;
 use idlm::process::{ModelFamily, ProcessKind};
-use tokenizers::models::wordlevel::WordLevel;
-use tokenizers::pre_tokenizers::whitespace::Whitespace;
-use tokenizers::{AddedToken, Tokenizer};
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -70,16 +67,7 @@ fn tiny_tokenizer_json() -> String {
 fn word_tokenizer_json(words: u32) -> String {
     let mut vocab: HashMap<String, u32> = (0..words).map(|i| (format!("w{i}"), i)).collect();
     vocab.insert("<|endoftext|>".into(), words);
-    let model = WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("w0".into())
-        .build()
-        .unwrap();
-    let mut tok = Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(Whitespace {}));
-    tok.add_special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
-        .unwrap();
-    tok.to_string(false).unwrap()
+    common::word_level_json(vocab, "w0", &["<|endoftext|>"])
 }
 
 /// An mdlm-owt-layout directory: config.json with MDLMConfig's keys, the reference weights.

@@ -247,7 +247,7 @@ fn a_vocabulary_of_two_and_rows_of_one_token_train_validate_and_sample() {
         }
         weights_finite(&tr);
         let ema = tr.ema_model().unwrap();
-        let s = nelbo(&ema, &process, &data, Default::default(), 8, 4, 2, 1).unwrap();
+        let s = nelbo(&ema, &process, &data, &Default::default(), 8, 4, 2, 1).unwrap();
         assert!(s.nelbo.is_finite() && s.nelbo >= 0.0, "len {len}: {s:?}");
         let opts = SamplerOptions {
             steps: 4,
@@ -312,7 +312,7 @@ fn a_duo_model_over_two_states_trains_with_and_without_its_curriculum() {
             &ema,
             process.as_ref(),
             &data,
-            Default::default(),
+            &Default::default(),
             8,
             4,
             2,

@@ -88,7 +88,7 @@ fn pairs_rows_are_bos_prompt_sep_answer_eos_padding() {
     for i in 0..d.train.n_rows() {
         let row = d.train.row(i).unwrap();
         assert_eq!(row[0], d.tokenizer.bos_id());
-        let p = prompt_len(&row, sep);
+        let p = prompt_len(&row, &[sep]);
         let prompt = d.tokenizer.decode(&row[1..p - 1]).unwrap();
         assert!(
             prompt.starts_with("after ") && prompt.ends_with(" comes"),

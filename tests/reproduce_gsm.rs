@@ -183,8 +183,44 @@ fn mini_gsm_runs_every_stage_scores_by_execution_and_reproduces_itself() {
         assert!(dir.join("o").join(f).is_file(), "{f}");
     }
 
-    // A second run reuses every trained stage and gives the same answers.
-    ok(&run(dir, &[]));
+    // A second run reuses every trained stage and keeps every answered row; half the rows'
+    // records are removed, or made stale, first, so those are answered again and must agree.
+    let stem_of = |r: &Value| match r["steps"].as_u64() {
+        Some(k) => format!(
+            "{}-{}-{k}",
+            r["method"].as_str().unwrap(),
+            r["split"].as_str().unwrap()
+        ),
+        None => format!(
+            "{}-{}",
+            r["method"].as_str().unwrap(),
+            r["split"].as_str().unwrap()
+        ),
+    };
+    let kept: Vec<bool> = (0..rows.len()).map(|i| i % 2 == 0).collect();
+    for (i, r) in rows.iter().enumerate() {
+        let f = dir.join(format!("w/answers/{}.row.json", stem_of(r)));
+        assert!(f.is_file(), "no record of row {}", stem_of(r));
+        match i % 4 {
+            1 => std::fs::remove_file(&f).unwrap(),
+            3 => {
+                let mut v: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+                v["key"] = "stale".into();
+                std::fs::write(&f, v.to_string()).unwrap();
+            }
+            _ => {}
+        }
+    }
+    let out = run(dir, &[]);
+    ok(&out);
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("kept from an earlier run").count(),
+        kept.iter().filter(|k| **k).count(),
+        "{log}"
+    );
     let stages: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("o/stages.json")).unwrap()).unwrap();
     for s in stages["stages"].as_array().unwrap() {
@@ -197,11 +233,19 @@ fn mini_gsm_runs_every_stage_scores_by_execution_and_reproduces_itself() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("o/summary.json")).unwrap())
             .unwrap();
     let key = |r: &Value| (r["method"].clone(), r["split"].clone(), r["steps"].clone());
-    for (a, b) in rows.iter().zip(&again) {
+    for ((a, b), kept) in rows.iter().zip(&again).zip(kept) {
         assert_eq!(key(a), key(b));
         assert_eq!(a["accuracy"], b["accuracy"]);
         assert_eq!(a["outcomes"], b["outcomes"]);
         assert_eq!(a["nfe"], b["nfe"]);
+        if kept {
+            assert_eq!(
+                a["seconds_per_sample"],
+                b["seconds_per_sample"],
+                "{}",
+                stem_of(a)
+            );
+        }
     }
     // Data made with other settings is refused by name, not silently mixed.
     let e = err(&run(dir, &["style=\"fixed\""]));

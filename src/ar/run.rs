@@ -26,7 +26,7 @@ impl Objective<CausalLm> for ArObjective {
         let s = ar_nll(
             model,
             &data.valid,
-            self.layout,
+            &self.layout,
             rows,
             batch_size,
             self.mask_id,
@@ -55,7 +55,7 @@ pub fn run_ar_training(opts: &TrainRunOptions) -> Result<TrainSummary> {
     let trainer: ArTrainer = start_or_resume(opts, &info)?;
     let objective = ArObjective {
         mask_id: info.mask_id,
-        layout: data.info.rows,
+        layout: data.info.rows.clone(),
     };
     train_run(trainer, &objective, &data, opts)
 }

@@ -38,7 +38,7 @@ pub fn lm_from_checkpoint(ck: &Checkpoint, use_ema: bool) -> Result<CausalLm> {
 }
 
 /// The AR baseline's training objective: mean next-token NLL over the real targets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ArObjective {
     /// The MASK id of the data: never a target, excluded from the softmax.
     pub mask_id: u32,
@@ -56,7 +56,7 @@ impl ArObjective {
             .collect::<Result<Vec<_>>>()?;
         let prompts: Vec<Vec<usize>> = batches
             .iter()
-            .map(|x| prompt_lens(x, l, self.layout))
+            .map(|x| prompt_lens(x, l, &self.layout))
             .collect();
         let (p, mask_id) = (tr.arch.dropout, self.mask_id);
         tr.optimize((b * l * t.grad_accum) as u64, |model, micro, rng| {
@@ -179,7 +179,7 @@ pub struct NllStats {
 pub fn ar_nll(
     model: &CausalLm,
     data: &PackedTokens,
-    layout: RowLayout,
+    layout: &RowLayout,
     max_rows: usize,
     batch_size: usize,
     mask_id: u32,

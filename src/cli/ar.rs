@@ -49,7 +49,7 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
         meta.data.bos_id,
         meta.model.length,
         false,
-        meta.data.rows.sep(),
+        &meta.data.rows,
     )?;
     let bar = ProgressBar::new((a.num * conds.len()) as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -117,7 +117,7 @@ pub fn nll(a: NllArgs, ck: &Checkpoint) -> Result<()> {
     let s = ar_nll(
         &model,
         &data.valid,
-        data.info.rows,
+        &data.info.rows,
         rows,
         a.batch_size,
         ck.meta.data.mask_id,

@@ -229,7 +229,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         meta.data.bos_id,
         meta.model.length,
         true,
-        meta.data.rows.sep(),
+        &meta.data.rows,
     )?;
     let mask = (meta.process.name() == "mdlm").then_some(meta.data.mask_id);
     for c in &conds {
@@ -316,7 +316,7 @@ fn nll(a: NllArgs) -> Result<()> {
         &model,
         process.as_ref(),
         &data.valid,
-        data.info.rows,
+        &data.info.rows,
         rows,
         a.batch_size,
         a.time_samples,

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use super::SampleArgs;
 use idlm::data::TextTokenizer;
+use idlm::data::pairs::RowLayout;
 use idlm::sample::Template;
 use idlm::sample::record::SampleRecord;
 use idlm::sample::template::{completion_ids, parse_infill, prompt_prefix};
@@ -88,21 +89,22 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
 }
 
 /// The conditions `a` asks for, with rows of `a.len` or `model_len` tokens starting at `bos`;
-/// `infill_ok`: the model can fill holes (diffusion), not only continue a prefix (AR); `sep`: a
-/// model trained on prompt/answer rows ends each prompt with it (`[BOS] prompt [SEP]`), and its
-/// answer ends at the next one.
+/// `infill_ok`: the model can fill holes (diffusion), not only continue a prefix (AR); `rows`: a
+/// model trained on prompt/answer rows ends each prompt with its separator (`[BOS] prompt SEP`),
+/// and its answer ends at the layout's answer end.
 pub fn conditions(
     a: &SampleArgs,
     tok: &TextTokenizer,
     bos: u32,
     model_len: usize,
     infill_ok: bool,
-    sep: Option<u32>,
+    rows: &RowLayout,
 ) -> Result<Vec<Condition>> {
+    let stop = rows.answer_end();
     let len = a.len.unwrap_or(model_len);
     let encode = |s: &str| -> idlm::Result<Vec<u32>> { tok.encode(s) };
     let prefix = |p: &str| -> Result<Arc<Template>> {
-        let ids = prompt_prefix(bos, encode(p)?, sep);
+        let ids = prompt_prefix(bos, encode(rows.prompt_text(p))?, rows.prompt_sep());
         Ok(Arc::new(Template::prefix(&ids, len).with_context(
             || format!("prompt {:?}", p.chars().take(60).collect::<String>()),
         )?))
@@ -136,7 +138,7 @@ pub fn conditions(
             index: None,
             template: Some(prefix(p)?),
             len,
-            stop: sep,
+            stop,
         }]);
     }
     if let Some(f) = &a.prompts {
@@ -151,7 +153,7 @@ pub fn conditions(
                     text: Some(p),
                     index: Some(i),
                     len,
-                    stop: sep,
+                    stop,
                 })
             })
             .collect();

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::corpus::Document;
 use crate::error::{Error, Result};
 
-/// How the rows of a data folder are laid out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How the rows of a data folder (or of a checkpoint's training data) are laid out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum RowLayout {
     /// `[BOS] chunk [EOS]` cut from the concatenated documents (unconditional).
@@ -24,33 +24,84 @@ pub enum RowLayout {
         /// The separator (and padding) id.
         sep_id: u32,
     },
+    /// The reference code's TinyGSM rows (S-FLM / IDLM `tiny_gsm`, docs/research/tinygsm-facts.md
+    /// §1.3): `[BOS] prompt SEP.. answer [EOS] [PAD]...`, the separator the encoded
+    /// `data.separator` text (a token sequence of its own), the answer ended by EOS.
+    Separated {
+        /// The separator's ids.
+        sep: Vec<u32>,
+        /// The id that ends an answer.
+        end_id: u32,
+    },
 }
 
 impl RowLayout {
-    /// The separator of a pairs layout.
-    pub fn sep(self) -> Option<u32> {
+    /// The ids that end a prompt (empty for a stream layout).
+    pub fn prompt_sep(&self) -> &[u32] {
+        match self {
+            Self::Stream => &[],
+            Self::Pairs { sep_id } => std::slice::from_ref(sep_id),
+            Self::Separated { sep, .. } => sep,
+        }
+    }
+
+    /// The id that ends an answer (None for a stream layout).
+    pub fn answer_end(&self) -> Option<u32> {
         match self {
             Self::Stream => None,
-            Self::Pairs { sep_id } => Some(sep_id),
+            Self::Pairs { sep_id } => Some(*sep_id),
+            Self::Separated { end_id, .. } => Some(*end_id),
         }
+    }
+
+    /// The prompt text as the layout's rows hold it: the reference TinyGSM code strips it.
+    pub fn prompt_text<'a>(&self, prompt: &'a str) -> &'a str {
+        match self {
+            Self::Separated { .. } => prompt.trim(),
+            _ => prompt,
+        }
+    }
+
+    /// Whether rows are prompt / answer pairs.
+    pub fn is_pairs(&self) -> bool {
+        !matches!(self, Self::Stream)
     }
 }
 
-/// Clamped positions at the start of a pairs row: up to and including the first `sep` after
-/// position 0 (0 when there is none: nothing clamped).
-pub fn prompt_len(row: &[u32], sep: u32) -> usize {
-    row.iter()
-        .skip(1)
-        .position(|&t| t == sep)
-        .map_or(0, |i| i + 2)
+/// Clamped positions at the start of a pairs row: up to and including the first `sep` sequence
+/// after position 0 (0 when there is none or `sep` is empty: nothing clamped).
+pub fn prompt_len(row: &[u32], sep: &[u32]) -> usize {
+    if sep.is_empty() || row.len() < sep.len() + 1 {
+        return 0;
+    }
+    row[1..]
+        .windows(sep.len())
+        .position(|w| w == sep)
+        .map_or(0, |i| i + 1 + sep.len())
 }
 
 /// The prompt lengths of `b` rows of length `l` (all 0 for a stream layout).
-pub fn prompt_lens(rows: &[u32], l: usize, layout: RowLayout) -> Vec<usize> {
-    match layout.sep() {
-        None => vec![0; rows.len() / l.max(1)],
-        Some(sep) => rows.chunks(l).map(|r| prompt_len(r, sep)).collect(),
+pub fn prompt_lens(rows: &[u32], l: usize, layout: &RowLayout) -> Vec<usize> {
+    let sep = layout.prompt_sep();
+    if sep.is_empty() {
+        return vec![0; rows.len() / l.max(1)];
     }
+    rows.chunks(l).map(|r| prompt_len(r, sep)).collect()
+}
+
+/// Positions of `b` rows of length `l` that are not clamped: the ones a loss averages over.
+pub fn unclamped_count(b: usize, l: usize, lens: &[usize]) -> usize {
+    b * l - lens.iter().map(|&p| p.min(l)).sum::<usize>()
+}
+
+/// 0.0 at each row's clamped prompt positions, 1.0 elsewhere (the positions a loss counts):
+/// `lens.len() * l` values, row-major.
+pub fn answer_mask(lens: &[usize], l: usize) -> Vec<f32> {
+    let mut m = vec![1f32; lens.len() * l];
+    for (r, &p) in lens.iter().enumerate() {
+        m[r * l..r * l + p.min(l)].fill(0.0);
+    }
+    m
 }
 
 /// Put the clean tokens of each row's prompt back into `xt` (rows of length `l`).
@@ -137,20 +188,37 @@ mod tests {
         let (bos, sep) = (0, 0);
         let row = pair_row(&[5, 6, 7], &[8, 9], bos, sep, 10).unwrap();
         assert_eq!(row, vec![0, 5, 6, 7, 0, 8, 9, 0, 0, 0]);
-        assert_eq!(prompt_len(&row, sep), 5);
+        assert_eq!(prompt_len(&row, &[sep]), 5);
         assert!(pair_row(&[5, 6, 7], &[8, 9, 1, 2, 3], bos, sep, 10).is_none());
         assert!(pair_row(&[5, 6, 7], &[8, 9, 1, 2], bos, sep, 10).is_some());
-        assert_eq!(prompt_len(&[0, 3, 4], 0), 0);
+        assert_eq!(prompt_len(&[0, 3, 4], &[0]), 0);
         let rows: Vec<u32> = [row.clone(), row].concat();
         assert_eq!(
-            prompt_lens(&rows, 10, RowLayout::Pairs { sep_id: 0 }),
+            prompt_lens(&rows, 10, &RowLayout::Pairs { sep_id: 0 }),
             vec![5, 5]
         );
-        assert_eq!(prompt_lens(&rows, 10, RowLayout::Stream), vec![0, 0]);
+        assert_eq!(prompt_lens(&rows, 10, &RowLayout::Stream), vec![0, 0]);
         let x0 = rows.clone();
         let mut xt = vec![99u32; 20];
         clamp_prompts(&x0, &mut xt, 10, &[5, 2]);
         assert_eq!(&xt[..6], &[0, 5, 6, 7, 0, 99]);
         assert_eq!(&xt[10..13], &[0, 5, 99]);
+        assert_eq!(unclamped_count(2, 4, &[1, 9]), 3);
+        assert_eq!(
+            answer_mask(&[1, 9], 4),
+            vec![0., 1., 1., 1., 0., 0., 0., 0.]
+        );
+        // A separator of several ids: the first whole occurrence after BOS ends the prompt.
+        let row = [7, 3, 4, 3, 5, 4, 9, 9];
+        assert_eq!(prompt_len(&row, &[3, 5]), 5);
+        assert_eq!(prompt_len(&row, &[7, 3]), 0);
+        assert_eq!(prompt_len(&row, &[]), 0);
+        assert_eq!(prompt_len(&[7], &[3, 5]), 0);
+        let sep = RowLayout::Separated {
+            sep: vec![3, 5],
+            end_id: 9,
+        };
+        assert_eq!(prompt_lens(&row, 8, &sep), vec![5]);
+        assert_eq!((sep.prompt_sep(), sep.answer_end()), (&[3, 5][..], Some(9)));
     }
 }

@@ -13,7 +13,7 @@ use super::rounds::{RoundNets, RoundStats, Weights};
 use crate::Result;
 use crate::checkpoint::Checkpoint;
 use crate::data::PackedTokens;
-use crate::data::pairs::{RowLayout, prompt_lens};
+use crate::data::pairs::{RowLayout, prompt_lens, unclamped_count};
 use crate::nn::{DitInput, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::curriculum::{DuoConfig, DuoCurriculum, LatentPair, prompt_mask};
@@ -90,7 +90,7 @@ impl Dcd {
                 .collect();
             let s: Vec<f64> = t.iter().map(|&ti| ti - dt).collect();
             // Clean prompts in both states: the teacher conditions on them, the KL leaves them out.
-            let prompts = prompt_lens(&x0, l, self.layout);
+            let prompts = prompt_lens(&x0, l, &self.layout);
             let pair = self
                 .latent
                 .pair(&x0, l, &t, &s, &prompts, &mut self.rngs.noise)?;
@@ -101,7 +101,7 @@ impl Dcd {
             let logits = self.nets.teacher.head(&feats.reshape((b * l, d))?)?;
             let target = candle_nn::ops::log_softmax(&logits, D::Minus1)?.detach();
             let keep = prompt_mask(&prompts, l, &dev)?;
-            let counted = b * l - prompts.iter().map(|&p| p.min(l)).sum::<usize>();
+            let counted = unclamped_count(b, l, &prompts);
             jobs.push((pair, target, keep, counted));
         }
         let p = self.cfg.dropout;

@@ -92,7 +92,7 @@ impl Idlm {
         (0..acc)
             .map(|m| {
                 let x0 = self.student.next_rows(data, b)?;
-                let prompts = prompt_lens(&x0, l, self.layout);
+                let prompts = prompt_lens(&x0, l, &self.layout);
                 let span = m * b..(m + 1) * b;
                 let (tp, t) = (&tp[span.clone()], &t[span]);
                 relax.job(x0, l, tp, t, &prompts, &mut self.rngs.noise)

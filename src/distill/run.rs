@@ -254,7 +254,7 @@ fn open_data(
 /// Tell the distiller how the data's rows are laid out (a method that cannot clamp prompts refuses
 /// prompt/answer rows, naming the data).
 fn set_layout(d: &mut dyn Distiller, data: &DataDir) -> Result<()> {
-    d.set_layout(data.info.rows)
+    d.set_layout(data.info.rows.clone())
         .map_err(|e| Error::InvalidArgument(format!("{}: {e}", data.dir.display())))
 }
 
@@ -289,20 +289,20 @@ fn validate(
         ..student.cfg.sample.clone()
     };
     let l = data.info.seq_len;
-    let ids: Vec<Vec<u32>> = match data.info.rows.sep() {
-        None => sample(&model, process, cfg.val_samples, l, &opts, None)?
+    let rows = &data.info.rows;
+    let ids: Vec<Vec<u32>> = if rows.is_pairs() {
+        let (requests, prefixes) = prompted_requests(data, cfg.val_samples, &opts)?;
+        let out = sample_requests(&model, process, &requests, cfg.val_samples, None)?;
+        out.into_iter()
+            .flatten()
+            .zip(prefixes)
+            .map(|(s, p)| completion_ids(&s.ids, p, rows.answer_end()).to_vec())
+            .collect()
+    } else {
+        sample(&model, process, cfg.val_samples, l, &opts, None)?
             .into_iter()
             .map(|s| s.ids)
-            .collect(),
-        Some(sep) => {
-            let (requests, prefixes) = prompted_requests(data, sep, cfg.val_samples, &opts)?;
-            let out = sample_requests(&model, process, &requests, cfg.val_samples, None)?;
-            out.into_iter()
-                .flatten()
-                .zip(prefixes)
-                .map(|(s, p)| completion_ids(&s.ids, p, Some(sep)).to_vec())
-                .collect()
-        }
+            .collect()
     };
     let e = entropy_stats(&ids).mean;
     let g = match scorer {
@@ -322,7 +322,6 @@ fn validate(
 /// clamped, each on its own seed; and each prompt's length.
 fn prompted_requests(
     data: &DataDir,
-    sep: u32,
     n: usize,
     opts: &SamplerOptions,
 ) -> Result<(Vec<Request>, Vec<usize>)> {
@@ -337,7 +336,7 @@ fn prompted_requests(
     let mut prefixes = Vec::with_capacity(n);
     for i in 0..n {
         let row = data.valid.row(i % rows)?;
-        let p = prompt_len(&row, sep);
+        let p = prompt_len(&row, data.info.rows.prompt_sep());
         requests.push(Request {
             n: 1,
             len: l,

@@ -78,7 +78,7 @@ impl Sdtt {
             let t = times[m * b..(m + 1) * b].to_vec();
             let mut xt = corrupt(process, &x0, l, &t, &mut self.rngs.noise);
             // Clean prompts are never active: the teacher's steps and the KL leave them alone.
-            clamp_prompts(&x0, &mut xt, l, &prompt_lens(&x0, l, self.layout));
+            clamp_prompts(&x0, &mut xt, l, &prompt_lens(&x0, l, &self.layout));
             let target = teacher_targets(
                 &self.nets.teacher,
                 process,

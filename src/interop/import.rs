@@ -15,6 +15,7 @@ use super::special::resolve_tokenizer;
 use super::torch_zip::TorchFile;
 use crate::checkpoint::{Checkpoint, CheckpointMeta, DataInfo, FORMAT_VERSION};
 use crate::config::{ModelConfig, RunConfig};
+use crate::data::pairs::RowLayout;
 use crate::nn::DitConfig;
 use crate::process::{ModelFamily, ProcessKind};
 use crate::{Error, Result};
@@ -414,6 +415,41 @@ fn stated(c: &Value) -> Stated {
     }
 }
 
+/// The rows a reference config trained on: TinyGSM's prompt / answer rows
+/// `[BOS] q SEP a [EOS] [PAD]...` when `data.train` names a GSM set (S-FLM's and IDLM's
+/// `tiny_gsm`, S-FLM's `gsm8k_test`), with SEP the config's `data.separator` encoded on its own
+/// (docs/research/tinygsm-facts.md §1.3); the stream layout otherwise.
+fn row_layout(config: &Value, tok: &crate::data::TextTokenizer, path: &Path) -> Result<RowLayout> {
+    let train = omegaconf::lookup(config, "data.train").and_then(Value::as_str);
+    if !train.is_some_and(|t| t.to_ascii_lowercase().contains("gsm")) {
+        return Ok(RowLayout::Stream);
+    }
+    let text = omegaconf::lookup(config, "data.separator")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Error::ckpt(
+                path,
+                format!(
+                    "the config trains on {:?} (prompt / answer rows) but states no \
+                     data.separator string",
+                    train.unwrap_or_default()
+                ),
+            )
+        })?;
+    let sep = tok.encode(text)?;
+    let end_id = tok.eos_id();
+    if sep.is_empty() || sep.contains(&end_id) {
+        return Err(Error::ckpt(
+            path,
+            format!(
+                "the config's data.separator {text:?} encodes to {sep:?}, which cannot end a \
+                 prompt (empty, or holding the end-of-text id {end_id})"
+            ),
+        ));
+    }
+    Ok(RowLayout::Separated { sep, end_id })
+}
+
 fn finish(path: &Path, src: Source, opts: &ImportOptions) -> Result<Checkpoint> {
     let s = stated(&src.config);
     let mut cfg = arch_from_shapes(&src.weights, s.n_heads, path)?;
@@ -489,7 +525,7 @@ fn finish(path: &Path, src: Source, opts: &ImportOptions) -> Result<Checkpoint> 
         eos_id: tok.eos_id(),
         seq_len: cfg.length,
         data_dir: String::new(),
-        rows: Default::default(),
+        rows: row_layout(&src.config, &tok, path)?,
     };
     let mut weights = src.weights;
     weights.remove(INV_FREQ);

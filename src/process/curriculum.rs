@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ForwardProcess;
 use super::duality::{DualityTable, alpha_tilde, sigma_tilde, t_of_gamma};
 use super::uniform::{Signal, Uniform};
+use crate::data::pairs::{answer_mask, unclamped_count};
 use crate::nn::{Dit, DitInput, DropoutRng};
 use crate::{Error, Result};
 
@@ -311,7 +312,7 @@ impl DuoCurriculum {
         let g = Tensor::from_vec(g, (b * l, v), &dev)?;
         let sig: Vec<Signal> = (0..b * l).map(|i| batch.signals[i / l]).collect();
         let loss = self.process.integrand_rows(&logits, &batch.xt, &g, &sig)?;
-        let counted = b * l - prompts.iter().map(|&p| p.min(l)).sum::<usize>();
+        let counted = unclamped_count(b, l, prompts);
         if counted == 0 {
             return Ok(Tensor::new(0f32, &dev)?);
         }
@@ -326,11 +327,11 @@ impl DuoCurriculum {
 /// 1 at every unclamped position of rows of length `l` with prompts `prompts`, 0 at the
 /// prompts: (B x L,) f32, to weight per-position losses.
 pub fn prompt_mask(prompts: &[usize], l: usize, dev: &candle_core::Device) -> Result<Tensor> {
-    let m: Vec<f32> = prompts
-        .iter()
-        .flat_map(|&p| (0..l).map(move |pos| if clamped(pos, p) { 0.0 } else { 1.0 }))
-        .collect();
-    Ok(Tensor::from_vec(m, prompts.len() * l, dev)?)
+    Ok(Tensor::from_vec(
+        answer_mask(prompts, l),
+        prompts.len() * l,
+        dev,
+    )?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Answering math problems with a model and scoring the answers by execution: the evaluation
-//! path of the conditional reproduction. Each problem's `[BOS] question [SEP]` is clamped, the
-//! answer is read up to the next separator and run by the interpreter; a question too long to
-//! leave room for an answer in the model's row is a wrong answer of its own class.
+//! path of the conditional reproduction and of released TinyGSM checkpoints. Each problem's
+//! `[BOS] question SEP` (the model's row layout) is clamped, the answer is read up to the
+//! layout's answer end and run by the interpreter; a question too long to leave room for an
+//! answer in the model's row is a wrong answer of its own class.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,7 @@ use crate::Result;
 use crate::ar::sample::check_prefix;
 use crate::ar::{ArBatch, ArSamplerOptions};
 use crate::data::TextTokenizer;
+use crate::data::pairs::RowLayout;
 use crate::nn::{CausalLm, Denoiser};
 use crate::process::{ForwardProcess, NoiseRemoval};
 use crate::sample::template::{completion_ids, prompt_prefix};
@@ -39,7 +41,7 @@ pub struct Answered {
     pub index: usize,
     /// The question.
     pub prompt: String,
-    /// The generated answer (up to the separator).
+    /// The generated answer (up to the answer's end).
     pub completion: String,
     /// The reference.
     pub number: String,
@@ -86,18 +88,26 @@ pub fn greedy(base: &SamplerOptions, steps: usize, batch_size: usize, seed: u64)
 }
 
 /// Answer every problem (problem i on stream/seed `seed + i`, the same in every row) and score
-/// it. `bos`/`sep`: the data's row markers; `len`: the model's row length.
+/// it. `bos` and the prompt / answer `rows`: the model's row markers; `len`: its row length.
 pub fn answer_all(
     who: &Answerer,
     problems: &[Problem],
     tok: &TextTokenizer,
     bos: u32,
-    sep: u32,
+    rows: &RowLayout,
     len: usize,
 ) -> Result<Vec<Answered>> {
+    let end = rows.answer_end().ok_or_else(|| {
+        crate::Error::InvalidArgument(
+            "answering problems needs a model of prompt / answer rows; this one was trained on \
+             unconditional text"
+                .into(),
+        )
+    })?;
     let mut prefixes = Vec::with_capacity(problems.len());
     for p in problems {
-        let ids = prompt_prefix(bos, tok.encode(&p.prompt)?, Some(sep));
+        let prompt = tok.encode(rows.prompt_text(&p.prompt))?;
+        let ids = prompt_prefix(bos, prompt, rows.prompt_sep());
         // An answer needs at least the separator that ends it and one token.
         prefixes.push((ids.len() + 2 <= len).then_some(ids));
     }
@@ -145,7 +155,7 @@ pub fn answer_all(
                             batch_size: 1,
                             ..opts.clone()
                         };
-                        Some(answer_ar(model, ids, len, sep, *exclude, &o)?)
+                        Some(answer_ar(model, ids, len, end, *exclude, &o)?)
                     }
                 });
             }
@@ -156,7 +166,7 @@ pub fn answer_all(
     for (i, (p, g)) in problems.iter().zip(generated).enumerate() {
         let (completion, outcome, nfe, seconds) = match (g, &prefixes[i]) {
             (Some((ids, nfe, seconds)), Some(pre)) => {
-                let text = tok.decode(completion_ids(&ids, pre.len(), Some(sep)))?;
+                let text = tok.decode(completion_ids(&ids, pre.len(), Some(end)))?;
                 let outcome = score_text(&text, None, &p.number).class();
                 (text, outcome, nfe, seconds)
             }
@@ -175,13 +185,13 @@ pub fn answer_all(
     Ok(out)
 }
 
-/// One AR answer after the clamped `prefix`, decoded until the separator that ends it (or the
-/// row is full): (ids, network calls, seconds).
+/// One AR answer after the clamped `prefix`, decoded until the id that ends it (or the row is
+/// full): (ids, network calls, seconds).
 fn answer_ar(
     model: &CausalLm,
     prefix: &[u32],
     len: usize,
-    sep: u32,
+    end: u32,
     exclude: Option<u32>,
     opts: &ArSamplerOptions,
 ) -> Result<(Vec<u32>, usize, f64)> {
@@ -194,7 +204,7 @@ fn answer_ar(
         batch.step(model)?;
         calls += 1;
         let s = &batch.seqs()[0];
-        if s.len() > prefix.len() && s.last() == Some(&sep) {
+        if s.len() > prefix.len() && s.last() == Some(&end) {
             break;
         }
     }
@@ -341,11 +351,12 @@ mod tests {
             })
             .collect();
         let tok = TextTokenizer::train_bpe(&docs, 300).unwrap();
-        let (bos, sep, len) = (tok.bos_id(), tok.eos_id(), 64usize);
+        let (bos, eos, len) = (tok.bos_id(), tok.eos_id(), 64usize);
         let vocab = tok.vocab_size() + 1;
         let problems: Vec<Problem> = (0..5)
             .map(|i| Problem {
-                prompt: format!("Ann has {i} pens and buys 3 more."),
+                // The trailing space: the TinyGSM layout strips it, ours keeps it.
+                prompt: format!("Ann has {i} pens and buys 3 more. "),
                 number: RefNumber::parse(&(i + 3).to_string()).unwrap(),
                 number_text: (i + 3).to_string(),
             })
@@ -355,11 +366,27 @@ mod tests {
                 number_text: "1".into(),
             }])
             .collect();
-        let oracle = |shift: i64| {
+        // Ours (the separator is EOS, which also ends and pads the answer) and the reference
+        // TinyGSM rows (a separator of its own ids, EOS, then [PAD]: here another token).
+        let sep2 = tok.encode("\\n").unwrap();
+        assert!(!sep2.is_empty() && !sep2.contains(&eos));
+        let pad = tok.encode("Ann").unwrap()[0];
+        let layouts = [
+            (RowLayout::Pairs { sep_id: eos }, eos),
+            (
+                RowLayout::Separated {
+                    sep: sep2,
+                    end_id: eos,
+                },
+                pad,
+            ),
+        ];
+        let oracle = |shift: i64, rows_of: &RowLayout, pad: u32| {
             let mut rows = Vec::new();
             let mut prefix = Vec::new();
             for (i, p) in problems.iter().enumerate().take(5) {
-                let mut row = prompt_prefix(bos, tok.encode(&p.prompt).unwrap(), Some(sep));
+                let q = tok.encode(rows_of.prompt_text(&p.prompt)).unwrap();
+                let mut row = prompt_prefix(bos, q, rows_of.prompt_sep());
                 prefix.push(row.len());
                 let prog = format!(
                     "{}\n    a = {}\n    return a + 3\n",
@@ -367,7 +394,8 @@ mod tests {
                     i as i64 + shift
                 );
                 row.extend(tok.encode(&prog).unwrap());
-                row.resize(len, sep);
+                row.push(eos);
+                row.resize(len, pad);
                 rows.push(row);
             }
             Oracle {
@@ -378,14 +406,17 @@ mod tests {
             }
         };
         let process = Masked::new(vocab, (vocab - 1) as u32).unwrap();
-        for (shift, want) in [(0, 5), (1, 0)] {
-            let o = oracle(shift);
+        for ((shift, want), (rows_of, pad)) in [(0, 5), (1, 0)]
+            .into_iter()
+            .flat_map(|s| layouts.iter().map(move |l| (s, l)))
+        {
+            let o = oracle(shift, rows_of, *pad);
             let who = Answerer::Diffusion {
                 model: &o,
                 process: &process,
                 opts: greedy(&SamplerOptions::default(), 4, 3, 1),
             };
-            let a = answer_all(&who, &problems, &tok, bos, sep, len).unwrap();
+            let a = answer_all(&who, &problems, &tok, bos, rows_of, len).unwrap();
             let (correct, n, outcomes) = tally(&a);
             assert_eq!((correct, n), (want, 6), "{a:?}");
             assert_eq!(outcomes["prompt_too_long"], 1);
@@ -395,6 +426,19 @@ mod tests {
                 assert_eq!(outcomes["wrong_number"], 5);
             }
         }
+        let stream = answer_all(
+            &Answerer::Diffusion {
+                model: &oracle(0, &layouts[0].0, eos),
+                process: &process,
+                opts: greedy(&SamplerOptions::default(), 4, 3, 1),
+            },
+            &problems,
+            &tok,
+            bos,
+            &RowLayout::Stream,
+            len,
+        );
+        assert!(stream.unwrap_err().to_string().contains("unconditional"));
     }
 
     #[test]

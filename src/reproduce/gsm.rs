@@ -9,17 +9,16 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::Stage;
 use super::answering::{
     Answered, Answerer, Problem, answer_all, greedy, read_problems, tally, write_answers,
 };
 use super::gsm_preset::GsmPreset;
-use super::{Stage, finished_steps};
-use crate::ar::{ArSamplerOptions, lm_from_checkpoint, run_ar_training};
+use super::row_cache;
+use super::stage::{DistillStage, distill_or_resume, train_or_resume};
+use crate::ar::{ArSamplerOptions, lm_from_checkpoint};
 use crate::checkpoint;
 use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
-use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
-use crate::run::TrainRunOptions;
-use crate::train::run_training;
 use crate::{Error, Result};
 
 /// Where the conditional reproduction works and writes.
@@ -134,7 +133,7 @@ pub fn reproduce_gsm(opts: &GsmOptions, log: &dyn Fn(&str)) -> Result<Vec<GsmRow
             p.ar_from,
             ar_dir.display()
         );
-        let st = train_stage("ar", &ar_dir, &data_dir, &cfg, true, command, log)?;
+        let st = train_or_resume("train ar", &ar_dir, &data_dir, &cfg, true, command, log)?;
         run.stages.push(st);
         run.answer(&ev, &problems, |split, probs| {
             ev.ar_rows(&ar_dir, split, probs)
@@ -219,8 +218,14 @@ fn train_teacher(
         t.preset,
         dir.display()
     );
-    stages.push(train_stage(
-        &t.name, &dir, data_dir, &cfg, false, command, log,
+    stages.push(train_or_resume(
+        &format!("train {}", t.name),
+        &dir,
+        data_dir,
+        &cfg,
+        false,
+        command,
+        log,
     )?);
     Ok(Model {
         name: t.name.clone(),
@@ -239,38 +244,20 @@ fn distill_student(
     log: &dyn Fn(&str),
     stages: &mut Vec<Stage>,
 ) -> Result<Model> {
-    let source = work.join(&s.from);
     let dir = work.join(&s.method);
-    let dc = DistillConfig::default().with_overrides(&s.overrides)?;
-    let t0 = Instant::now();
-    let finished = finished_steps(&dir);
-    let reused = finished.is_some_and(|st| st >= dc.max_steps);
-    if !reused {
-        log(&format!("distilling: {}", s.method));
-        // No GenPPL scorer: validation tracks the answers' entropy; the final checkpoint
-        // answers (programs are not text a language model's perplexity ranks).
-        run_distill(&DistillRunOptions {
-            run_dir: dir.clone(),
-            teacher: source.clone(),
-            data_dir: Some(data_dir.to_path_buf()),
-            cfg: dc,
-            resume: finished.is_some(),
-            progress: true,
+    // No GenPPL scorer: validation tracks the answers' entropy; the final checkpoint answers
+    // (programs are not text a language model's perplexity ranks).
+    stages.push(distill_or_resume(
+        &DistillStage {
+            name: format!("distill {}", s.method),
+            source: &work.join(&s.from),
+            dir: &dir,
+            data_dir,
+            overrides: &s.overrides,
             genppl_model: None,
-        })?;
-    }
-    let sets: Vec<String> = s.overrides.iter().map(|o| format!("--set '{o}'")).collect();
-    stages.push(Stage {
-        name: format!("distill {}", s.method),
-        command: format!(
-            "idlm distill --teacher {} --out {} --no-genppl {}",
-            source.display(),
-            dir.display(),
-            sets.join(" ")
-        ),
-        seconds: t0.elapsed().as_secs_f64(),
-        reused,
-    });
+        },
+        log,
+    )?);
     Ok(Model {
         name: s.method.clone(),
         method: s.method.clone(),
@@ -352,42 +339,6 @@ fn make_data(p: &GsmPreset, synth: &Path, data_dir: &Path, log: &dyn Fn(&str)) -
     })
 }
 
-/// Train (resume, or reuse once it reached its steps) a diffusion teacher or the AR baseline.
-fn train_stage(
-    name: &str,
-    dir: &Path,
-    data_dir: &Path,
-    cfg: &crate::config::RunConfig,
-    ar: bool,
-    command: String,
-    log: &dyn Fn(&str),
-) -> Result<Stage> {
-    let t0 = Instant::now();
-    let done = finished_steps(dir);
-    let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
-    if !reused {
-        log(&format!("training {name}"));
-        let o = TrainRunOptions {
-            run_dir: dir.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
-            cfg: cfg.clone(),
-            resume: done.is_some(),
-            progress: true,
-        };
-        if ar {
-            run_ar_training(&o)?;
-        } else {
-            run_training(&o)?;
-        }
-    }
-    Ok(Stage {
-        name: format!("train {name}"),
-        command,
-        seconds: t0.elapsed().as_secs_f64(),
-        reused,
-    })
-}
-
 /// What every row's answering shares.
 struct Evaluator<'a> {
     p: &'a GsmPreset,
@@ -399,20 +350,36 @@ struct Evaluator<'a> {
 impl Evaluator<'_> {
     /// `who`'s scored answers to `problems`, in rows of the data's layout.
     fn answer(&self, who: &Answerer, problems: &[Problem]) -> Result<Vec<Answered>> {
-        let (bos, sep) = self.markers()?;
-        let (tok, len) = (&self.data.tokenizer, self.data.info.seq_len);
-        answer_all(who, problems, tok, bos, sep, len)
-    }
-
-    /// The data's row markers: (BOS, SEP).
-    fn markers(&self) -> Result<(u32, u32)> {
-        let sep = self.data.info.rows.sep().ok_or_else(|| {
-            Error::Data(format!(
+        if !self.data.info.rows.is_pairs() {
+            return Err(Error::Data(format!(
                 "{}: not prompt/answer rows",
                 self.data.dir.display()
-            ))
-        })?;
-        Ok((self.data.tokenizer.bos_id(), sep))
+            )));
+        }
+        let (tok, len) = (&self.data.tokenizer, self.data.info.seq_len);
+        answer_all(who, problems, tok, tok.bos_id(), &self.data.info.rows, len)
+    }
+
+    /// The row `stem` kept from an earlier run under `key`, else `answer`ed and kept.
+    fn cached(
+        &self,
+        stem: &str,
+        key: &str,
+        answer: impl FnOnce() -> Result<GsmRow>,
+    ) -> Result<GsmRow> {
+        let path = self.answers_dir.join(format!("{stem}.row.json"));
+        if let Some(r) = row_cache::load(&path, key) {
+            (self.log)(&format!(
+                "{stem}: {:.1}% +- {:.1}, kept from an earlier run (same checkpoint, problems \
+                 and settings)",
+                100.0 * r.accuracy,
+                100.0 * r.accuracy_se
+            ));
+            return Ok(r);
+        }
+        let r = answer()?;
+        row_cache::store(&path, key, &r)?;
+        Ok(r)
     }
 
     /// A row from answers, its answers file written.
@@ -425,10 +392,7 @@ impl Evaluator<'_> {
         answers: &[Answered],
         checkpoint: &Path,
     ) -> Result<GsmRow> {
-        let stem = match steps {
-            Some(k) => format!("{method}-{split}-{k}"),
-            None => format!("{method}-{split}"),
-        };
+        let stem = stem(method, split, steps);
         write_answers(&self.answers_dir.join(format!("{stem}.jsonl")), answers)?;
         let (correct, n, outcomes) = tally(answers);
         let acc = correct as f64 / n.max(1) as f64;
@@ -469,16 +433,21 @@ impl Evaluator<'_> {
         let model = ck.dit(true)?;
         let process = ck.process(None)?;
         let pname = ck.meta.process.name().to_string();
+        let id = row_cache::checkpoint_identity(&ck.meta);
         let mut rows = Vec::new();
         for &k in steps {
-            (self.log)(&format!("{} answering {split} at {k} steps", m.method));
-            let who = Answerer::Diffusion {
-                model: &model,
-                process: process.as_ref(),
-                opts: greedy(&ck.meta.config.sample, k, self.p.batch_size, self.p.seed),
-            };
-            let a = self.answer(&who, problems)?;
-            rows.push(self.row(&m.method, &pname, Some(k), split, &a, &ck.dir)?);
+            let opts = greedy(&ck.meta.config.sample, k, self.p.batch_size, self.p.seed);
+            let key = row_cache::row_key(&id, &format!("{opts:?}"), problems);
+            rows.push(self.cached(&stem(&m.method, split, Some(k)), &key, || {
+                (self.log)(&format!("{} answering {split} at {k} steps", m.method));
+                let who = Answerer::Diffusion {
+                    model: &model,
+                    process: process.as_ref(),
+                    opts,
+                };
+                let a = self.answer(&who, problems)?;
+                self.row(&m.method, &pname, Some(k), split, &a, &ck.dir)
+            })?);
         }
         Ok(rows)
     }
@@ -494,24 +463,29 @@ impl Evaluator<'_> {
     ) -> Result<Vec<GsmRow>> {
         let ck = checkpoint::load(dir)?;
         let model = lm_from_checkpoint(&ck, true)?;
+        let id = row_cache::checkpoint_identity(&ck.meta);
         let mut rows = Vec::new();
         for (name, temperature) in [("ar-greedy", 0.0), ("ar-sampled", 1.0)] {
             if !modes.contains(&name) {
                 continue;
             }
-            (self.log)(&format!("{name} answering {split}"));
-            let who = Answerer::Ar {
-                model: &model,
-                opts: ArSamplerOptions {
-                    temperature,
-                    top_p: 1.0,
-                    batch_size: 1,
-                    seed: self.p.seed,
-                },
-                exclude: Some(ck.meta.data.mask_id),
+            let opts = ArSamplerOptions {
+                temperature,
+                top_p: 1.0,
+                batch_size: 1,
+                seed: self.p.seed,
             };
-            let a = self.answer(&who, problems)?;
-            rows.push(self.row(name, "ar", None, split, &a, &ck.dir)?);
+            let key = row_cache::row_key(&id, &format!("{opts:?}"), problems);
+            rows.push(self.cached(&stem(name, split, None), &key, || {
+                (self.log)(&format!("{name} answering {split}"));
+                let who = Answerer::Ar {
+                    model: &model,
+                    opts,
+                    exclude: Some(ck.meta.data.mask_id),
+                };
+                let a = self.answer(&who, problems)?;
+                self.row(name, "ar", None, split, &a, &ck.dir)
+            })?);
         }
         Ok(rows)
     }
@@ -570,4 +544,12 @@ fn gsm8k_rows(
         problems.len(),
         dir.display()
     ))
+}
+
+/// The file stem of a row's answers: `{method}-{split}[-{steps}]`.
+fn stem(method: &str, split: &str, steps: Option<usize>) -> String {
+    match steps {
+        Some(k) => format!("{method}-{split}-{k}"),
+        None => format!("{method}-{split}"),
+    }
 }

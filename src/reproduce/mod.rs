@@ -10,6 +10,8 @@ pub mod gsm_preset;
 mod gsm_report;
 pub mod preset;
 pub mod report;
+mod row_cache;
+mod stage;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,23 +19,21 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::ar::{ArSamplerOptions, lm_from_checkpoint, run_ar_training, sample_ar};
+use crate::ar::{ArSamplerOptions, lm_from_checkpoint, sample_ar};
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
-use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
 use crate::eval::heldout::heldout_records;
 use crate::eval::protocol::read_references;
 use crate::process::ModelFamily;
-use crate::run::TrainRunOptions;
 use crate::sample::{SamplerOptions, sample};
-use crate::train::run_training;
 use crate::{Error, Result};
 use evaluate::{EvalContext, RowSpec};
 pub use gsm::{GsmOptions, GsmRow, reproduce_gsm};
 pub use gsm_preset::{GsmPreset, gsm_names, gsm_preset};
 pub use preset::{Preset, StudentSpec, names, preset};
 pub use report::Stage;
+use stage::{DistillStage, distill_or_resume, train_or_resume};
 
 /// Where a reproduction works and writes.
 pub struct ReproduceOptions {
@@ -159,19 +159,6 @@ impl Run<'_> {
     /// 2. Train the teacher (resumed, or reused once it reached its steps).
     fn train_teacher(&mut self, cfg: &RunConfig) -> Result<Model> {
         let dir = self.opts.work.join("teacher");
-        let t0 = Instant::now();
-        let done = finished_steps(&dir);
-        let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
-        if !reused {
-            (self.log)("training the teacher");
-            run_training(&TrainRunOptions {
-                run_dir: dir.clone(),
-                data_dir: self.data_dir.clone(),
-                cfg: cfg.clone(),
-                resume: done.is_some(),
-                progress: true,
-            })?;
-        }
         let command = format!(
             "idlm train --data {} --preset {}{} --out {}",
             self.data_dir.display(),
@@ -179,7 +166,16 @@ impl Run<'_> {
             self.teacher_sets(),
             dir.display()
         );
-        self.stage("teacher".into(), command, t0, reused);
+        let stage = train_or_resume(
+            "teacher",
+            &dir,
+            &self.data_dir,
+            cfg,
+            false,
+            command,
+            self.log,
+        )?;
+        self.stages.push(stage);
         Ok(Model {
             method: "teacher".into(),
             dir,
@@ -201,30 +197,18 @@ impl Run<'_> {
                     s.method, s.from
                 ))
             })?;
-        let dc = DistillConfig::default().with_overrides(&s.overrides)?;
-        let t0 = Instant::now();
-        let finished = finished_steps(&dir);
-        let reused = finished.is_some_and(|st| st >= dc.max_steps);
-        if !reused {
-            (self.log)(&format!("distilling: {}", s.method));
-            run_distill(&DistillRunOptions {
-                run_dir: dir.clone(),
-                teacher: source.clone(),
-                data_dir: Some(self.data_dir.clone()),
-                cfg: dc,
-                resume: finished.is_some(),
-                progress: true,
+        let stage = distill_or_resume(
+            &DistillStage {
+                name: format!("distill {}", s.method),
+                source: &source,
+                dir: &dir,
+                data_dir: &self.data_dir,
+                overrides: &s.overrides,
                 genppl_model: Some(self.opts.genppl_model.clone()),
-            })?;
-        }
-        let sets: Vec<String> = s.overrides.iter().map(|o| format!("--set '{o}'")).collect();
-        let command = format!(
-            "idlm distill --teacher {} --out {} {}",
-            source.display(),
-            dir.display(),
-            sets.join(" ")
-        );
-        self.stage(format!("distill {}", s.method), command, t0, reused);
+            },
+            self.log,
+        )?;
+        self.stages.push(stage);
         // The checkpoint selected by validation GenPPL, as the reference does.
         let best = dir.join("best");
         let pick = if best.join("meta.json").is_file() {
@@ -244,19 +228,6 @@ impl Run<'_> {
         let dir = self.opts.work.join("ar");
         let mut cfg = cfg.clone();
         cfg.train.process = ModelFamily::Ar;
-        let t0 = Instant::now();
-        let done = finished_steps(&dir);
-        let reused = done.is_some_and(|s| s >= cfg.train.max_steps);
-        if !reused {
-            (self.log)("training the AR baseline");
-            run_ar_training(&TrainRunOptions {
-                run_dir: dir.clone(),
-                data_dir: self.data_dir.clone(),
-                cfg,
-                resume: done.is_some(),
-                progress: true,
-            })?;
-        }
         let command = format!(
             "idlm train --data {} --preset {}{} --process ar --out {}",
             self.data_dir.display(),
@@ -264,7 +235,16 @@ impl Run<'_> {
             self.teacher_sets(),
             dir.display()
         );
-        self.stage("train ar".into(), command, t0, reused);
+        let stage = train_or_resume(
+            "train ar",
+            &dir,
+            &self.data_dir,
+            &cfg,
+            true,
+            command,
+            self.log,
+        )?;
+        self.stages.push(stage);
         Ok(())
     }
 
@@ -409,14 +389,6 @@ impl Run<'_> {
         self.stage("sample + evaluate ar".into(), command, t0, false);
         Ok(result)
     }
-}
-
-/// The step of a run's latest checkpoint, if it has one.
-pub(crate) fn finished_steps(dir: &Path) -> Option<u64> {
-    checkpoint::resolve(dir)
-        .ok()
-        .and_then(|d| checkpoint::read_meta(&d).ok())
-        .map(|m| m.step)
 }
 
 /// Every built-in preset: the text tables, then the conditional ones.

@@ -69,7 +69,7 @@ pub fn data_info(data: &DataDir) -> DataInfo {
         eos_id: t.eos_id,
         seq_len: data.info.seq_len,
         data_dir: data.dir.display().to_string(),
-        rows: data.info.rows,
+        rows: data.info.rows.clone(),
     }
 }
 
@@ -92,6 +92,22 @@ pub fn check_data_matches(ck: &DataInfo, data: &DataInfo, ck_dir: &Path) -> Resu
             format!(
                 "vocabulary mismatch: checkpoint {} (mask {}) vs data {} (mask {})",
                 ck.vocab_size, ck.mask_id, data.vocab_size, data.mask_id
+            ),
+        ));
+    }
+    // A prompt / answer model conditions on its own separator: other pair rows would clamp the
+    // wrong prompt. (Unconditional text is fine: scoring it, or fine-tuning a stream model on pairs.)
+    if ck.rows.is_pairs() && data.rows.is_pairs() && ck.rows != data.rows {
+        return Err(Error::ckpt(
+            ck_dir,
+            format!(
+                "row layout mismatch: the checkpoint's prompts end with {:?} and its answers \
+                 with {:?}, the data's ({}) with {:?} and {:?}",
+                ck.rows.prompt_sep(),
+                ck.rows.answer_end(),
+                data.data_dir,
+                data.rows.prompt_sep(),
+                data.rows.answer_end()
             ),
         ));
     }
@@ -171,4 +187,48 @@ pub fn require_checkpoint(run_dir: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::pairs::RowLayout;
+
+    fn info(rows: RowLayout) -> DataInfo {
+        DataInfo {
+            tokenizer_sha256: "ab".repeat(32),
+            vocab_size: 10,
+            mask_id: 9,
+            bos_id: 0,
+            eos_id: 0,
+            seq_len: 8,
+            data_dir: "data".into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn pair_rows_of_another_layout_are_refused_stream_data_is_not() {
+        let ours = RowLayout::Pairs { sep_id: 0 };
+        let reference = RowLayout::Separated {
+            sep: vec![3, 4],
+            end_id: 0,
+        };
+        let at = Path::new("ck");
+        let e = check_data_matches(&info(reference.clone()), &info(ours.clone()), at)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row layout mismatch") && e.contains("[3, 4]"),
+            "{e}"
+        );
+        for (ck, data) in [
+            (reference.clone(), reference.clone()),
+            (reference, RowLayout::Stream),
+            (RowLayout::Stream, ours.clone()),
+            (ours.clone(), ours),
+        ] {
+            check_data_matches(&info(ck), &info(data), at).unwrap();
+        }
+    }
 }

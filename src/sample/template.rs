@@ -20,12 +20,13 @@ pub struct Template {
     fixed: Vec<Option<u32>>,
 }
 
-/// The clamped start of a prompted row: `[BOS] prompt`, then a pairs model's separator.
-pub fn prompt_prefix(bos: u32, prompt: Vec<u32>, sep: Option<u32>) -> Vec<u32> {
-    let mut ids = Vec::with_capacity(prompt.len() + 2);
+/// The clamped start of a prompted row: `[BOS] prompt`, then a pairs model's separator (empty
+/// for a model of unconditional rows).
+pub fn prompt_prefix(bos: u32, prompt: Vec<u32>, sep: &[u32]) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(prompt.len() + 1 + sep.len());
     ids.push(bos);
     ids.extend(prompt);
-    ids.extend(sep);
+    ids.extend_from_slice(sep);
     ids
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::error::ApiError;
 use crate::data::TextTokenizer;
+use crate::data::pairs::RowLayout;
 use crate::sample::Template;
 use crate::sample::template::{completion_ids, prompt_prefix};
 
@@ -14,8 +15,9 @@ use crate::sample::template::{completion_ids, prompt_prefix};
 pub struct PromptCodec {
     tok: Arc<TextTokenizer>,
     bos: u32,
-    /// A model trained on prompt/answer rows ends each prompt with it; its answer stops there.
-    sep: Option<u32>,
+    /// A model trained on prompt/answer rows ends each prompt with its separator, and its answer
+    /// stops at the answer's end.
+    rows: RowLayout,
     /// The AR baseline only continues a prefix.
     ar: bool,
 }
@@ -24,7 +26,7 @@ impl std::fmt::Debug for PromptCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PromptCodec")
             .field("bos", &self.bos)
-            .field("sep", &self.sep)
+            .field("rows", &self.rows)
             .field("ar", &self.ar)
             .finish()
     }
@@ -42,12 +44,13 @@ pub struct Conditioned {
 }
 
 impl PromptCodec {
-    /// The codec of a model with tokenizer `tok` whose rows start at `bos`.
-    pub fn new(tok: TextTokenizer, bos: u32, sep: Option<u32>, ar: bool) -> Self {
+    /// The codec of a model with tokenizer `tok` whose rows start at `bos` and are laid out as
+    /// `rows`.
+    pub fn new(tok: TextTokenizer, bos: u32, rows: RowLayout, ar: bool) -> Self {
         Self {
             tok: Arc::new(tok),
             bos,
-            sep,
+            rows,
             ar,
         }
     }
@@ -73,7 +76,11 @@ impl PromptCodec {
                 "an autoregressive model only continues a prompt: leave suffix out",
             ));
         }
-        let head = prompt_prefix(self.bos, self.encode("prompt", prompt)?, self.sep);
+        let head = prompt_prefix(
+            self.bos,
+            self.encode("prompt", self.rows.prompt_text(prompt))?,
+            self.rows.prompt_sep(),
+        );
         let tail = self.encode("suffix", suffix)?;
         let given = head.len() + tail.len();
         if given >= max_len {
@@ -111,7 +118,7 @@ impl PromptCodec {
     /// The text generated after a prefix prompt (up to a pairs model's separator).
     pub fn completion(&self, ids: &[u32], prefix: usize) -> String {
         self.tok
-            .decode(completion_ids(ids, prefix, self.sep))
+            .decode(completion_ids(ids, prefix, self.rows.answer_end()))
             .unwrap_or_else(|e| format!("<cannot decode: {e}>"))
     }
 }

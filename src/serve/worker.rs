@@ -180,7 +180,7 @@ fn run(
         codec: Some(PromptCodec::new(
             tok.clone(),
             meta.data.bos_id,
-            meta.data.rows.sep(),
+            meta.data.rows.clone(),
             is_ar,
         )),
     };

@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PackedTokens;
-use crate::data::pairs::{RowLayout, clamp_prompts, prompt_lens};
+use crate::data::pairs::{RowLayout, clamp_prompts, prompt_lens, unclamped_count};
 use crate::nn::{Dit, DitInput, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::schedule::antithetic_times;
@@ -87,7 +87,7 @@ pub fn prompted_batch_loss(
     prompts: &[usize],
     dropout: Option<&mut DropoutRng>,
 ) -> Result<Tensor> {
-    let counted = b * l - prompts.iter().map(|&p| p.min(l)).sum::<usize>();
+    let counted = unclamped_count(b, l, prompts);
     match active_losses(model, process, x0, xt, b, l, t, prompts, dropout, true)? {
         Some((loss, _)) if counted > 0 => Ok((loss.sum_all()? / counted as f64)?),
         _ => Ok(Tensor::new(0f32, model.device())?),
@@ -115,7 +115,7 @@ pub fn nelbo(
     model: &Dit,
     process: &dyn ForwardProcess,
     data: &PackedTokens,
-    layout: RowLayout,
+    layout: &RowLayout,
     max_rows: usize,
     batch_size: usize,
     time_samples: usize,

@@ -56,6 +56,6 @@ pub fn run_teacher(opts: &TrainRunOptions) -> Result<TrainSummary> {
     let kind = trainer.cfg.train.process.diffusion(&opts.run_dir)?;
     let process = make_process(kind, &data)?;
     let objective = DiffusionObjective::from_config(&trainer.cfg, process.as_ref())?
-        .with_layout(data.info.rows)?;
+        .with_layout(data.info.rows.clone())?;
     train_run(trainer, &objective, &data, opts)
 }

@@ -39,8 +39,8 @@ impl<'a> DiffusionObjective<'a> {
     }
 
     /// The row layout trained on.
-    pub fn layout(&self) -> RowLayout {
-        self.layout
+    pub fn layout(&self) -> &RowLayout {
+        &self.layout
     }
 
     /// The objective a run config asks for: Duo's curriculum when `duo.curriculum_end > 0`
@@ -76,7 +76,7 @@ impl<'a> DiffusionObjective<'a> {
             for micro in 0..t.grad_accum {
                 let x0 = tr.next_rows(data, b)?;
                 let tt = &times[micro * b..(micro + 1) * b];
-                let prompts = prompt_lens(&x0, l, self.layout);
+                let prompts = prompt_lens(&x0, l, &self.layout);
                 let relaxed = c.corrupt(&x0, l, tt, &prompts, tau, &mut tr.rngs.noise, &dev)?;
                 batches.push((x0, relaxed, prompts));
             }
@@ -101,7 +101,7 @@ impl<'a> DiffusionObjective<'a> {
                 self.process
                     .corrupt_row(&x0[row.clone()], ti, &mut tr.rngs.noise, &mut xt[row]);
             }
-            let prompts = prompt_lens(&x0, l, self.layout);
+            let prompts = prompt_lens(&x0, l, &self.layout);
             clamp_prompts(&x0, &mut xt, l, &prompts);
             batches.push((x0, xt, tt, prompts));
         }

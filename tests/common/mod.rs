@@ -212,3 +212,28 @@ pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// A word-level tokenizer.json (whitespace pre-tokenizer, unknown words to `unk`) of `vocab`,
+/// with `specials` (which must be in `vocab`) as added special tokens.
+pub fn word_level_json(
+    vocab: std::collections::HashMap<String, u32>,
+    unk: &str,
+    specials: &[&str],
+) -> String {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    use tokenizers::{AddedToken, Tokenizer};
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token(unk.into())
+        .build()
+        .unwrap();
+    let mut tok = Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    let added: Vec<AddedToken> = specials
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
+    tok.add_special_tokens(added).unwrap();
+    tok.to_string(false).unwrap()
+}

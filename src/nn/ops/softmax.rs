@@ -8,6 +8,13 @@ use super::{f32_data, lanes, par_new, rows_per_task, simd};
 
 struct Softmax;
 
+/// Softmax outputs below this are zeroed. A sharp softmax (Duo's relaxed inputs at tau 1e-3)
+/// leaves ~1e-38 at every other class; times a weight those products are subnormal, which x86
+/// multiplies ~100x slower, and a Duo curriculum step spent most of its time there. A row's largest
+/// output is at least 1/n, so for any n below 1e22 a value under 1e-30 is below f32 resolution
+/// of every sum it enters.
+pub const FLUSH: f32 = 1e-30;
+
 fn softmax_rows(y: &mut [f32], n: usize) {
     let rows = rows_per_task(n);
     y.par_chunks_mut(n * rows).for_each(|y| {
@@ -16,6 +23,11 @@ fn softmax_rows(y: &mut [f32], n: usize) {
             || {
                 for y in y.chunks_exact_mut(n) {
                     lanes::softmax_in_place(y, 1.0);
+                    for v in y.iter_mut() {
+                        if *v < FLUSH {
+                            *v = 0.0;
+                        }
+                    }
                 }
             },
         )
@@ -120,6 +132,32 @@ mod tests {
             .max_all()
             .unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn sharp_rows_have_no_tiny_outputs() {
+        // Logits 0, -90, -95, -100, ...: the reference gives 8e-40, 5e-42, ... (subnormal).
+        let x: Vec<f32> = (0..40)
+            .map(|i| if i == 0 { 0.0 } else { -85.0 - 5.0 * i as f32 })
+            .collect();
+        let t = Tensor::from_vec(x, (1, 40), &Device::Cpu).unwrap();
+        let y = softmax_last(&t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(y[0], 1.0);
+        assert!(y.iter().all(|&v| v == 0.0 || v >= FLUSH), "{y:?}");
+        let y_ref = candle_nn::ops::softmax(&t, D::Minus1).unwrap();
+        let y_ref = y_ref.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            y_ref.iter().any(|v| v.is_subnormal()),
+            "the case must produce subnormals"
+        );
+        for (a, b) in y.iter().zip(&y_ref) {
+            assert!((a - b).abs() < FLUSH, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::Relaxation;
+use crate::data::pairs::answer_mask;
 use crate::nn::{Dit, DitInput, DropoutRng};
 use crate::process::ForwardProcess;
 use crate::process::curriculum::{CLAMP_LOGIT, DuoCurriculum, Relaxed};
@@ -205,13 +206,12 @@ impl Clamp {
                 prompts.len()
             )));
         }
-        let mut keep = vec![1f32; m];
+        let keep = answer_mask(prompts, l);
         let mut clean = vec![0f32; m * v];
         let mut tokens = vec![None; m];
         for (r, &p) in prompts.iter().enumerate() {
             for pos in 0..p.min(l) {
                 let i = r * l + pos;
-                keep[i] = 0.0;
                 clean[i * v + x0[i] as usize] = CLAMP_LOGIT;
                 tokens[i] = Some(x0[i]);
             }
