@@ -39,6 +39,7 @@ fn bench_writes_the_json_report_the_comparison_reads() {
     for key in [
         "train_step_ms",
         "mdlm_train_step_ms",
+        "relaxed_train_step_ms",
         "forward_ms",
         "sampler16_tokens_per_s",
         "sampler1024_cached_tokens_per_s",

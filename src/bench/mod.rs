@@ -41,6 +41,9 @@ pub struct BenchReport {
     pub phase_optimizer_ms: f64,
     /// MDLM train step: the NELBO on masked positions only.
     pub mdlm_train_step_ms: f64,
+    /// The train step on Duo's relaxed inputs (w / tau at tau 1e-3, the curriculum's sharpest):
+    /// the network's softmax over the vocabulary at every position, then the same CE.
+    pub relaxed_train_step_ms: f64,
     /// Forward of the full batch (logits), no gradient.
     pub forward_ms: f64,
     /// Tokens per second of the ancestral sampler at 16 steps at the benchmark batch (the
@@ -268,6 +271,25 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
+    let mut relaxed = Vec::new();
+    for i in 0..total {
+        let (inp, tgt, ts) = make_batch(&mut rng, o);
+        let soft = relaxed_input(&mut rng, &inp, o.vocab, 1e-3);
+        let t0 = Instant::now();
+        tr.optimize((b * l) as u64, |model, _, _| {
+            let x = Tensor::from_vec(soft.clone(), (b, l, o.vocab), &dev)?;
+            let sigma: Vec<f32> = ts.iter().map(|&t| process_sigma(t)).collect();
+            let feats =
+                model.features(DitInput::Soft(&x), &Tensor::from_vec(sigma, b, &dev)?, None)?;
+            Ok(model
+                .head_nll(&feats.reshape((b * l, o.hidden))?, &ce_rows(&tgt))?
+                .mean_all()?)
+        })?;
+        if i >= o.warmup {
+            relaxed.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
     let idlm = idlm::idlm_bench(o, &tr)?;
     let model = tr.ema_model()?;
     let (inp, _, ts) = make_batch(&mut rng, o);
@@ -310,6 +332,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         phase_backward_ms: median(pb),
         phase_optimizer_ms: median(po),
         mdlm_train_step_ms: median(mdlm),
+        relaxed_train_step_ms: median(relaxed),
         forward_ms: median(fwd),
         sampler16_tokens_per_s: sampler.tokens_per_s(16, b, true).unwrap_or(0.0),
         sampler1024_cached_tokens_per_s: sampler.tokens_per_s(1024, b, false).unwrap_or(0.0),
@@ -317,6 +340,21 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport> {
         sampler,
         idlm,
     })
+}
+
+/// Duo's relaxed input for ids `x` (docs/algorithms.md §3.5): (alpha one-hot + sigma noise) / tau
+/// with alpha = 0.5, sigma = 1, uniform noise in [-1.7, 1.7] (variance 1): the shape of the
+/// curriculum's input, sharp as at tau 1e-3.
+fn relaxed_input(rng: &mut Lcg, x: &[u32], v: usize, tau: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len() * v);
+    for &t in x {
+        for k in 0..v {
+            let u = rng.next() as f32 / (1u64 << 31) as f32;
+            let w = 1.7 * (2.0 * u - 1.0) + if k == t as usize { 0.5 } else { 0.0 };
+            out.push(w / tau);
+        }
+    }
+    out
 }
 
 fn process_sigma(t: f64) -> f32 {

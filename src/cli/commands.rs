@@ -396,13 +396,14 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let r = idlm::bench::run_bench(&o)?;
     println!(
-        "threads {} | train step {:.1} ms (CE on all positions; forward+loss {:.1}, backward {:.1}, optimizer {:.1}) | MDLM train step {:.1} ms | forward {:.1} ms",
+        "threads {} | train step {:.1} ms (CE on all positions; forward+loss {:.1}, backward {:.1}, optimizer {:.1}) | MDLM train step {:.1} ms | on relaxed inputs {:.1} ms | forward {:.1} ms",
         r.threads,
         r.train_step_ms,
         r.phase_forward_loss_ms,
         r.phase_backward_ms,
         r.phase_optimizer_ms,
         r.mdlm_train_step_ms,
+        r.relaxed_train_step_ms,
         r.forward_ms,
     );
     println!(
