@@ -247,6 +247,12 @@ fn mini_gsm_runs_every_stage_scores_by_execution_and_reproduces_itself() {
             );
         }
     }
+    // A teacher trained on after its students were made: they are refused by name, not reused.
+    let e = err(&run(dir, &["mdlm.train.max_steps=7"]));
+    assert!(
+        e.contains("w/idlm-mdlm was distilled from") && e.contains("remove"),
+        "{e}"
+    );
     // Data made with other settings is refused by name, not silently mixed.
     let e = err(&run(dir, &["style=\"fixed\""]));
     assert!(e.contains("was made with other settings"), "{e}");

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::Stage;
-use crate::Result;
 use crate::ar::run_ar_training;
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::distill::{DistillConfig, DistillRunOptions, run_distill};
 use crate::run::TrainRunOptions;
 use crate::train::run_training;
+use crate::{Error, Result};
 
 /// The step of a run's latest checkpoint, if it has one.
 pub(crate) fn finished_steps(dir: &Path) -> Option<u64> {
@@ -60,6 +60,27 @@ pub(crate) fn train_or_resume(
     })
 }
 
+/// Refuse a student run in `dir` whose recorded teacher is not what `source` resolves to now.
+fn check_same_teacher(dir: &Path, source: &Path) -> Result<()> {
+    let meta = checkpoint::read_meta(&checkpoint::resolve(dir)?)?;
+    let recorded = meta
+        .distill
+        .as_ref()
+        .and_then(|d| d.get("teacher_path"))
+        .and_then(|p| p.as_str())
+        .map(str::to_string);
+    let now = checkpoint::resolve(source)?.display().to_string();
+    match recorded {
+        Some(r) if r != now => Err(Error::Config(format!(
+            "{} was distilled from {r}, but {} is now {now}: remove {} to distil it again",
+            dir.display(),
+            source.display(),
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// What one distillation stage distils.
 pub(crate) struct DistillStage<'a> {
     /// The stage's name.
@@ -76,11 +97,16 @@ pub(crate) struct DistillStage<'a> {
     pub genppl_model: Option<PathBuf>,
 }
 
-/// Distil `s.source` into `s.dir`; the command shown names the same overrides.
+/// Distil `s.source` into `s.dir`; the command shown names the same overrides. A student run
+/// begun from another checkpoint than the one `s.source` now resolves to (its teacher trained on
+/// since) is an error naming both, never reused or resumed as if it were this one's.
 pub(crate) fn distill_or_resume(s: &DistillStage, log: &dyn Fn(&str)) -> Result<Stage> {
     let dc = DistillConfig::default().with_overrides(s.overrides)?;
     let t0 = Instant::now();
     let finished = finished_steps(s.dir);
+    if finished.is_some() {
+        check_same_teacher(s.dir, s.source)?;
+    }
     let reused = finished.is_some_and(|st| st >= dc.max_steps);
     if !reused {
         log(&format!("{}: distilling", s.name));
