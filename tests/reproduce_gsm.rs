@@ -228,6 +228,23 @@ fn mini_gsm_runs_every_stage_scores_by_execution_and_reproduces_itself() {
         if name.starts_with("train") || name.starts_with("distill") || name.starts_with("synth") {
             assert_eq!(s["reused"], true, "{name} ran again");
         }
+        // A reused run reports the time it recorded when it was made, not this run's 0.
+        if let Some(run) = name
+            .strip_prefix("train ")
+            .or(name.strip_prefix("distill "))
+        {
+            let ck = dir.join(format!("w/{run}/checkpoints"));
+            let latest = std::fs::read_to_string(ck.join("latest")).unwrap();
+            let meta: Value = serde_json::from_str(
+                &std::fs::read_to_string(ck.join(latest.trim()).join("meta.json")).unwrap(),
+            )
+            .unwrap();
+            let recorded = meta["distill"]["seconds"]
+                .as_f64()
+                .unwrap_or_else(|| meta["train_seconds"].as_f64().unwrap());
+            assert!(recorded > 0.0, "{name}: {meta}");
+            assert_eq!(s["seconds"].as_f64().unwrap(), recorded, "{name}");
+        }
     }
     let again: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("o/summary.json")).unwrap())

@@ -92,6 +92,7 @@ pub fn reproduce_gsm(opts: &GsmOptions, log: &dyn Fn(&str)) -> Result<Vec<GsmRow
         data: &data,
         answers_dir: &answers_dir,
         log,
+        answered: std::cell::Cell::new(0),
     };
     let mut problems = Vec::new();
     for split in SPLITS {
@@ -161,11 +162,12 @@ impl Progress<'_> {
         rows_of: impl Fn(&str, &[Problem]) -> Result<Vec<GsmRow>>,
     ) -> Result<()> {
         let t0 = Instant::now();
-        let before = self.rows.len();
+        let (before, answered) = (self.rows.len(), ev.answered.get());
         for (split, probs) in problems {
             self.rows.extend(rows_of(split, probs)?);
         }
         let who = self.rows.get(before).map_or("", |r| r.method.as_str());
+        let (seconds, reused) = ev.stage_time(answered, &self.rows[before..], t0);
         self.stages.push(Stage {
             name: format!("answer held-out splits: {who}"),
             command: format!(
@@ -174,8 +176,8 @@ impl Progress<'_> {
                  SYNTH/SPLIT.jsonl",
                 ev.p.batch_size
             ),
-            seconds: t0.elapsed().as_secs_f64(),
-            reused: false,
+            seconds,
+            reused,
         });
         self.report("GSM8K: not run yet (the pipeline is still going).")
     }
@@ -345,6 +347,8 @@ struct Evaluator<'a> {
     data: &'a DataDir,
     answers_dir: &'a Path,
     log: &'a dyn Fn(&str),
+    /// Rows answered in this invocation (the others were kept from earlier runs).
+    answered: std::cell::Cell<usize>,
 }
 
 impl Evaluator<'_> {
@@ -358,6 +362,17 @@ impl Evaluator<'_> {
         }
         let (tok, len) = (&self.data.tokenizer, self.data.info.seq_len);
         answer_all(who, problems, tok, tok.bos_id(), &self.data.info.rows, len)
+    }
+
+    /// An answering stage's (seconds, reused) from when it began (`t0`, `answered` rows so far)
+    /// and its `rows`: with every row kept from earlier runs, it is a reused stage and its time
+    /// is what those rows took to answer.
+    fn stage_time(&self, answered: usize, rows: &[GsmRow], t0: Instant) -> (f64, bool) {
+        if self.answered.get() > answered {
+            return (t0.elapsed().as_secs_f64(), false);
+        }
+        let kept = rows.iter().map(|r| r.seconds_per_sample * r.samples as f64);
+        (kept.sum(), true)
     }
 
     /// The row `stem` kept from an earlier run under `key`, else `answer`ed and kept.
@@ -378,6 +393,7 @@ impl Evaluator<'_> {
             return Ok(r);
         }
         let r = answer()?;
+        self.answered.set(self.answered.get() + 1);
         row_cache::store(&path, key, &r)?;
         Ok(r)
     }
@@ -517,7 +533,7 @@ fn gsm8k_rows(
             return Ok(format!("GSM8K: skipped: {e}"));
         }
     };
-    let t0 = Instant::now();
+    let (t0, answered, before) = (Instant::now(), ev.answered.get(), rows.len());
     let problems = read_problems(&dir.join("test.jsonl"), n)?;
     for m in models {
         let k = m.steps.first().copied().unwrap_or(1024);
@@ -526,6 +542,7 @@ fn gsm8k_rows(
     if ev.p.ar_config()?.is_some() {
         rows.extend(ev.ar_rows_with(ar_dir, "gsm8k_test", &problems, &["ar-greedy"])?);
     }
+    let (seconds, reused) = ev.stage_time(answered, &rows[before..], t0);
     stages.push(Stage {
         name: "answer GSM8K test".into(),
         command: format!(
@@ -535,8 +552,8 @@ fn gsm8k_rows(
             problems.len(),
             dir.display()
         ),
-        seconds: t0.elapsed().as_secs_f64(),
-        reused: false,
+        seconds,
+        reused,
     });
     Ok(format!(
         "GSM8K: the first {} test problems from {}, each model at its largest step count, the \

@@ -147,13 +147,11 @@ pub fn write(out: &Path, r: &GsmReport) -> Result<()> {
     let plots = write_plots(out, r.rows)?;
     let p = r.preset;
     let mut md = format!(
-        "# Reproduction `{}`: {}\n\nMade by `{}` in {:.1} min on this machine. Every number \
-         below is in `summary.json` (one object per row); each row's answers are in the work \
-         folder's `answers/`.\n\n",
+        "# Reproduction `{}`: {}\n\n{} Every number below is in `summary.json` (one object \
+         per row); each row's answers are in the work folder's `answers/`.\n\n",
         p.name,
         p.title,
-        r.command,
-        r.total_seconds / 60.0
+        super::report::made_by(r.command, r.stages, r.total_seconds)
     );
     md.push_str(&format!(
         "Data: `idlm data synth-math` seed {}, {} training problems (style `{}`), {} problems \

@@ -18,7 +18,7 @@ pub struct Stage {
     pub name: String,
     /// The equivalent stand-alone command.
     pub command: String,
-    /// Wall-clock seconds (0 when reused).
+    /// Wall-clock seconds; for a reused run, those it recorded when it was made.
     pub seconds: f64,
     /// Whether an existing result was reused.
     pub reused: bool,
@@ -63,13 +63,11 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
     let plots = crate::report::write_plots(out, r.rows)?;
     let mut md = String::new();
     md.push_str(&format!(
-        "# Reproduction `{}`: {}\n\nMade by `{}` in {:.1} min \
-         on this machine. Every number below is in `summary.json` (one object per row) and \
-         `evals.json` (the full protocol block of each evaluation).\n\n",
+        "# Reproduction `{}`: {}\n\n{} Every number below is in `summary.json` (one object \
+         per row) and `evals.json` (the full protocol block of each evaluation).\n\n",
         r.preset.name,
         r.preset.title,
-        r.command,
-        r.total_seconds / 60.0
+        made_by(r.command, r.stages, r.total_seconds)
     ));
     md.push_str(&format!(
         "Data: `{}`, BPE {}, rows of {}. {} samples per row, sampler seed {} for every row \
@@ -84,6 +82,18 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
     crate::atomic::write_file(&out.join("README.md"), md.as_bytes())
 }
 
+/// The report's first sentence: the command, and what its stages took (a reused stage counts
+/// the time it took when it was made, so a rerun that reuses everything still tells the cost).
+pub(super) fn made_by(command: &str, stages: &[Stage], this_run_seconds: f64) -> String {
+    let all: f64 = stages.iter().map(|s| s.seconds).sum();
+    format!(
+        "Made by `{command}` on this machine: its stages took {:.1} min, {:.1} min of them in \
+         the invocation that wrote this report (reused stages took theirs in earlier ones).",
+        all / 60.0,
+        this_run_seconds / 60.0
+    )
+}
+
 /// The "Stages" section: each stage's time, whether it was reused, and its command.
 pub(super) fn stages_table(stages: &[Stage]) -> String {
     let mut md =
@@ -94,5 +104,10 @@ pub(super) fn stages_table(stages: &[Stage]) -> String {
             s.name, s.seconds, s.reused, s.command
         ));
     }
+    md.push_str(
+        "\nA reused stage shows the seconds its run recorded when it was made (a training or \
+         distillation run's own clock, over all its resumptions; an answering stage's kept rows, \
+         the time they took to answer).\n",
+    );
     md
 }

@@ -23,6 +23,27 @@ pub(crate) fn finished_steps(dir: &Path) -> Option<u64> {
         .map(|m| m.step)
 }
 
+/// Seconds the run in `dir` spent up to its latest checkpoint, over all its invocations: a
+/// distillation's own clock, else the trainer's. A reused stage reports these, so a report made
+/// by a run that reuses everything still says what each stage cost.
+pub(crate) fn run_seconds(dir: &Path) -> Option<f64> {
+    let meta = checkpoint::read_meta(&checkpoint::resolve(dir).ok()?).ok()?;
+    let distilled = meta
+        .distill
+        .as_ref()
+        .and_then(|d| d.get("seconds")?.as_f64());
+    Some(distilled.unwrap_or(meta.train_seconds))
+}
+
+/// Wall-clock seconds since `t0`, or for a reused stage those its run recorded.
+fn stage_seconds(dir: &Path, t0: Instant, reused: bool) -> f64 {
+    if reused {
+        run_seconds(dir).unwrap_or(0.0)
+    } else {
+        t0.elapsed().as_secs_f64()
+    }
+}
+
 /// Train a diffusion model (or, `ar`, the AR baseline) into `dir` on `data_dir` with `cfg`: the
 /// stage `name`, shown by hand as `command`.
 pub(crate) fn train_or_resume(
@@ -55,7 +76,7 @@ pub(crate) fn train_or_resume(
     Ok(Stage {
         name: name.to_string(),
         command,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: stage_seconds(dir, t0, reused),
         reused,
     })
 }
@@ -134,7 +155,7 @@ pub(crate) fn distill_or_resume(s: &DistillStage, log: &dyn Fn(&str)) -> Result<
             },
             sets.join(" ")
         ),
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: stage_seconds(s.dir, t0, reused),
         reused,
     })
 }
