@@ -176,6 +176,38 @@ fn mini_gsm_runs_every_stage_scores_by_execution_and_reproduces_itself() {
     } else {
         "GSM8K: skipped"
     }));
+    // Paired comparisons: each student against its source, and each IDLM student against the
+    // baselines of its source, wherever both have a row at the same steps (GSM8K: students
+    // only, the teachers answer it at 4 steps).
+    let cmp: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("o/comparisons.json")).unwrap())
+            .unwrap();
+    assert_eq!(cmp.len(), 7 * 2 + if has_gsm8k { 3 } else { 0 }, "{cmp:?}");
+    let acc_of = |m: &Value, split: &Value, steps: &Value| {
+        rows.iter()
+            .find(|r| &r["method"] == m && &r["split"] == split && &r["steps"] == steps)
+            .map(|r| r["accuracy"].as_f64().unwrap())
+            .unwrap()
+    };
+    for c in &cmp {
+        let d = c["diff"].as_f64().unwrap();
+        let want =
+            acc_of(&c["a"], &c["split"], &c["steps"]) - acc_of(&c["b"], &c["split"], &c["steps"]);
+        assert!((d - want).abs() < 1e-12, "{c}");
+        let n = c["n"].as_f64().unwrap();
+        let (ao, bo) = (c["a_only"].as_f64().unwrap(), c["b_only"].as_f64().unwrap());
+        assert!(((ao - bo) / n - d).abs() < 1e-12, "{c}");
+        assert!(c["se"].as_f64().unwrap() >= 0.0);
+    }
+    for (a, b) in [
+        ("idlm-dcd", "dcd"),
+        ("idlm-mdlm", "mdlm-teacher"),
+        ("idlm-mdlm", "sdtt"),
+        ("idlm-duo", "dcd"),
+    ] {
+        assert!(cmp.iter().any(|c| c["a"] == a && c["b"] == b), "{a} vs {b}");
+    }
+    assert!(readme.contains("Paired comparisons"));
     for f in [
         "accuracy_vs_steps_test_numbers.png",
         "accuracy_vs_seconds.png",

@@ -14,11 +14,13 @@ use super::answering::{
     Answered, Answerer, Problem, answer_all, greedy, read_problems, tally, write_answers,
 };
 use super::gsm_preset::GsmPreset;
+use super::paired::{self, Paired};
 use super::row_cache;
 use super::stage::{DistillStage, distill_or_resume, train_or_resume};
 use crate::ar::{ArSamplerOptions, lm_from_checkpoint};
 use crate::checkpoint;
 use crate::data::{self, DataDir, PrepareOptions, TokenizerChoice};
+use crate::distill::{DistillConfig, Method};
 use crate::{Error, Result};
 
 /// Where the conditional reproduction works and writes.
@@ -184,6 +186,11 @@ impl Progress<'_> {
 
     /// Write the report of what is done.
     fn report(&self, gsm8k_note: &str) -> Result<()> {
+        let comparisons = comparisons(
+            &self.opts.preset,
+            &self.rows,
+            &self.opts.work.join("answers"),
+        )?;
         super::gsm_report::write(
             &self.opts.out,
             &super::gsm_report::GsmReport {
@@ -192,6 +199,7 @@ impl Progress<'_> {
                 stages: &self.stages,
                 rows: &self.rows,
                 gsm8k_note,
+                comparisons: &comparisons,
                 total_seconds: self.started.elapsed().as_secs_f64(),
             },
         )
@@ -564,6 +572,66 @@ fn gsm8k_rows(
 }
 
 /// The file stem of a row's answers: `{method}-{split}[-{steps}]`.
+/// The paired comparisons the report shows, on every split with rows of both sides at the
+/// same steps: each student against the model it was distilled from (IDLM-DCD against DCD is
+/// the paper's claim at 4 and 8 steps), and each IDLM student against the baselines (SDTT,
+/// DCD) distilled from its source.
+fn comparisons(p: &GsmPreset, rows: &[GsmRow], answers: &Path) -> Result<Vec<Paired>> {
+    let label = |name: &str| {
+        if p.teachers.iter().any(|t| t.name == name) {
+            format!("{name}-teacher")
+        } else {
+            name.to_string()
+        }
+    };
+    let is_idlm = |s: &super::preset::StudentSpec| {
+        DistillConfig::default()
+            .with_overrides(&s.overrides)
+            .is_ok_and(|c| c.method == Method::Idlm)
+    };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for s in &p.students {
+        pairs.push((s.method.clone(), label(&s.from)));
+    }
+    for s in p.students.iter().filter(|s| is_idlm(s)) {
+        for o in &p.students {
+            if o.from == s.from && !is_idlm(o) {
+                pairs.push((s.method.clone(), o.method.clone()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (a, b) in pairs {
+        for ra in rows.iter().filter(|r| r.method == a) {
+            let Some(rb) = rows
+                .iter()
+                .find(|r| r.method == b && r.split == ra.split && r.steps == ra.steps)
+            else {
+                continue;
+            };
+            let read = |r: &GsmRow| {
+                paired::read_correct(
+                    &answers.join(format!("{}.jsonl", stem(&r.method, &r.split, r.steps))),
+                )
+            };
+            let (ca, cb) = (read(ra)?, read(rb)?);
+            let (a_only, b_only, diff, se) = Paired::of(&ca, &cb)?;
+            out.push(Paired {
+                a: a.clone(),
+                b: b.clone(),
+                steps: ra.steps.unwrap_or(0),
+                split: ra.split.clone(),
+                n: ca.len(),
+                a_only,
+                b_only,
+                diff,
+                se,
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn stem(method: &str, split: &str, steps: Option<usize>) -> String {
     match steps {
         Some(k) => format!("{method}-{split}-{k}"),

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::Stage;
 use super::gsm::GsmRow;
 use super::gsm_preset::GsmPreset;
+use super::paired::{self, Paired};
 use super::report::write_json;
 use crate::plot::{LinePlot, Series, line_plot};
 use crate::{Error, Result};
@@ -25,6 +26,8 @@ pub struct GsmReport<'a> {
     pub rows: &'a [GsmRow],
     /// Where the GSM8K problems came from, or why they were skipped.
     pub gsm8k_note: &'a str,
+    /// Paired comparisons of students with their sources and with each other.
+    pub comparisons: &'a [Paired],
     /// Total wall-clock seconds.
     pub total_seconds: f64,
 }
@@ -144,6 +147,10 @@ pub fn write(out: &Path, r: &GsmReport) -> Result<()> {
         &json!({"command": r.command, "preset": r.preset, "stages": r.stages,
                 "total_seconds": r.total_seconds}),
     )?;
+    write_json(
+        &out.join("comparisons.json"),
+        &serde_json::to_value(r.comparisons).map_err(|e| Error::Config(e.to_string()))?,
+    )?;
     let plots = write_plots(out, r.rows)?;
     let p = r.preset;
     let mut md = format!(
@@ -176,6 +183,21 @@ pub fn write(out: &Path, r: &GsmReport) -> Result<()> {
         }
         md.push_str(&format!("## {title}\n\n"));
         md.push_str(&split_table(&rs));
+        let cs: Vec<Paired> = r
+            .comparisons
+            .iter()
+            .filter(|c| c.split == split)
+            .cloned()
+            .collect();
+        if !cs.is_empty() {
+            md.push_str(&format!(
+                "\nPaired comparisons ({} problems, the same seeds on both sides; the error \
+                 counts only the problems one side got right and the other wrong; \
+                 `comparisons.json`):\n\n",
+                cs[0].n
+            ));
+            md.push_str(&paired::table(&cs));
+        }
         md.push('\n');
     }
     md.push_str(r.gsm8k_note);

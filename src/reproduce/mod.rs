@@ -8,6 +8,7 @@ mod evaluate;
 pub mod gsm;
 pub mod gsm_preset;
 mod gsm_report;
+pub mod paired;
 pub mod preset;
 pub mod report;
 mod row_cache;
