@@ -189,7 +189,12 @@ pub fn write(out: &Path, r: &GsmReport) -> Result<()> {
             .filter(|c| c.split == split)
             .cloned()
             .collect();
-        if !cs.is_empty() {
+        if !cs.is_empty() && cs.iter().all(|c| c.a_only + c.b_only == 0) {
+            md.push_str(
+                "\nPaired comparisons: both sides of every pair got the same problems right \
+                 (`comparisons.json`).\n",
+            );
+        } else if !cs.is_empty() {
             md.push_str(&format!(
                 "\nPaired comparisons ({} problems, the same seeds on both sides; the error \
                  counts only the problems one side got right and the other wrong; \
