@@ -107,7 +107,19 @@ fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64);
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    // Ten distinct colours (Tableau 10), so a table of up to ten methods has no two alike.
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -136,8 +148,9 @@ fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
                     )
                     .map_err(err)?;
             }
-            for (label, y) in &plot.hlines {
-                let style = BLACK.mix(0.5).stroke_width(1);
+            for (j, (label, y)) in plot.hlines.iter().enumerate() {
+                // Reference lines in black and grey, alternating, so two close ones stay apart.
+                let style = BLACK.mix(if j % 2 == 0 { 0.8 } else { 0.35 }).stroke_width(1);
                 chart
                     .draw_series(LineSeries::new(vec![(x0, *y), (x1, *y)], style))
                     .map_err(err)?

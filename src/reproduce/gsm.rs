@@ -170,13 +170,20 @@ impl Progress<'_> {
         }
         let who = self.rows.get(before).map_or("", |r| r.method.as_str());
         let (seconds, reused) = ev.stage_time(answered, &self.rows[before..], t0);
+        // AR rows decode each problem alone, greedy (temperature 0) and sampled (1).
+        let how = if who.starts_with("ar-") {
+            "--temperature T".to_string()
+        } else {
+            format!(
+                "--steps K --noise-removal greedy --batch-size {}",
+                ev.p.batch_size
+            )
+        };
         self.stages.push(Stage {
             name: format!("answer held-out splits: {who}"),
             command: format!(
-                "idlm sample --ckpt RUN --prompts SYNTH/SPLIT.jsonl --steps K --noise-removal \
-                 greedy --batch-size {} && idlm eval SAMPLES --metrics accuracy --answers \
-                 SYNTH/SPLIT.jsonl",
-                ev.p.batch_size
+                "idlm sample --ckpt RUN --prompts SYNTH/SPLIT.jsonl {how} && idlm eval SAMPLES \
+                 --metrics accuracy --answers SYNTH/SPLIT.jsonl"
             ),
             seconds,
             reused,
