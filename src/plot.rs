@@ -150,7 +150,9 @@ fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
             }
             for (j, (label, y)) in plot.hlines.iter().enumerate() {
                 // Reference lines in black and grey, alternating, so two close ones stay apart.
-                let style = BLACK.mix(if j % 2 == 0 { 0.8 } else { 0.35 }).stroke_width(1);
+                let style = BLACK
+                    .mix(if j % 2 == 0 { 0.8 } else { 0.35 })
+                    .stroke_width(1);
                 chart
                     .draw_series(LineSeries::new(vec![(x0, *y), (x1, *y)], style))
                     .map_err(err)?
