@@ -578,7 +578,6 @@ fn gsm8k_rows(
     ))
 }
 
-/// The file stem of a row's answers: `{method}-{split}[-{steps}]`.
 /// The paired comparisons the report shows, on every split with rows of both sides at the
 /// same steps: each student against the model it was distilled from (IDLM-DCD against DCD is
 /// the paper's claim at 4 and 8 steps), and each IDLM student against the baselines (SDTT,
@@ -639,6 +638,7 @@ fn comparisons(p: &GsmPreset, rows: &[GsmRow], answers: &Path) -> Result<Vec<Pai
     Ok(out)
 }
 
+/// The file stem of a row's answers: `{method}-{split}[-{steps}]`.
 fn stem(method: &str, split: &str, steps: Option<usize>) -> String {
     match steps {
         Some(k) => format!("{method}-{split}-{k}"),
