@@ -48,7 +48,8 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error::External(format!("plot: {e}"))
 }
 
-/// Draw `plot` into a PNG at `path` (960 x 600): rendered to a temp file beside it, then renamed
+/// Draw `plot` into a PNG at `path` (600 high; the plot 900 wide, its legend in a column to the
+/// right, so no line is hidden under it): rendered to a temp file beside it, then renamed
 /// into place, so a failed render (a full disk) leaves no half-written PNG under `path`.
 pub fn line_plot(plot: &LinePlot, path: &Path) -> Result<()> {
     let name = path
@@ -99,11 +100,23 @@ fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     let (y0, y1) = (y0 - pad, y1 + pad);
-    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    // The legend gets its own column, sized to the longest label, so it never covers a line.
+    let longest = plot
+        .series
+        .iter()
+        .map(|s| s.label.chars().count())
+        .chain(plot.hlines.iter().map(|(l, _)| l.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let legend_w = (52 + 8 * longest).clamp(120, 420) as u32;
+    let width = 900 + legend_w;
+    let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut builder = ChartBuilder::on(&root);
+    let root = root.titled(&plot.title, ("sans-serif", 24)).map_err(err)?;
+    let (chart_area, legend_area) = root.split_horizontally(900);
+    let mut legend: Vec<(String, ShapeStyle)> = Vec::new();
+    let mut builder = ChartBuilder::on(&chart_area);
     builder
-        .caption(&plot.title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64);
@@ -134,11 +147,8 @@ fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
                 let c = colors[i % colors.len()];
                 chart
                     .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
-                    .map_err(err)?
-                    .label(s.label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                    });
+                    .map_err(err)?;
+                legend.push((s.label.clone(), c.stroke_width(2)));
                 // Markers, so a series of one point (the AR row, say) is visible too.
                 chart
                     .draw_series(
@@ -155,17 +165,9 @@ fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
                     .stroke_width(1);
                 chart
                     .draw_series(LineSeries::new(vec![(x0, *y), (x1, *y)], style))
-                    .map_err(err)?
-                    .label(label.as_str())
-                    .legend(move |(x, yy)| PathElement::new(vec![(x, yy), (x + 20, yy)], style));
+                    .map_err(err)?;
+                legend.push((label.clone(), style));
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 15))
-                .draw()
-                .map_err(err)?;
         }};
     }
     if plot.log_x {
@@ -176,6 +178,20 @@ fn draw_plot(plot: &LinePlot, path: &Path) -> Result<()> {
         );
     } else {
         draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?);
+    }
+    // Entries from the top of the column, level with the plot's top edge.
+    for (k, (label, style)) in legend.iter().enumerate() {
+        let y = 24 + 24 * k as i32;
+        legend_area
+            .draw(&PathElement::new(vec![(4, y), (28, y)], *style))
+            .map_err(err)?;
+        legend_area
+            .draw(&Text::new(
+                label.as_str(),
+                (36, y - 8),
+                ("sans-serif", 15).into_font(),
+            ))
+            .map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())
