@@ -132,6 +132,24 @@ fn prompts_and_infill_templates_are_kept_in_every_sample() {
         })
         .collect();
     assert_eq!(idx, vec![(0, 0), (1, 0), (2, 1), (3, 1)]);
+    // Without -n a prompts file is answered once per prompt (the GSM8K protocol).
+    let once = records(&ok(&idlm(
+        &[
+            "sample",
+            "--ckpt",
+            m,
+            "--steps",
+            "4",
+            "--prompts",
+            pf.to_str().unwrap(),
+        ],
+        dir,
+    )));
+    let once: Vec<u64> = once
+        .iter()
+        .map(|r| r["prompt_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(once, vec![0, 1]);
     // Entropy counts generated tokens only.
     let out = dir.join("s.jsonl");
     std::fs::write(

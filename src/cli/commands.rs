@@ -240,13 +240,13 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     let reqs: Vec<Request> = conds
         .iter()
         .map(|c| Request {
-            n: a.num,
+            n: a.per_prompt(),
             len: c.len,
             opts: opts.clone(),
             template: c.template.clone(),
         })
         .collect();
-    let total = a.num * reqs.len();
+    let total = a.per_prompt() * reqs.len();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template(
         "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",

@@ -395,9 +395,10 @@ pub struct SampleArgs {
     /// Reverse steps K (default: the checkpoint's sampler default).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Number of samples.
-    #[arg(short = 'n', long, default_value_t = 8)]
-    pub num: usize,
+    /// Number of samples, per prompt when there are prompts (default 8; with --prompts 1, as
+    /// a task protocol such as GSM8K answers each question once).
+    #[arg(short = 'n', long)]
+    pub num: Option<usize>,
     /// Sequence length (default: the model's).
     #[arg(long)]
     pub len: Option<usize>,
@@ -436,6 +437,14 @@ pub struct SampleArgs {
     /// Output JSONL (default: stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+impl SampleArgs {
+    /// Samples drawn for each prompt (or in all, unconditionally): `-n`, else the default.
+    pub fn per_prompt(&self) -> usize {
+        self.num
+            .unwrap_or(if self.prompts.is_some() { 1 } else { 8 })
+    }
 }
 
 /// `idlm nll`
