@@ -3,7 +3,7 @@
 # at other learning rates (400 updates each, the preset's other settings) and scores the teacher,
 # the preset's students and the probes on validation problems, never on the test splits: the
 # prompt/answer pairs `idlm prepare` held out of training (its split rule: sha256("train.jsonl:N")
-# [0..8] big-endian mod 1e6 < 20,000), the first N of them, greedy tail, the CLI's 8 samples per
+# [0..8] big-endian mod 1e6 < 20,000), the first N of them, greedy tail, 8 samples per
 # prompt. Needs a finished `idlm reproduce --preset mini-gsm` in WORK (runs/mini-gsm). Writes
 # results/idlm-duo-lr-probe/summary.tsv. Usage:
 #   bash scripts/idlm_duo_lr_probe.sh [WORK]   (LRS="3e-5 1e-5" STEPS="4 8 16" N=200)
@@ -42,7 +42,7 @@ for m in $models; do
     for k in $steps; do
         s=$probe/$(basename "$m")-$k.jsonl
         # Samples already there are kept (a rerun only scores them again).
-        [ -s "$s" ] || $idlm sample --ckpt "$m" --prompts "$probe/dev.jsonl" --steps "$k" \
+        [ -s "$s" ] || $idlm sample --ckpt "$m" --prompts "$probe/dev.jsonl" -n 8 --steps "$k" \
             --noise-removal greedy --batch-size 64 --out "$s" > /dev/null 2>&1
         $idlm eval "$s" --metrics accuracy --answers "$probe/dev.jsonl" --out "$s.eval.json" > /dev/null
         python3 -c 'import json, sys; e = json.load(open(sys.argv[1])); print("\t".join([sys.argv[2], sys.argv[3], "%.4f" % e["accuracy"], "%.4f" % e["accuracy_se"], str(e["accuracy_correct"]), str(e["samples"])]))' \

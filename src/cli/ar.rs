@@ -51,7 +51,8 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
         false,
         &meta.data.rows,
     )?;
-    let bar = ProgressBar::new((a.per_prompt() * conds.len()) as u64);
+    let n = a.per_prompt();
+    let bar = ProgressBar::new((n * conds.len()) as u64);
     bar.set_style(ProgressStyle::with_template(
         "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
     )?);
@@ -63,11 +64,10 @@ pub fn sample(a: SampleArgs, ck: &Checkpoint) -> Result<()> {
             .as_ref()
             .and_then(|t| t.as_prefix())
             .unwrap_or_else(|| vec![meta.data.bos_id]);
-        let progress =
-            |done: usize, _n: usize| bar.set_position((i * a.per_prompt() + done) as u64);
+        let progress = |done: usize, _n: usize| bar.set_position((i * n + done) as u64);
         results.push(sample_ar(
             &model,
-            a.per_prompt(),
+            n,
             len,
             &prefix,
             Some(meta.data.mask_id),

@@ -237,16 +237,17 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
             t.check(meta.model.vocab_size, mask)?;
         }
     }
+    let n = a.per_prompt();
     let reqs: Vec<Request> = conds
         .iter()
         .map(|c| Request {
-            n: a.per_prompt(),
+            n,
             len: c.len,
             opts: opts.clone(),
             template: c.template.clone(),
         })
         .collect();
-    let total = a.per_prompt() * reqs.len();
+    let total = n * reqs.len();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template(
         "sampling [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
